@@ -1,0 +1,36 @@
+/* ferry — a small certificate authority for agents, clients and QEMU's
+ * migration TLS, built on GnuTLS.
+ *
+ * Layout of a PKI directory (default $XDG_CONFIG_HOME/ferry/pki):
+ *   ca-cert.pem, ca-key.pem            the CA (key mode 0600)
+ *   hosts/HOST/cert.pem, key.pem       agent + QEMU migration certificate,
+ *                                      usable as TLS server and client
+ *   clients/NAME/cert.pem, key.pem     client (CLI/controller) certificate
+ * A host's TLS directory (ferryd --tls-dir) holds ca-cert.pem, cert.pem
+ * and key.pem; ferry_pki_issue_* writes exactly that layout, so
+ * hosts/HOST/ can be copied to the host as its --tls-dir.
+ */
+#pragma once
+
+#include <glib.h>
+
+G_BEGIN_DECLS
+
+/* Creates the CA. Refuses (FERRY_ERROR_CONFLICT) if ca-cert.pem exists
+ * unless force. Validity: 10 years. */
+gboolean ferry_pki_init (const char *pki_dir, const char *ca_name, gboolean force, GError **error);
+
+/* Host certificate: CN = host, SAN = host plus every entry of addresses
+ * (each an IP address or DNS name), key usage for TLS server and client.
+ * Writes pki_dir/hosts/HOST/{ca-cert.pem,cert.pem,key.pem}. Returns that directory. */
+char *ferry_pki_issue_host (const char *pki_dir, const char *host,
+                            const char *const *addresses, GError **error);
+
+/* Client certificate: CN = name, TLS client usage only.
+ * Writes pki_dir/clients/NAME/{ca-cert.pem,cert.pem,key.pem}. Returns that directory. */
+char *ferry_pki_issue_client (const char *pki_dir, const char *name, GError **error);
+
+/* Default PKI directory: $FERRY_PKI_DIR, else $XDG_CONFIG_HOME/ferry/pki. */
+char *ferry_pki_default_dir (void);
+
+G_END_DECLS
