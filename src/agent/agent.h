@@ -1,0 +1,269 @@
+/* ferry agent (ferryd) — internal interface shared by the agent's modules.
+ *
+ * One FerryAgent per process. It owns the store, the TLS material, the VMs
+ * of this host (FerryVm, vm.c), the migration jobs (FerryJob, job.c,
+ * mig-src.c, mig-dst.c), the HTTPS API (api.c) and the client used to talk
+ * to peer agents (peer.c). Everything runs on the default main context.
+ */
+#pragma once
+
+#include <gio/gio.h>
+#include <json-glib/json-glib.h>
+#include <libsoup/soup.h>
+
+#include "ferry-config.h"
+#include "ferry-error.h"
+#include "qmp.h"
+#include "store.h"
+#include "tls.h"
+#include "vmspec.h"
+
+G_BEGIN_DECLS
+
+typedef struct _FerryAgent FerryAgent;
+typedef struct _FerryVm FerryVm;
+typedef struct _FerryJob FerryJob;
+
+/* Largest API request body. Specs are far smaller; this bounds memory. */
+#define FERRY_API_MAX_BODY (1024 * 1024)
+
+typedef struct {
+  char *state_dir;
+  char *tls_dir;
+  char *listen;                /* "ADDR:PORT" */
+  char *host_name;             /* defaults to the CN of the host certificate */
+  char *qemu_binary;
+  char *accel;                 /* "auto", "kvm", "tcg" */
+  guint keepalive_interval_ms; /* source → destination heartbeat */
+  guint keepalive_timeout_ms;  /* peer silent this long: migration fails */
+  guint shutdown_timeout_s;    /* ACPI shutdown before forcing */
+} FerryAgentConfig;
+
+struct _FerryAgent {
+  FerryAgentConfig config;
+  const char *accel;           /* resolved: "kvm" or "tcg" */
+  FerryStore *store;
+  FerryTls *tls;
+  GHashTable *vms;             /* name → FerryVm* (owned) */
+  GHashTable *jobs;            /* GINT64 id → FerryJob* (owned), active jobs only */
+  SoupServer *server;
+  SoupSession *peer_session;
+};
+
+FerryAgent *ferry_agent_new (const FerryAgentConfig *config, GError **error);
+void ferry_agent_free (FerryAgent *agent);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (FerryAgent, ferry_agent_free)
+
+/* Reattaches to QEMUs started before a restart and resolves jobs that
+ * were in flight (agent.c). */
+gboolean ferry_agent_recover (FerryAgent *agent, GError **error);
+gboolean ferry_agent_listen (FerryAgent *agent, GError **error);
+
+/* ---- VMs (vm.c) ----------------------------------------------------------- */
+
+typedef enum {
+  FERRY_VM_SHUTOFF,
+  FERRY_VM_STARTING,
+  FERRY_VM_RUNNING,
+  FERRY_VM_PAUSED,
+  FERRY_VM_INCOMING,       /* destination QEMU waiting for migration state */
+  FERRY_VM_MIGRATED,       /* source QEMU after a completed migration, paused */
+  FERRY_VM_SHUTTING_DOWN,
+} FerryVmState;
+
+const char *ferry_vm_state_to_string (FerryVmState state);
+FerryVmState ferry_vm_state_from_string (const char *name);
+
+struct _FerryVm {
+  FerryAgent *agent;
+  char *name;
+  FerryVmSpec *spec;
+  gboolean persistent;
+  FerryVmState state;
+  GPid pid;
+  FerryQmp *qmp;
+  char *qemu_status;        /* last RunState from QEMU */
+  char *dir;                /* state_dir/vms/NAME */
+  char *qmp_socket;
+  char *pid_file;
+  char *console_log;
+  FerryJob *job;            /* active migration, or NULL */
+  guint shutdown_timer;
+  gulong event_handler;
+  gulong closed_handler;
+};
+
+FerryVm *ferry_vm_lookup (FerryAgent *agent, const char *name, GError **error);
+/* Defines a VM from a spec (persisted). */
+FerryVm *ferry_vm_define (FerryAgent *agent, const FerryVmSpec *spec, gboolean persistent,
+                          GError **error);
+gboolean ferry_vm_undefine (FerryVm *vm, GError **error);
+/* Forgets a VM without checks (used by destination cleanup). */
+void ferry_vm_forget (FerryVm *vm);
+
+typedef struct {
+  gboolean incoming;
+  gboolean paused;
+} FerryVmStartOptions;
+
+void ferry_vm_start_async (FerryVm *vm, const FerryVmStartOptions *options,
+                           GCancellable *cancellable, GAsyncReadyCallback callback,
+                           gpointer user_data);
+gboolean ferry_vm_start_finish (FerryVm *vm, GAsyncResult *result, GError **error);
+
+/* ACPI power-down, force after timeout_s (0 = never force). Returns at once. */
+gboolean ferry_vm_shutdown (FerryVm *vm, guint timeout_s, GError **error);
+/* Stops QEMU now (quit, then SIGKILL if the monitor is gone). */
+gboolean ferry_vm_destroy (FerryVm *vm, GError **error);
+/* Kills the QEMU process without asking (it must be ours). */
+void ferry_vm_kill (FerryVm *vm);
+/* Reconnects to a QEMU started by an earlier agent process. */
+void ferry_vm_reattach_async (FerryVm *vm, GAsyncReadyCallback callback, gpointer user_data);
+gboolean ferry_vm_reattach_finish (FerryVm *vm, GAsyncResult *result, GError **error);
+
+/* Persists and applies a state change. */
+void ferry_vm_set_state (FerryVm *vm, FerryVmState state);
+gboolean ferry_vm_is_active (FerryVm *vm);
+JsonObject *ferry_vm_to_json (FerryVm *vm, gboolean with_spec);
+
+/* ---- jobs (job.c) --------------------------------------------------------- */
+
+typedef enum {
+  FERRY_JOB_BEGIN,          /* source: checks done, job recorded */
+  FERRY_JOB_PREPARING,      /* source: asking the destination to prepare; destination: starting QEMU */
+  FERRY_JOB_PREPARED,       /* destination: QEMU waits for the stream */
+  FERRY_JOB_PERFORMING,     /* source: QEMU is sending state */
+  FERRY_JOB_FINISHING,      /* source: asked destination to finish; destination: resuming the VM */
+  FERRY_JOB_CONFIRMING,     /* source: destination runs the VM; stopping the source copy */
+  FERRY_JOB_CANCELLING,     /* either: rolling back */
+  FERRY_JOB_COMPLETED,
+  FERRY_JOB_FAILED,
+  FERRY_JOB_CANCELLED,
+} FerryJobState;
+
+const char *ferry_job_state_to_string (FerryJobState state);
+FerryJobState ferry_job_state_from_string (const char *name);
+gboolean ferry_job_state_is_terminal (FerryJobState state);
+extern const char *const ferry_job_terminal_states[];
+
+typedef enum {
+  FERRY_JOB_ROLE_SOURCE,
+  FERRY_JOB_ROLE_DESTINATION,
+} FerryJobRole;
+
+typedef struct {
+  gboolean live;
+  gboolean persistent;
+  gboolean undefine_source;
+  gboolean tls;
+  gint64 bandwidth_mib;       /* MiB/s; 0 = unlimited (we set a huge max-bandwidth) */
+  gint64 max_downtime_ms;
+} FerryMigrateOptions;
+
+struct _FerryJob {
+  FerryAgent *agent;
+  gint64 id;
+  char *uuid;
+  char *vm_name;
+  FerryJobRole role;
+  FerryMigrateOptions options;
+  FerryJobState state;
+  char *peer_url;
+  char *error;
+  JsonObject *stats;         /* last query-migrate, plus ferry's own fields */
+  gint64 started_us;         /* monotonic */
+  gint64 created_wall_us;
+  gboolean abort_requested;
+  /* source */
+  char *incoming_uri;
+  char *tls_hostname;
+  guint poll_timer;
+  guint keepalive_timer;
+  gint64 peer_last_seen_us;  /* monotonic */
+  gboolean keepalive_in_flight;
+  /* destination */
+  char *incoming_status;     /* from MIGRATION events */
+  gboolean reused_definition;/* an inactive definition of this VM existed */
+  GTask *pending_finish;     /* finish waiting for the stream to complete */
+  guint lease_timer;
+  gint64 lease_renewed_us;
+  GCancellable *cancellable;
+};
+
+/* Creates and persists a job in state initial. */
+FerryJob *ferry_job_new (FerryAgent *agent, const char *uuid, const char *vm_name,
+                         FerryJobRole role, const FerryMigrateOptions *options,
+                         const char *peer_url, FerryJobState initial, GError **error);
+/* The transition function: checks old → new, persists, logs, records an
+ * event. Returns FALSE (and changes nothing) for a transition not allowed. */
+gboolean ferry_job_transition (FerryJob *job, FerryJobState new_state, const char *reason);
+/* Appends to the job's event log (persisted). */
+void ferry_job_event (FerryJob *job, const char *level, const char *format, ...) G_GNUC_PRINTF (3, 4);
+void ferry_job_set_stats (FerryJob *job, JsonObject *stats);
+/* Ends a job: terminal transition, detaches it from its VM, frees it. */
+void ferry_job_finish (FerryJob *job, FerryJobState terminal, const char *reason);
+FerryJob *ferry_job_lookup_uuid (FerryAgent *agent, const char *uuid, FerryJobRole role);
+/* JSON for `job info` from a live or stored job. */
+JsonObject *ferry_job_info_json (FerryAgent *agent, FerryStoreJob *stored, gboolean with_events);
+
+/* ---- migration (mig-src.c, mig-dst.c) ------------------------------------- */
+
+FerryJob *mig_src_begin (FerryVm *vm, const char *dest_url, const FerryMigrateOptions *options,
+                         GError **error);
+gboolean mig_src_abort (FerryVm *vm, GError **error);
+void mig_src_on_qmp_event (FerryJob *job, const char *name, JsonObject *data);
+/* After an agent restart: resolve a source job that was in flight. */
+void mig_src_recover (FerryAgent *agent, FerryStoreJob *stored);
+
+/* API handlers of the destination side; each returns a reply object or NULL + error.
+ * Prepare completes asynchronously (it starts QEMU). */
+void mig_dst_prepare_async (FerryAgent *agent, JsonObject *request, const char *listen_address,
+                            GCancellable *cancellable,
+                            GAsyncReadyCallback callback, gpointer user_data);
+JsonObject *mig_dst_prepare_finish (GAsyncResult *result, GError **error);
+JsonObject *mig_dst_status (FerryAgent *agent, const char *uuid, GError **error);
+void mig_dst_finish_async (FerryAgent *agent, const char *uuid, GCancellable *cancellable,
+                           GAsyncReadyCallback callback, gpointer user_data);
+JsonObject *mig_dst_finish_finish (GAsyncResult *result, GError **error);
+gboolean mig_dst_abort (FerryAgent *agent, const char *uuid, const char *reason, GError **error);
+JsonObject *mig_dst_define_offline (FerryAgent *agent, JsonObject *request, GError **error);
+void mig_dst_on_vm_gone (FerryJob *job);
+void mig_dst_on_qmp_event (FerryJob *job, const char *name, JsonObject *data);
+void mig_dst_recover (FerryAgent *agent, FerryStoreJob *stored);
+
+/* ---- QMP argument builders (qemu-cmds.c) ---------------------------------- */
+
+JsonObject *ferry_qmp_args_migrate_capabilities (gboolean events);
+JsonObject *ferry_qmp_args_migrate_parameters (gint64 max_bandwidth_bytes, gint64 downtime_ms,
+                                               const char *tls_creds, const char *tls_hostname);
+JsonObject *ferry_qmp_args_tls_creds (const char *id, const char *dir, gboolean server);
+JsonObject *ferry_qmp_args_migrate_incoming (const char *uri);
+JsonObject *ferry_qmp_args_migrate (const char *uri);
+
+/* Runs QMP commands one after another; stops at the first error. Each step
+ * is a command name and its arguments (consumed; may be NULL). Completes
+ * with the last command's return value. */
+typedef struct {
+  const char *command;
+  JsonObject *arguments;
+  gboolean ignore_error;
+} FerryQmpStep;
+void ferry_qmp_run_steps_async (FerryQmp *qmp, FerryQmpStep *steps, guint n_steps,
+                                GCancellable *cancellable, GAsyncReadyCallback callback,
+                                gpointer user_data);
+JsonNode *ferry_qmp_run_steps_finish (GAsyncResult *result, GError **error);
+
+/* ---- peer agents (peer.c) ------------------------------------------------- */
+
+/* Sends a JSON request to a peer agent; the reply is the parsed object.
+ * Errors carry the peer's error code (FERRY_ERROR_*) and message; a peer
+ * that cannot be reached gives FERRY_ERROR_UNAVAILABLE, and
+ * *maybe_delivered tells whether the request may have reached it. */
+void ferry_peer_request_async (FerryAgent *agent, const char *base_url, const char *method,
+                               const char *path, JsonObject *body, guint timeout_s,
+                               GCancellable *cancellable, GAsyncReadyCallback callback,
+                               gpointer user_data);
+JsonObject *ferry_peer_request_finish (GAsyncResult *result, gboolean *maybe_delivered,
+                                       GError **error);
+
+G_END_DECLS

@@ -1,0 +1,604 @@
+/* ferry agent — the HTTPS API (/v1), mutual TLS, JSON.
+ *
+ * Every request body is bounded (FERRY_API_MAX_BODY, checked from the
+ * headers before the body is read) and validated field by field; errors
+ * come back as {"error": {"code": ..., "message": ...}} with the HTTP
+ * status of the error code. The API reference is docs/api.md.
+ */
+#include "agent.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "jsonutil.h"
+
+#define CONSOLE_DEFAULT_BYTES (64 * 1024)
+#define CONSOLE_MAX_BYTES (1024 * 1024)
+
+static void
+reply_json (SoupServerMessage *msg, guint status, JsonObject *object)
+{
+  g_autofree char *text = ferry_json_object_to_string (object, FALSE);
+  soup_server_message_set_status (msg, status, NULL);
+  soup_server_message_set_response (msg, "application/json", SOUP_MEMORY_COPY, text, strlen (text));
+}
+
+static void
+reply_error (SoupServerMessage *msg, const GError *error)
+{
+  g_autoptr (JsonObject) body = json_object_new ();
+  JsonObject *inner = json_object_new ();
+  FerryErrorCode code = error->domain == FERRY_ERROR ? (FerryErrorCode) error->code : FERRY_ERROR_FAILED;
+  json_object_set_string_member (inner, "code", ferry_error_code_to_string (code));
+  json_object_set_string_member (inner, "message", error->message);
+  json_object_set_object_member (body, "error", inner);
+  reply_json (msg, ferry_error_http_status (error), body);
+}
+
+static void
+reply_error_literal (SoupServerMessage *msg, FerryErrorCode code, const char *message)
+{
+  g_autoptr (GError) error = g_error_new_literal (FERRY_ERROR, code, message);
+  reply_error (msg, error);
+}
+
+static void
+reply_ok (SoupServerMessage *msg)
+{
+  g_autoptr (JsonObject) body = json_object_new ();
+  json_object_set_boolean_member (body, "ok", TRUE);
+  reply_json (msg, 200, body);
+}
+
+/* Parses the body as a JSON object (NULL + reply sent on error). */
+static JsonObject *
+request_object (SoupServerMessage *msg)
+{
+  SoupMessageBody *body = soup_server_message_get_request_body (msg);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GBytes) bytes = soup_message_body_flatten (body);
+  gsize length = 0;
+  const char *data = g_bytes_get_data (bytes, &length);
+  JsonObject *object = ferry_json_parse_object (data ? data : "", length, FERRY_API_MAX_BODY, &error);
+  if (object == NULL)
+    reply_error (msg, error);
+  return object;
+}
+
+/* Async replies: the message stays paused until the operation ends. */
+static void
+finish_paused (SoupServerMessage *msg, JsonObject *reply, guint status, const GError *error)
+{
+  if (reply != NULL)
+    reply_json (msg, status, reply);
+  else
+    reply_error (msg, error);
+  soup_server_message_unpause (msg);
+  g_object_unref (msg);
+}
+
+/* ---- VMs -------------------------------------------------------------------- */
+
+static void
+handle_vm_list (FerryAgent *agent, SoupServerMessage *msg)
+{
+  g_autoptr (JsonObject) reply = json_object_new ();
+  JsonArray *array = json_array_new ();
+  g_autoptr (GList) names = g_hash_table_get_keys (agent->vms);
+  names = g_list_sort (names, (GCompareFunc) g_strcmp0);
+  for (GList *l = names; l != NULL; l = l->next)
+    json_array_add_object_element (array, ferry_vm_to_json (g_hash_table_lookup (agent->vms, l->data), FALSE));
+  json_object_set_array_member (reply, "vms", array);
+  reply_json (msg, 200, reply);
+}
+
+static void
+handle_vm_define (FerryAgent *agent, SoupServerMessage *msg)
+{
+  SoupMessageBody *body = soup_server_message_get_request_body (msg);
+  g_autoptr (GBytes) bytes = soup_message_body_flatten (body);
+  gsize length = 0;
+  const char *data = g_bytes_get_data (bytes, &length);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (FerryVmSpec) spec = ferry_vm_spec_parse (data ? data : "", length, &error);
+  if (spec == NULL)
+    {
+      reply_error (msg, error);
+      return;
+    }
+  FerryVm *vm = ferry_vm_define (agent, spec, TRUE, &error);
+  if (vm == NULL)
+    {
+      reply_error (msg, error);
+      return;
+    }
+  g_autoptr (JsonObject) reply = ferry_vm_to_json (vm, TRUE);
+  reply_json (msg, 201, reply);
+}
+
+static void
+on_vm_started (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  SoupServerMessage *msg = user_data;
+  FerryVm *vm = g_object_get_data (G_OBJECT (msg), "vm");
+  g_autoptr (GError) error = NULL;
+  if (!ferry_vm_start_finish (vm, result, &error))
+    {
+      finish_paused (msg, NULL, 0, error);
+      return;
+    }
+  g_autoptr (JsonObject) reply = ferry_vm_to_json (vm, FALSE);
+  finish_paused (msg, reply, 200, NULL);
+}
+
+static const char *const shutdown_fields[] = { "timeout_s", "force", NULL };
+
+static void
+handle_vm_action (FerryAgent *agent, SoupServerMessage *msg, FerryVm *vm, const char *action)
+{
+  g_autoptr (GError) error = NULL;
+
+  if (g_str_equal (action, "start"))
+    {
+      FerryVmStartOptions options = { 0 };
+      g_object_set_data (G_OBJECT (msg), "vm", vm);
+      soup_server_message_pause (msg);
+      ferry_vm_start_async (vm, &options, NULL, on_vm_started, g_object_ref (msg));
+      return;
+    }
+  if (g_str_equal (action, "shutdown"))
+    {
+      g_autoptr (JsonObject) request = request_object (msg);
+      gint64 timeout_s = agent->config.shutdown_timeout_s;
+      gboolean force = TRUE;
+      if (request == NULL)
+        return;
+      if (!ferry_json_reject_unknown (request, shutdown_fields, &error)
+          || !ferry_json_get_int (request, "timeout_s", FALSE, 1, 3600, &timeout_s, &error)
+          || !ferry_json_get_bool (request, "force", FALSE, &force, &error)
+          || !ferry_vm_shutdown (vm, force ? (guint) timeout_s : 0, &error))
+        {
+          reply_error (msg, error);
+          return;
+        }
+      g_autoptr (JsonObject) reply = ferry_vm_to_json (vm, FALSE);
+      reply_json (msg, 202, reply);
+      return;
+    }
+  if (g_str_equal (action, "destroy"))
+    {
+      if (vm->job != NULL)
+        {
+          reply_error_literal (msg, FERRY_ERROR_CONFLICT,
+                               "the VM is migrating; abort the job first (ferry job abort NAME)");
+          return;
+        }
+      if (!ferry_vm_destroy (vm, &error))
+        {
+          reply_error (msg, error);
+          return;
+        }
+      g_autoptr (JsonObject) reply = ferry_vm_to_json (vm, FALSE);
+      reply_json (msg, 202, reply);
+      return;
+    }
+  reply_error_literal (msg, FERRY_ERROR_NOT_FOUND, "unknown VM action");
+}
+
+static void
+handle_console (FerryVm *vm, SoupServerMessage *msg)
+{
+  GHashTable *query = soup_server_message_get_uri (msg) ? NULL : NULL;
+  const char *query_text = g_uri_get_query (soup_server_message_get_uri (msg));
+  gint64 bytes = CONSOLE_DEFAULT_BYTES;
+  if (query_text != NULL)
+    {
+      query = g_uri_parse_params (query_text, -1, "&", G_URI_PARAMS_NONE, NULL);
+      const char *value = query ? g_hash_table_lookup (query, "bytes") : NULL;
+      if (value != NULL && (!g_ascii_string_to_signed (value, 10, 1, CONSOLE_MAX_BYTES, &bytes, NULL)))
+        {
+          g_hash_table_unref (query);
+          reply_error_literal (msg, FERRY_ERROR_INVALID_ARGUMENT,
+                               "bytes: must be an integer between 1 and 1048576");
+          return;
+        }
+      if (query)
+        g_hash_table_unref (query);
+    }
+  int fd = open (vm->console_log, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    {
+      soup_server_message_set_status (msg, 200, NULL);
+      soup_server_message_set_response (msg, "text/plain", SOUP_MEMORY_STATIC, "", 0);
+      return;
+    }
+  off_t size = lseek (fd, 0, SEEK_END);
+  off_t start = size > bytes ? size - bytes : 0;
+  g_autofree char *buffer = g_malloc (bytes);
+  ssize_t n = pread (fd, buffer, size - start, start);
+  close (fd);
+  soup_server_message_set_status (msg, 200, NULL);
+  soup_server_message_set_response (msg, "text/plain", SOUP_MEMORY_COPY, buffer, n > 0 ? n : 0);
+}
+
+static const char *const migrate_fields[] = {
+  "dest", "mode", "persistent", "undefine_source", "bandwidth_mib", "max_downtime_ms", "tls", NULL
+};
+
+static void
+handle_migrate (FerryAgent *agent, SoupServerMessage *msg, FerryVm *vm)
+{
+  g_autoptr (JsonObject) request = request_object (msg);
+  g_autoptr (GError) error = NULL;
+  g_autofree char *dest = NULL;
+  g_autofree char *mode = NULL;
+  FerryMigrateOptions options = { .tls = TRUE, .max_downtime_ms = 300 };
+
+  if (request == NULL)
+    return;
+  if (!ferry_json_reject_unknown (request, migrate_fields, &error)
+      || !ferry_json_get_string (request, "dest", TRUE, &dest, &error)
+      || !ferry_json_get_string (request, "mode", TRUE, &mode, &error)
+      || !ferry_json_get_bool (request, "persistent", FALSE, &options.persistent, &error)
+      || !ferry_json_get_bool (request, "undefine_source", FALSE, &options.undefine_source, &error)
+      || !ferry_json_get_bool (request, "tls", FALSE, &options.tls, &error)
+      || !ferry_json_get_int (request, "bandwidth_mib", FALSE, 0, 1024 * 1024,
+                              &options.bandwidth_mib, &error)
+      || !ferry_json_get_int (request, "max_downtime_ms", FALSE, 1, 2000000,
+                              &options.max_downtime_ms, &error))
+    {
+      reply_error (msg, error);
+      return;
+    }
+  if (!g_str_equal (mode, "live") && !g_str_equal (mode, "offline"))
+    {
+      reply_error_literal (msg, FERRY_ERROR_INVALID_ARGUMENT, "mode: must be 'live' or 'offline'");
+      return;
+    }
+  options.live = g_str_equal (mode, "live");
+  FerryJob *job = mig_src_begin (vm, dest, &options, &error);
+  if (job == NULL)
+    {
+      reply_error (msg, error);
+      return;
+    }
+  g_autoptr (FerryStoreJob) stored = ferry_store_job_get (agent->store, job->id, NULL);
+  g_autoptr (JsonObject) reply = ferry_job_info_json (agent, stored, FALSE);
+  reply_json (msg, 202, reply);
+}
+
+static void
+handle_job (FerryAgent *agent, SoupServerMessage *msg, const char *vm_name, const char *action)
+{
+  g_autoptr (GError) error = NULL;
+  if (action != NULL)
+    {
+      FerryVm *vm = ferry_vm_lookup (agent, vm_name, &error);
+      if (vm == NULL || !g_str_equal (action, "abort") || !mig_src_abort (vm, &error))
+        {
+          if (error == NULL)
+            error = g_error_new (FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "unknown job action '%s'", action);
+          reply_error (msg, error);
+          return;
+        }
+      reply_ok (msg);
+      return;
+    }
+  const char *query_text = g_uri_get_query (soup_server_message_get_uri (msg));
+  gboolean completed = query_text != NULL && strstr (query_text, "completed=1") != NULL;
+  g_autoptr (FerryStoreJob) stored = NULL;
+  if (completed)
+    {
+      /* The last job that ended, as `virsh domjobinfo --completed`. */
+      FerryVm *vm = g_hash_table_lookup (agent->vms, vm_name);
+      stored = ferry_store_job_latest_for_vm (agent->store, vm_name, &error);
+      if (stored != NULL && vm != NULL && vm->job != NULL && vm->job->id == stored->id)
+        g_clear_pointer (&stored, ferry_store_job_free);
+      if (stored == NULL && error == NULL)
+        error = g_error_new (FERRY_ERROR, FERRY_ERROR_NOT_FOUND,
+                             "no completed job for VM '%s' (one is still running)", vm_name);
+    }
+  else
+    stored = ferry_store_job_latest_for_vm (agent->store, vm_name, &error);
+  if (stored == NULL)
+    {
+      reply_error (msg, error);
+      return;
+    }
+  g_autoptr (JsonObject) reply = ferry_job_info_json (agent, stored, TRUE);
+  reply_json (msg, 200, reply);
+}
+
+static void
+handle_vms (FerryAgent *agent, SoupServerMessage *msg, const char *method, char **parts)
+{
+  /* parts: ["vms", NAME?, ACTION?, SUBACTION?] */
+  g_autoptr (GError) error = NULL;
+  guint n = g_strv_length (parts);
+
+  if (n == 1)
+    {
+      if (g_str_equal (method, "GET"))
+        handle_vm_list (agent, msg);
+      else if (g_str_equal (method, "POST"))
+        handle_vm_define (agent, msg);
+      else
+        soup_server_message_set_status (msg, 405, NULL);
+      return;
+    }
+  if (n == 4 && g_str_equal (parts[2], "job"))
+    {
+      if (!g_str_equal (method, "POST"))
+        soup_server_message_set_status (msg, 405, NULL);
+      else
+        handle_job (agent, msg, parts[1], parts[3]);
+      return;
+    }
+  if (n == 3 && g_str_equal (parts[2], "job"))
+    {
+      handle_job (agent, msg, parts[1], NULL);
+      return;
+    }
+  FerryVm *vm = ferry_vm_lookup (agent, parts[1], &error);
+  if (vm == NULL)
+    {
+      reply_error (msg, error);
+      return;
+    }
+  if (n == 2)
+    {
+      if (g_str_equal (method, "GET"))
+        {
+          g_autoptr (JsonObject) reply = ferry_vm_to_json (vm, TRUE);
+          reply_json (msg, 200, reply);
+        }
+      else if (g_str_equal (method, "DELETE"))
+        {
+          if (ferry_vm_undefine (vm, &error))
+            reply_ok (msg);
+          else
+            reply_error (msg, error);
+        }
+      else
+        soup_server_message_set_status (msg, 405, NULL);
+      return;
+    }
+  if (n == 3 && g_str_equal (parts[2], "console") && g_str_equal (method, "GET"))
+    {
+      handle_console (vm, msg);
+      return;
+    }
+  if (n == 3 && g_str_equal (parts[2], "migrate") && g_str_equal (method, "POST"))
+    {
+      handle_migrate (agent, msg, vm);
+      return;
+    }
+  if (n == 3 && g_str_equal (method, "POST"))
+    {
+      handle_vm_action (agent, msg, vm, parts[2]);
+      return;
+    }
+  reply_error_literal (msg, FERRY_ERROR_NOT_FOUND, "no such endpoint");
+}
+
+/* ---- migrations (agent to agent) ------------------------------------------------ */
+
+static void
+on_prepared (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) reply = mig_dst_prepare_finish (result, &error);
+  finish_paused (user_data, reply, 201, error);
+}
+
+static void
+on_finished (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) reply = mig_dst_finish_finish (result, &error);
+  finish_paused (user_data, reply, 200, error);
+}
+
+static char *
+local_address_string (SoupServerMessage *msg)
+{
+  GSocketAddress *address = soup_server_message_get_local_address (msg);
+  if (address == NULL || !G_IS_INET_SOCKET_ADDRESS (address))
+    return NULL;
+  GInetAddress *inet = g_inet_socket_address_get_address (G_INET_SOCKET_ADDRESS (address));
+  return g_inet_address_to_string (inet);
+}
+
+static void
+handle_migrations (FerryAgent *agent, SoupServerMessage *msg, const char *method, char **parts)
+{
+  g_autoptr (GError) error = NULL;
+  guint n = g_strv_length (parts);
+
+  if (n == 2 && g_str_equal (parts[1], "offline") && g_str_equal (method, "POST"))
+    {
+      g_autoptr (JsonObject) request = request_object (msg);
+      if (request == NULL)
+        return;
+      g_autoptr (JsonObject) reply = mig_dst_define_offline (agent, request, &error);
+      if (reply == NULL)
+        reply_error (msg, error);
+      else
+        reply_json (msg, 201, reply);
+      return;
+    }
+  if (n < 2 || !g_str_equal (parts[1], "incoming"))
+    {
+      reply_error_literal (msg, FERRY_ERROR_NOT_FOUND, "no such endpoint");
+      return;
+    }
+  if (n == 2 && g_str_equal (method, "POST"))
+    {
+      g_autoptr (JsonObject) request = request_object (msg);
+      g_autofree char *local = local_address_string (msg);
+      if (request == NULL)
+        return;
+      soup_server_message_pause (msg);
+      mig_dst_prepare_async (agent, request, local ? local : "0.0.0.0", NULL, on_prepared,
+                             g_object_ref (msg));
+      return;
+    }
+  if (n == 3 && g_str_equal (method, "GET"))
+    {
+      g_autoptr (JsonObject) reply = mig_dst_status (agent, parts[2], &error);
+      if (reply == NULL)
+        reply_error (msg, error);
+      else
+        reply_json (msg, 200, reply);
+      return;
+    }
+  if (n == 3 && g_str_equal (method, "DELETE"))
+    {
+      if (mig_dst_abort (agent, parts[2], "aborted by the source", &error))
+        reply_ok (msg);
+      else
+        reply_error (msg, error);
+      return;
+    }
+  if (n == 4 && g_str_equal (parts[3], "finish") && g_str_equal (method, "POST"))
+    {
+      soup_server_message_pause (msg);
+      mig_dst_finish_async (agent, parts[2], NULL, on_finished, g_object_ref (msg));
+      return;
+    }
+  reply_error_literal (msg, FERRY_ERROR_NOT_FOUND, "no such endpoint");
+}
+
+/* ---- dispatch ------------------------------------------------------------------- */
+
+static void
+handle_host (FerryAgent *agent, SoupServerMessage *msg)
+{
+  g_autoptr (JsonObject) reply = json_object_new ();
+  json_object_set_string_member (reply, "name", agent->config.host_name);
+  json_object_set_string_member (reply, "version", FERRY_VERSION_STRING);
+  json_object_set_string_member (reply, "accel", agent->accel);
+  json_object_set_int_member (reply, "vms", g_hash_table_size (agent->vms));
+  json_object_set_int_member (reply, "active_jobs", g_hash_table_size (agent->jobs));
+  reply_json (msg, 200, reply);
+}
+
+static void
+on_request (SoupServer *server, SoupServerMessage *msg, const char *path, GHashTable *query,
+            gpointer user_data)
+{
+  FerryAgent *agent = user_data;
+  const char *method = soup_server_message_get_method (msg);
+
+  if (!g_str_has_prefix (path, "/v1/"))
+    {
+      reply_error_literal (msg, FERRY_ERROR_NOT_FOUND, "unknown API version (this agent serves /v1)");
+      return;
+    }
+  g_auto (GStrv) raw = g_strsplit (path + strlen ("/v1/"), "/", 8);
+  g_autoptr (GStrvBuilder) builder = g_strv_builder_new ();
+  for (guint i = 0; raw[i] != NULL; i++)
+    if (*raw[i] != '\0')
+      g_strv_builder_add (builder, raw[i]);
+  g_auto (GStrv) parts = g_strv_builder_end (builder);
+
+  g_debug ("%s %s", method, path);
+  if (parts[0] == NULL)
+    reply_error_literal (msg, FERRY_ERROR_NOT_FOUND, "no such endpoint");
+  else if (g_str_equal (parts[0], "host") && parts[1] == NULL)
+    handle_host (agent, msg);
+  else if (g_str_equal (parts[0], "vms"))
+    handle_vms (agent, msg, method, parts);
+  else if (g_str_equal (parts[0], "migrations"))
+    handle_migrations (agent, msg, method, parts);
+  else
+    reply_error_literal (msg, FERRY_ERROR_NOT_FOUND, "no such endpoint");
+}
+
+/* Runs after the headers, before the body: refuse oversized bodies
+ * without reading them. */
+static void
+on_request_headers (SoupServer *server, SoupServerMessage *msg, const char *path,
+                    GHashTable *query, gpointer user_data)
+{
+  SoupMessageHeaders *headers = soup_server_message_get_request_headers (msg);
+  SoupEncoding encoding = soup_message_headers_get_encoding (headers);
+  if (encoding == SOUP_ENCODING_CHUNKED || encoding == SOUP_ENCODING_EOF)
+    {
+      reply_error_literal (msg, FERRY_ERROR_INVALID_ARGUMENT,
+                           "body: a Content-Length header is required");
+      soup_server_message_set_status (msg, 411, NULL);
+      return;
+    }
+  if (encoding == SOUP_ENCODING_CONTENT_LENGTH
+      && soup_message_headers_get_content_length (headers) > FERRY_API_MAX_BODY)
+    {
+      g_autoptr (GError) error = g_error_new (FERRY_ERROR, FERRY_ERROR_TOO_LARGE,
+                                              "body: %" G_GINT64_FORMAT " bytes is over the limit of %d",
+                                              soup_message_headers_get_content_length (headers),
+                                              FERRY_API_MAX_BODY);
+      reply_error (msg, error);
+    }
+}
+
+/* glib-networking hands every client certificate to this signal, even one
+ * that verified; accept exactly those that chain to our CA. */
+static gboolean
+on_accept_client_certificate (SoupServerMessage *msg, GTlsCertificate *certificate,
+                              GTlsCertificateFlags errors, gpointer user_data)
+{
+  if (errors != 0)
+    g_info ("refused a client certificate (TLS verification flags 0x%x)", errors);
+  return errors == 0;
+}
+
+static void
+on_request_started (SoupServer *server, SoupServerMessage *msg, gpointer user_data)
+{
+  g_signal_connect (msg, "accept-certificate", G_CALLBACK (on_accept_client_certificate), NULL);
+}
+
+gboolean
+ferry_agent_listen (FerryAgent *agent, GError **error)
+{
+  const char *listen = agent->config.listen;
+  const char *colon = strrchr (listen, ':');
+  guint64 port = 0;
+  if (colon == NULL || !g_ascii_string_to_unsigned (colon + 1, 10, 1, 65535, &port, NULL))
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                   "--listen: '%s' is not ADDRESS:PORT", listen);
+      return FALSE;
+    }
+  g_autofree char *host = g_strndup (listen, colon - listen);
+  if (host[0] == '[' && host[strlen (host) - 1] == ']')
+    {
+      char *inner = g_strndup (host + 1, strlen (host) - 2);
+      g_free (host);
+      host = inner;
+    }
+  g_autoptr (GInetAddress) inet = g_inet_address_new_from_string (host);
+  if (inet == NULL)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                   "--listen: '%s' is not an IP address", host);
+      return FALSE;
+    }
+  agent->server = soup_server_new ("tls-certificate", agent->tls->certificate,
+                                   "tls-database", agent->tls->ca_database,
+                                   "tls-auth-mode", G_TLS_AUTHENTICATION_REQUIRED,
+                                   "server-header", "ferryd/" FERRY_VERSION_STRING " ",
+                                   NULL);
+  g_signal_connect (agent->server, "request-started", G_CALLBACK (on_request_started), agent);
+  soup_server_add_early_handler (agent->server, NULL, on_request_headers, agent, NULL);
+  soup_server_add_handler (agent->server, NULL, on_request, agent, NULL);
+  g_autoptr (GSocketAddress) address = g_inet_socket_address_new (inet, (guint16) port);
+  if (!soup_server_listen (agent->server, address, SOUP_SERVER_LISTEN_HTTPS, error))
+    {
+      g_prefix_error (error, "cannot listen on %s: ", listen);
+      return FALSE;
+    }
+  g_info ("listening on https://%s (mutual TLS)", listen);
+  return TRUE;
+}

@@ -1,0 +1,700 @@
+/* ferry agent — the source side of a migration (libvirt's peer-to-peer
+ * phases: Begin, Prepare on the destination, Perform here, Finish on the
+ * destination, Confirm here).
+ *
+ * The source keeps a complete VM until the destination says it runs the
+ * guest (design.md invariant 2). Before that, every failure resumes the
+ * guest here and asks the destination to remove what it created.
+ */
+#include "agent.h"
+
+#include "jsonutil.h"
+
+#define QEMU_TLS_CREDS_ID "ferry-migration-tls"
+#define PROGRESS_POLL_MS 500
+#define PEER_TIMEOUT_S 30
+/* QEMU 7.2 caps migration at 128 MiB/s unless told otherwise; "unlimited"
+ * is a rate no link reaches. */
+#define UNLIMITED_BANDWIDTH (G_GINT64_CONSTANT (1) << 40)
+
+typedef struct {
+  FerryAgent *agent;
+  gint64 job_id;
+} JobRef;
+
+static JobRef *
+job_ref (FerryJob *job)
+{
+  JobRef *ref = g_new0 (JobRef, 1);
+  ref->agent = job->agent;
+  ref->job_id = job->id;
+  return ref;
+}
+
+/* The job may have ended while a request was in flight. */
+static FerryJob *
+job_deref (JobRef *ref)
+{
+  FerryJob *job = g_hash_table_lookup (ref->agent->jobs, &ref->job_id);
+  return job;
+}
+
+static FerryVm *
+job_vm (FerryJob *job)
+{
+  return g_hash_table_lookup (job->agent->vms, job->vm_name);
+}
+
+static char *
+incoming_path (FerryJob *job, const char *suffix)
+{
+  return g_strdup_printf ("/v1/migrations/incoming/%s%s", job->uuid, suffix ? suffix : "");
+}
+
+static void
+stop_timers (FerryJob *job)
+{
+  g_clear_handle_id (&job->poll_timer, g_source_remove);
+  g_clear_handle_id (&job->keepalive_timer, g_source_remove);
+}
+
+/* ---- rollback ------------------------------------------------------------- */
+
+static void
+on_peer_abort_done (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree char *what = user_data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
+  if (reply == NULL && !g_error_matches (error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND))
+    g_info ("%s: destination cleanup: %s (its lease will expire)", what, error->message);
+}
+
+static void
+on_rollback_resumed (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree JobRef *ref = user_data;
+  FerryJob *job = job_deref (ref);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) reply = ferry_qmp_run_steps_finish (result, &error);
+  if (job == NULL)
+    return;
+  FerryVm *vm = job_vm (job);
+  const char *status = reply ? ferry_json_object_string (json_node_get_object (reply), "status") : NULL;
+  if (vm != NULL && status != NULL)
+    {
+      g_free (vm->qemu_status);
+      vm->qemu_status = g_strdup (status);
+      ferry_vm_set_state (vm, g_str_equal (status, "running") ? FERRY_VM_RUNNING : FERRY_VM_PAUSED);
+      ferry_job_event (job, "info", "guest is %s on this host", status);
+    }
+  else if (error != NULL)
+    ferry_job_event (job, "error", "could not resume the guest on the source: %s", error->message);
+  FerryJobState terminal = job->abort_requested ? FERRY_JOB_CANCELLED : FERRY_JOB_FAILED;
+  ferry_job_finish (job, terminal, job->error);
+}
+
+/* Every failure before the destination confirmed ends here: the guest
+ * must run on the source again and the destination must forget it. */
+static void
+mig_src_rollback (FerryJob *job, const char *reason)
+{
+  FerryVm *vm = job_vm (job);
+
+  if (job->state == FERRY_JOB_CANCELLING || ferry_job_state_is_terminal (job->state))
+    return;
+  stop_timers (job);
+  ferry_job_transition (job, FERRY_JOB_CANCELLING, reason);
+
+  if (job->options.live && job->peer_url != NULL)
+    {
+      g_autofree char *path = incoming_path (job, NULL);
+      g_autoptr (JsonObject) body = NULL;
+      ferry_peer_request_async (job->agent, job->peer_url, "DELETE", path, body, 10, NULL,
+                                on_peer_abort_done,
+                                g_strdup_printf ("job %" G_GINT64_FORMAT, job->id));
+    }
+  if (!job->options.live || vm == NULL || vm->qmp == NULL)
+    {
+      FerryJobState terminal = job->abort_requested ? FERRY_JOB_CANCELLED : FERRY_JOB_FAILED;
+      ferry_job_finish (job, terminal, reason);
+      return;
+    }
+  /* QEMU resumes a guest itself when pre-copy fails, but not after a
+   * completed stream whose destination then failed (postmigrate): cont
+   * re-activates the disks and resumes. migrate_cancel is harmless when
+   * nothing runs. */
+  FerryQmpStep steps[] = {
+    { "migrate_cancel", NULL, TRUE },
+    { "cont", NULL, TRUE },
+    { "query-status", NULL },
+  };
+  gboolean was_running = g_strcmp0 (vm->qemu_status, "paused") != 0;
+  FerryQmpStep *first = steps;
+  guint n = G_N_ELEMENTS (steps);
+  if (!was_running)
+    {
+      /* A guest paused by its owner before the migration stays paused. */
+      steps[1] = steps[2];
+      n = 2;
+    }
+  ferry_qmp_run_steps_async (vm->qmp, first, n, NULL, on_rollback_resumed, job_ref (job));
+}
+
+/* ---- confirm ---------------------------------------------------------------- */
+
+static void
+mig_src_complete (FerryJob *job)
+{
+  FerryVm *vm = job_vm (job);
+  if (vm != NULL)
+    {
+      vm->job = NULL;
+      if (job->options.undefine_source || !vm->persistent)
+        {
+          ferry_job_event (job, "info", "source definition removed%s",
+                           job->options.undefine_source ? " (--undefine-source)" : " (transient VM)");
+          ferry_vm_forget (vm);
+        }
+    }
+  ferry_job_finish (job, FERRY_JOB_COMPLETED, NULL);
+}
+
+static void
+mig_src_confirm (FerryJob *job)
+{
+  FerryVm *vm = job_vm (job);
+  ferry_job_transition (job, FERRY_JOB_CONFIRMING, "destination runs the guest");
+  if (vm == NULL || vm->qmp == NULL)
+    {
+      mig_src_complete (job);
+      return;
+    }
+  /* The source copy is stale now; stopping it completes the job when the
+   * monitor closes (mig_src_on_qmp_event FERRY_QEMU_EXITED). */
+  ferry_vm_destroy (vm, NULL);
+}
+
+/* ---- finish ----------------------------------------------------------------- */
+
+static void mig_src_check_destination (FerryJob *job, gint64 deadline_us);
+
+static void
+on_finish_replied (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree JobRef *ref = user_data;
+  FerryJob *job = job_deref (ref);
+  gboolean maybe_delivered = FALSE;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, &maybe_delivered, &error);
+
+  if (job == NULL)
+    return;
+  if (reply != NULL && ferry_json_object_string (reply, "state") != NULL
+      && g_str_equal (ferry_json_object_string (reply, "state"), "completed"))
+    {
+      mig_src_confirm (job);
+      return;
+    }
+  if (reply != NULL || !maybe_delivered || !g_error_matches (error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE))
+    {
+      /* The destination answered no (or never got the request): it does
+       * not run the guest, so the source takes it back. */
+      g_autofree char *reason = g_strdup_printf ("destination could not take over: %s",
+                                                 error ? error->message : "unexpected reply");
+      mig_src_rollback (job, reason);
+      return;
+    }
+  /* No answer to a request that may have arrived: ask until we know. */
+  ferry_job_event (job, "warning", "no answer to finish (%s); asking the destination", error->message);
+  mig_src_check_destination (job, g_get_monotonic_time ()
+                                  + (gint64) job->agent->config.keepalive_timeout_ms * 1000 * 4);
+}
+
+typedef struct {
+  JobRef ref;
+  gint64 deadline_us;
+} CheckData;
+
+static gboolean on_check_retry (gpointer user_data);
+
+static void
+on_check_replied (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  CheckData *check = user_data;
+  FerryJob *job = job_deref (&check->ref);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
+
+  if (job == NULL)
+    {
+      g_free (check);
+      return;
+    }
+  const char *state = reply ? ferry_json_object_string (reply, "state") : NULL;
+  if (g_strcmp0 (state, "completed") == 0)
+    {
+      g_free (check);
+      mig_src_confirm (job);
+      return;
+    }
+  if (state != NULL && g_strcmp0 (state, "finishing") != 0 && g_strcmp0 (state, "prepared") != 0)
+    {
+      g_free (check);
+      mig_src_rollback (job, "destination did not take over the guest");
+      return;
+    }
+  if (g_get_monotonic_time () > check->deadline_us)
+    {
+      /* We cannot know whether the destination resumed the guest. Resuming
+       * here could run it twice, so it stays paused for the operator. */
+      stop_timers (job);
+      ferry_job_event (job, "error", "destination unreachable after finish; the guest stays paused "
+                                     "on this host until the destination's state is known");
+      ferry_job_finish (job, FERRY_JOB_FAILED,
+                        "destination state unknown after finish; guest left paused on the source");
+      g_free (check);
+      return;
+    }
+  g_timeout_add (job->agent->config.keepalive_interval_ms, on_check_retry, check);
+}
+
+static gboolean
+on_check_retry (gpointer user_data)
+{
+  CheckData *check = user_data;
+  FerryJob *job = job_deref (&check->ref);
+  if (job == NULL)
+    {
+      g_free (check);
+      return G_SOURCE_REMOVE;
+    }
+  g_autofree char *path = incoming_path (job, NULL);
+  ferry_peer_request_async (job->agent, job->peer_url, "GET", path, NULL, 5, NULL,
+                            on_check_replied, check);
+  return G_SOURCE_REMOVE;
+}
+
+static void
+mig_src_check_destination (FerryJob *job, gint64 deadline_us)
+{
+  CheckData *check = g_new0 (CheckData, 1);
+  check->ref.agent = job->agent;
+  check->ref.job_id = job->id;
+  check->deadline_us = deadline_us;
+  on_check_retry (check);
+}
+
+static void
+mig_src_finish (FerryJob *job)
+{
+  FerryVm *vm = job_vm (job);
+  stop_timers (job);
+  if (vm != NULL)
+    ferry_vm_set_state (vm, FERRY_VM_MIGRATED);
+  ferry_job_transition (job, FERRY_JOB_FINISHING, "memory transferred; asking the destination to resume");
+  g_autofree char *path = incoming_path (job, "/finish");
+  g_autoptr (JsonObject) body = json_object_new ();
+  ferry_peer_request_async (job->agent, job->peer_url, "POST", path, body, PEER_TIMEOUT_S, NULL,
+                            on_finish_replied, job_ref (job));
+}
+
+/* ---- perform ---------------------------------------------------------------- */
+
+static void
+on_progress (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree JobRef *ref = user_data;
+  FerryJob *job = job_deref (ref);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
+  if (job == NULL || reply == NULL || !JSON_NODE_HOLDS_OBJECT (reply))
+    return;
+  JsonObject *stats = json_node_get_object (reply);
+  json_object_set_int_member (stats, "bandwidth-limit-mib", job->options.bandwidth_mib);
+  json_object_set_int_member (stats, "downtime-limit-ms", job->options.max_downtime_ms);
+  ferry_job_set_stats (job, stats);
+
+  const char *status = ferry_json_object_string (stats, "status");
+  if (job->state != FERRY_JOB_PERFORMING || status == NULL)
+    return;
+  if (g_str_equal (status, "completed"))
+    {
+      JsonObject *ram = json_object_get_object_member (stats, "ram");
+      ferry_job_event (job, "info", "stream completed: %" G_GINT64_FORMAT " ms total, %"
+                       G_GINT64_FORMAT " ms downtime, %" G_GINT64_FORMAT " bytes",
+                       ferry_json_object_int (stats, "total-time"),
+                       ferry_json_object_int (stats, "downtime"),
+                       ferry_json_object_int (ram, "transferred"));
+      mig_src_finish (job);
+    }
+  else if (g_str_equal (status, "failed") || g_str_equal (status, "cancelled"))
+    {
+      const char *desc = ferry_json_object_string (stats, "error-desc");
+      g_autofree char *reason = g_strdup_printf ("QEMU migration %s%s%s", status,
+                                                 desc ? ": " : "", desc ? desc : "");
+      mig_src_rollback (job, job->abort_requested ? "aborted by the user" : reason);
+    }
+}
+
+static void
+query_progress (FerryJob *job)
+{
+  FerryVm *vm = job_vm (job);
+  if (vm != NULL && vm->qmp != NULL)
+    ferry_qmp_execute_async (vm->qmp, "query-migrate", NULL, NULL, on_progress, job_ref (job));
+}
+
+static gboolean
+on_poll_timer (gpointer user_data)
+{
+  query_progress (user_data);
+  return G_SOURCE_CONTINUE;
+}
+
+static void
+on_keepalive_replied (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree JobRef *ref = user_data;
+  FerryJob *job = job_deref (ref);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
+
+  if (job == NULL)
+    return;
+  job->keepalive_in_flight = FALSE;
+  if (job->state != FERRY_JOB_PERFORMING)
+    return;
+  if (reply != NULL)
+    {
+      job->peer_last_seen_us = g_get_monotonic_time ();
+      const char *state = ferry_json_object_string (reply, "state");
+      if (state != NULL && (g_str_equal (state, "failed") || g_str_equal (state, "cancelled")))
+        {
+          const char *why = ferry_json_object_string (reply, "error");
+          g_autofree char *reason = g_strdup_printf ("destination %s: %s", state, why ? why : "no reason given");
+          mig_src_rollback (job, reason);
+        }
+      return;
+    }
+  if (g_error_matches (error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND))
+    {
+      mig_src_rollback (job, "destination no longer knows this migration");
+      return;
+    }
+  gint64 silent_ms = (g_get_monotonic_time () - job->peer_last_seen_us) / 1000;
+  if (silent_ms >= job->agent->config.keepalive_timeout_ms)
+    {
+      g_autofree char *reason = g_strdup_printf ("destination agent unreachable for %" G_GINT64_FORMAT
+                                                 " ms (%s)", silent_ms, error->message);
+      mig_src_rollback (job, reason);
+    }
+}
+
+static gboolean
+on_keepalive_timer (gpointer user_data)
+{
+  FerryJob *job = user_data;
+  if (job->keepalive_in_flight)
+    {
+      /* A request hung (link cut): judge silence without waiting for it. */
+      gint64 silent_ms = (g_get_monotonic_time () - job->peer_last_seen_us) / 1000;
+      if (silent_ms >= job->agent->config.keepalive_timeout_ms)
+        {
+          g_autofree char *reason = g_strdup_printf ("destination agent unreachable for %"
+                                                     G_GINT64_FORMAT " ms", silent_ms);
+          job->keepalive_timer = 0;
+          mig_src_rollback (job, reason);
+          return G_SOURCE_REMOVE;
+        }
+      return G_SOURCE_CONTINUE;
+    }
+  job->keepalive_in_flight = TRUE;
+  g_autofree char *path = incoming_path (job, NULL);
+  guint timeout_s = MAX (1, job->agent->config.keepalive_timeout_ms / 1000);
+  ferry_peer_request_async (job->agent, job->peer_url, "GET", path, NULL, timeout_s, NULL,
+                            on_keepalive_replied, job_ref (job));
+  return G_SOURCE_CONTINUE;
+}
+
+static void
+on_migrate_started (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree JobRef *ref = user_data;
+  FerryJob *job = job_deref (ref);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) reply = ferry_qmp_run_steps_finish (result, &error);
+
+  if (job == NULL || job->state != FERRY_JOB_PERFORMING)
+    return;
+  if (reply == NULL)
+    {
+      g_autofree char *reason = g_strdup_printf ("cannot start the migration: %s", error->message);
+      mig_src_rollback (job, reason);
+      return;
+    }
+  ferry_job_event (job, "info", "migration started to %s (TLS %s, bandwidth %s, downtime limit %"
+                   G_GINT64_FORMAT " ms)", job->incoming_uri, job->options.tls ? "on" : "off",
+                   job->options.bandwidth_mib ? "limited" : "unlimited", job->options.max_downtime_ms);
+  if (job->abort_requested)
+    {
+      mig_src_rollback (job, "aborted by the user");
+      return;
+    }
+  job->peer_last_seen_us = g_get_monotonic_time ();
+  job->poll_timer = g_timeout_add (PROGRESS_POLL_MS, on_poll_timer, job);
+  job->keepalive_timer = g_timeout_add (job->agent->config.keepalive_interval_ms, on_keepalive_timer, job);
+}
+
+static void
+mig_src_perform (FerryJob *job)
+{
+  FerryVm *vm = job_vm (job);
+  if (vm == NULL || vm->qmp == NULL)
+    {
+      mig_src_rollback (job, "source QEMU is gone");
+      return;
+    }
+  ferry_job_transition (job, FERRY_JOB_PERFORMING, NULL);
+  g_autofree char *creds_dir = g_build_filename (job->agent->config.state_dir, "qemu-tls", NULL);
+  gint64 bandwidth = job->options.bandwidth_mib > 0 ? job->options.bandwidth_mib * 1024 * 1024
+                                                    : UNLIMITED_BANDWIDTH;
+  FerryQmpStep steps[6];
+  guint n = 0;
+  if (job->options.tls)
+    {
+      /* Left over from an earlier migration of this QEMU? Replace it. */
+      JsonObject *del = json_object_new ();
+      json_object_set_string_member (del, "id", QEMU_TLS_CREDS_ID);
+      steps[n++] = (FerryQmpStep) { "object-del", del, TRUE };
+      steps[n++] = (FerryQmpStep) { "object-add",
+                                    ferry_qmp_args_tls_creds (QEMU_TLS_CREDS_ID, creds_dir, FALSE) };
+    }
+  steps[n++] = (FerryQmpStep) { "migrate-set-capabilities", ferry_qmp_args_migrate_capabilities (TRUE) };
+  steps[n++] = (FerryQmpStep) { "migrate-set-parameters",
+                                ferry_qmp_args_migrate_parameters (bandwidth, job->options.max_downtime_ms,
+                                                                   job->options.tls ? QEMU_TLS_CREDS_ID : NULL,
+                                                                   job->options.tls ? job->tls_hostname : NULL) };
+  steps[n++] = (FerryQmpStep) { "migrate", ferry_qmp_args_migrate (job->incoming_uri) };
+  ferry_qmp_run_steps_async (vm->qmp, steps, n, NULL, on_migrate_started, job_ref (job));
+}
+
+void
+mig_src_on_qmp_event (FerryJob *job, const char *name, JsonObject *data)
+{
+  if (g_str_equal (name, "FERRY_QEMU_EXITED"))
+    {
+      if (job->state == FERRY_JOB_CONFIRMING)
+        mig_src_complete (job);
+      else if (job->state == FERRY_JOB_FINISHING)
+        ferry_job_event (job, "warning", "source QEMU exited while the destination resumes the guest");
+      else
+        {
+          stop_timers (job);
+          ferry_job_transition (job, FERRY_JOB_CANCELLING, "source QEMU exited during the migration");
+          g_autofree char *path = incoming_path (job, NULL);
+          if (job->options.live)
+            ferry_peer_request_async (job->agent, job->peer_url, "DELETE", path, NULL, 10, NULL,
+                                      on_peer_abort_done, g_strdup ("source QEMU exited"));
+          ferry_job_finish (job, FERRY_JOB_FAILED, "source QEMU exited during the migration");
+        }
+      return;
+    }
+  if (!g_str_equal (name, "MIGRATION") || job->state != FERRY_JOB_PERFORMING)
+    return;
+  const char *status = ferry_json_object_string (data, "status");
+  if (status == NULL)
+    return;
+  if (g_str_equal (status, "completed") || g_str_equal (status, "failed")
+      || g_str_equal (status, "cancelled"))
+    /* Final statistics (downtime, total time) come with query-migrate;
+     * on_progress acts on the terminal status. */
+    query_progress (job);
+}
+
+/* ---- prepare ---------------------------------------------------------------- */
+
+static void
+on_prepared (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree JobRef *ref = user_data;
+  FerryJob *job = job_deref (ref);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
+
+  if (job == NULL)
+    return;
+  if (reply == NULL)
+    {
+      g_autofree char *reason = g_strdup_printf ("prepare failed: %s", error->message);
+      mig_src_rollback (job, reason);
+      return;
+    }
+  if (!job->options.live)
+    {
+      ferry_job_event (job, "info", "destination defined the VM");
+      mig_src_confirm (job);
+      return;
+    }
+  const char *uri = ferry_json_object_string (reply, "uri");
+  const char *tls_hostname = ferry_json_object_string (reply, "tls_hostname");
+  if (uri == NULL || !g_str_has_prefix (uri, "tcp:"))
+    {
+      mig_src_rollback (job, "destination's prepare reply has no usable migration URI");
+      return;
+    }
+  job->incoming_uri = g_strdup (uri);
+  job->tls_hostname = g_strdup (tls_hostname);
+  if (job->abort_requested)
+    {
+      mig_src_rollback (job, "aborted by the user");
+      return;
+    }
+  mig_src_perform (job);
+}
+
+static gboolean
+validate_dest_url (const char *url, GError **error)
+{
+  g_autoptr (GUri) uri = g_uri_parse (url, G_URI_FLAGS_NONE, NULL);
+  if (uri == NULL || g_strcmp0 (g_uri_get_scheme (uri), "https") != 0 || g_uri_get_host (uri) == NULL)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                   "dest_url: '%s' is not an https://HOST:PORT URL", url);
+      return FALSE;
+    }
+  return TRUE;
+}
+
+FerryJob *
+mig_src_begin (FerryVm *vm, const char *dest_url, const FerryMigrateOptions *options, GError **error)
+{
+  FerryAgent *agent = vm->agent;
+
+  if (!validate_dest_url (dest_url, error))
+    return NULL;
+  if (vm->job != NULL)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
+                   "VM '%s' is already migrating (job %" G_GINT64_FORMAT ")", vm->name, vm->job->id);
+      return NULL;
+    }
+  if (options->live && vm->state != FERRY_VM_RUNNING && vm->state != FERRY_VM_PAUSED)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
+                   "VM '%s' is %s; live migration needs a running VM (use --offline to move "
+                   "its definition)", vm->name, ferry_vm_state_to_string (vm->state));
+      return NULL;
+    }
+  if (!options->live && vm->state != FERRY_VM_SHUTOFF)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
+                   "VM '%s' is %s; offline migration needs it shut off (shut it down, or use --live)",
+                   vm->name, ferry_vm_state_to_string (vm->state));
+      return NULL;
+    }
+  if (!options->live && !options->persistent)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                   "persistent: an offline migration moves the definition; pass --persistent");
+      return NULL;
+    }
+
+  g_autofree char *uuid = g_uuid_string_random ();
+  g_autofree char *base = g_str_has_suffix (dest_url, "/") ? g_strndup (dest_url, strlen (dest_url) - 1)
+                                                           : g_strdup (dest_url);
+  FerryJob *job = ferry_job_new (agent, uuid, vm->name, FERRY_JOB_ROLE_SOURCE, options, base,
+                                 FERRY_JOB_BEGIN, error);
+  if (job == NULL)
+    return NULL;
+  vm->job = job;
+
+  g_autoptr (JsonObject) request = json_object_new ();
+  json_object_set_string_member (request, "uuid", job->uuid);
+  json_object_set_member (request, "spec", ferry_vm_spec_to_json (vm->spec));
+  json_object_set_boolean_member (request, "live", options->live);
+  json_object_set_boolean_member (request, "persistent", options->persistent);
+  json_object_set_boolean_member (request, "tls", options->tls);
+  if (agent->tls->common_name)
+    json_object_set_string_member (request, "source", agent->tls->common_name);
+
+  ferry_job_transition (job, FERRY_JOB_PREPARING, NULL);
+  ferry_peer_request_async (agent, job->peer_url, "POST",
+                            options->live ? "/v1/migrations/incoming" : "/v1/migrations/offline",
+                            request, PEER_TIMEOUT_S, NULL, on_prepared, job_ref (job));
+  return job;
+}
+
+gboolean
+mig_src_abort (FerryVm *vm, GError **error)
+{
+  FerryJob *job = vm->job;
+  if (job == NULL || job->role != FERRY_JOB_ROLE_SOURCE)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND,
+                   "VM '%s' has no outgoing migration to abort", vm->name);
+      return FALSE;
+    }
+  if (job->state == FERRY_JOB_FINISHING || job->state == FERRY_JOB_CONFIRMING)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
+                   "too late to abort: the destination is taking over VM '%s'", vm->name);
+      return FALSE;
+    }
+  job->abort_requested = TRUE;
+  ferry_job_event (job, "warning", "abort requested");
+  if (job->state == FERRY_JOB_PERFORMING)
+    mig_src_rollback (job, "aborted by the user");
+  /* In BEGIN/PREPARING the prepare reply sees abort_requested. */
+  return TRUE;
+}
+
+/* ---- restart recovery ---------------------------------------------------------- */
+
+void
+mig_src_recover (FerryAgent *agent, FerryStoreJob *stored)
+{
+  FerryJobState state = ferry_job_state_from_string (stored->state);
+  FerryVm *vm = g_hash_table_lookup (agent->vms, stored->vm_name);
+
+  if (state == FERRY_JOB_CONFIRMING)
+    {
+      /* The destination confirmed it runs the guest: our copy is stale. */
+      if (vm != NULL)
+        {
+          ferry_vm_destroy (vm, NULL);
+          if (!vm->persistent)
+            ferry_vm_forget (vm);
+        }
+      ferry_store_job_update (agent->store, stored->id, "completed", NULL, NULL, NULL);
+      ferry_store_job_add_event (agent->store, stored->id, "info",
+                                 "agent restarted after the destination took over; source copy stopped",
+                                 NULL);
+      return;
+    }
+  if (state == FERRY_JOB_FINISHING)
+    {
+      /* The destination may run the guest: never resume here. Leave the
+       * source QEMU as it is (paused) and say so. */
+      ferry_store_job_update (agent->store, stored->id, "failed",
+                              "agent restarted while the destination was taking over; the guest "
+                              "stays paused here until the destination's state is checked",
+                              NULL, NULL);
+      return;
+    }
+  /* Before Finish the source owns the guest: cancel any stream and
+   * resume it. The destination's lease removes its side. */
+  if (vm != NULL && vm->qmp != NULL)
+    {
+      FerryQmpStep steps[] = {
+        { "migrate_cancel", NULL, TRUE },
+        { "cont", NULL, TRUE },
+      };
+      ferry_qmp_run_steps_async (vm->qmp, steps, G_N_ELEMENTS (steps), NULL, NULL, NULL);
+      ferry_vm_set_state (vm, FERRY_VM_RUNNING);
+    }
+  ferry_store_job_update (agent->store, stored->id, "failed",
+                          "agent restarted during the migration; guest kept on the source", NULL, NULL);
+  ferry_store_job_add_event (agent->store, stored->id, "error",
+                             "agent restarted during the migration; guest kept on the source", NULL);
+}

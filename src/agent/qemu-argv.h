@@ -1,0 +1,37 @@
+/* ferry agent — the QEMU command line for a VM spec.
+ *
+ * Pure function of its inputs so it can be unit-tested and so the source
+ * and destination of a migration build identical device models.
+ */
+#pragma once
+
+#include <glib.h>
+
+#include "vmspec.h"
+
+G_BEGIN_DECLS
+
+typedef struct {
+  const char *qemu_binary;
+  const char *accel;          /* "kvm" or "tcg" */
+  const char *qmp_socket;
+  const char *pid_file;
+  const char *console_log;
+  gboolean incoming;          /* destination of a migration: -incoming defer */
+  gboolean start_paused;      /* -S */
+} FerryQemuLaunch;
+
+/* NULL-terminated argv, element 0 is the binary. */
+GStrv ferry_qemu_argv_build (const FerryVmSpec *spec, const FerryQemuLaunch *launch);
+
+/* Resolves a machine alias ("q35", "pc") to the versioned machine type the
+ * binary maps it to ("pc-q35-7.2"), so both ends of a migration use the
+ * same one. Runs `qemu -machine help` once per binary and caches. */
+char *ferry_qemu_resolve_machine (const char *qemu_binary, const char *machine, GError **error);
+
+/* "kvm" when /dev/kvm is usable and we are not nested inside another
+ * hypervisor (nested KVM can be far slower than TCG), else "tcg".
+ * FERRY_ACCEL in the environment overrides. */
+const char *ferry_qemu_detect_accel (void);
+
+G_END_DECLS

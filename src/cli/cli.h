@@ -1,0 +1,35 @@
+/* ferry CLI — shared declarations of the verb groups. */
+#pragma once
+
+#include "client.h"
+
+G_BEGIN_DECLS
+
+/* Global options, accepted anywhere on the command line. */
+typedef struct {
+  char *connect;
+  char *tls_dir;
+  gboolean json;
+} FerryGlobalOptions;
+
+extern FerryGlobalOptions ferry_global;
+extern GOptionEntry ferry_global_entries[];
+
+/* Parses argv with the global entries plus the verb's own; leaves the
+ * positional arguments in argv. Prints usage errors and returns FALSE. */
+gboolean ferry_cli_parse (const char *usage, const char *summary, GOptionEntry *entries,
+                          int *argc, char ***argv);
+FerryClient *ferry_cli_client (void);
+int ferry_cli_fail (const GError *error);
+void ferry_cli_print_json (JsonObject *object);
+
+int ferry_cmd_pki (int argc, char **argv);
+int ferry_cmd_vm (int argc, char **argv);
+int ferry_cmd_migrate (int argc, char **argv);
+int ferry_cmd_job (int argc, char **argv);
+
+/* Human formats. */
+char *ferry_format_bytes (gint64 bytes);
+void ferry_print_job (JsonObject *job);
+
+G_END_DECLS

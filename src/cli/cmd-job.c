@@ -1,0 +1,146 @@
+/* ferry job — what a migration is doing or did (as `virsh domjobinfo`),
+ * and abort. */
+#include "cli.h"
+
+#include "jsonutil.h"
+
+char *
+ferry_format_bytes (gint64 bytes)
+{
+  return g_format_size_full (bytes < 0 ? 0 : (guint64) bytes, G_FORMAT_SIZE_IEC_UNITS);
+}
+
+static JsonObject *
+member_object (JsonObject *object, const char *member)
+{
+  JsonNode *node = object ? json_object_get_member (object, member) : NULL;
+  return node && JSON_NODE_HOLDS_OBJECT (node) ? json_node_get_object (node) : NULL;
+}
+
+static void
+print_bytes_line (const char *label, gint64 value)
+{
+  g_autofree char *text = ferry_format_bytes (value);
+  g_print ("%-20s %s\n", label, text);
+}
+
+void
+ferry_print_job (JsonObject *job)
+{
+  const char *state = ferry_json_object_string (job, "state");
+  const char *role = ferry_json_object_string (job, "role");
+  const char *kind = ferry_json_object_string (job, "kind");
+  gboolean active = json_object_get_boolean_member_with_default (job, "active", FALSE);
+  JsonObject *stats = member_object (job, "stats");
+  JsonObject *ram = member_object (stats, "ram");
+  const char *type = active ? "Unbounded"
+                     : g_strcmp0 (state, "completed") == 0 ? "Completed"
+                     : g_strcmp0 (state, "cancelled") == 0 ? "Cancelled" : "Failed";
+
+  g_print ("%-20s %s\n", "Job type:", type);
+  g_print ("%-20s %s %s\n", "Operation:", g_strcmp0 (role, "source") == 0 ? "Outgoing" : "Incoming",
+           g_strcmp0 (kind, "migrate-live") == 0 ? "live migration" : "offline migration");
+  g_print ("%-20s %s\n", "State:", state);
+  if (ferry_json_object_string (job, "peer"))
+    g_print ("%-20s %s\n", "Peer:", ferry_json_object_string (job, "peer"));
+  g_print ("%-20s %" G_GINT64_FORMAT " ms\n", "Time elapsed:", ferry_json_object_int (job, "elapsed_ms"));
+  if (ram != NULL)
+    {
+      gint64 transferred = ferry_json_object_int (ram, "transferred");
+      gint64 remaining = ferry_json_object_int (ram, "remaining");
+      gint64 total = ferry_json_object_int (ram, "total");
+      print_bytes_line ("Data processed:", transferred);
+      print_bytes_line ("Data remaining:", remaining);
+      print_bytes_line ("Data total:", total);
+      print_bytes_line ("Memory processed:", ferry_json_object_int (ram, "normal-bytes"));
+      g_print ("%-20s %.1f MiB/s\n", "Memory bandwidth:",
+               json_object_has_member (ram, "mbps")
+               ? json_object_get_double_member (ram, "mbps") / 8.0 * 1e6 / (1024.0 * 1024.0) : 0.0);
+      g_print ("%-20s %" G_GINT64_FORMAT " pages/s\n", "Dirty rate:",
+               ferry_json_object_int (ram, "dirty-pages-rate"));
+      g_print ("%-20s %" G_GINT64_FORMAT "\n", "Iteration:", ferry_json_object_int (ram, "dirty-sync-count"));
+      g_print ("%-20s %" G_GINT64_FORMAT "\n", "Page size:", ferry_json_object_int (ram, "page-size"));
+    }
+  if (stats != NULL && json_object_has_member (stats, "expected-downtime"))
+    g_print ("%-20s %" G_GINT64_FORMAT " ms\n", "Expected downtime:",
+             ferry_json_object_int (stats, "expected-downtime"));
+  if (stats != NULL && json_object_has_member (stats, "downtime"))
+    g_print ("%-20s %" G_GINT64_FORMAT " ms\n", "Downtime:", ferry_json_object_int (stats, "downtime"));
+  if (stats != NULL && json_object_has_member (stats, "setup-time"))
+    g_print ("%-20s %" G_GINT64_FORMAT " ms\n", "Setup time:", ferry_json_object_int (stats, "setup-time"));
+  if (stats != NULL && json_object_has_member (stats, "total-time"))
+    g_print ("%-20s %" G_GINT64_FORMAT " ms\n", "Total time:", ferry_json_object_int (stats, "total-time"));
+  if (ferry_json_object_string (job, "error"))
+    g_print ("%-20s %s\n", "Error:", ferry_json_object_string (job, "error"));
+}
+
+static void
+print_events (JsonObject *job)
+{
+  JsonNode *node = json_object_get_member (job, "events");
+  JsonArray *events = node && JSON_NODE_HOLDS_ARRAY (node) ? json_node_get_array (node) : NULL;
+  if (events == NULL)
+    return;
+  g_print ("\nEvents:\n");
+  for (guint i = 0; i < json_array_get_length (events); i++)
+    {
+      JsonObject *event = json_array_get_object_element (events, i);
+      gint64 time_us = ferry_json_object_int (event, "time_us");
+      g_autoptr (GDateTime) time = g_date_time_new_from_unix_local (time_us / G_USEC_PER_SEC);
+      g_autofree char *seconds = time ? g_date_time_format (time, "%H:%M:%S") : g_strdup ("?");
+      g_autofree char *stamp = g_strdup_printf ("%s.%03d", seconds, (int) (time_us % G_USEC_PER_SEC / 1000));
+      g_print ("  %s %-7s %s\n", stamp, ferry_json_object_string (event, "level"),
+               ferry_json_object_string (event, "message"));
+    }
+}
+
+int
+ferry_cmd_job (int argc, char **argv)
+{
+  gboolean completed = FALSE;
+  gboolean events = FALSE;
+  GOptionEntry entries[] = {
+    { "completed", 0, 0, G_OPTION_ARG_NONE, &completed, "info: the last job that ended", NULL },
+    { "events", 0, 0, G_OPTION_ARG_NONE, &events, "info: also print the job's event log", NULL },
+    { NULL }
+  };
+  g_autoptr (GError) error = NULL;
+
+  if (!ferry_cli_parse ("info | abort NAME", "Migration jobs.", entries, &argc, &argv))
+    return 2;
+  if (argc != 3 || (!g_str_equal (argv[1], "info") && !g_str_equal (argv[1], "abort")))
+    {
+      g_printerr ("ferry job: usage: job info NAME [--completed] | job abort NAME\n");
+      return 2;
+    }
+  g_autoptr (FerryClient) client = ferry_cli_client ();
+  if (client == NULL)
+    return 1;
+  g_autofree char *escaped = ferry_client_escape (argv[2]);
+  if (g_str_equal (argv[1], "abort"))
+    {
+      g_autofree char *path = g_strdup_printf ("/v1/vms/%s/job/abort", escaped);
+      g_autoptr (JsonObject) body = json_object_new ();
+      g_autoptr (JsonObject) reply = ferry_client_call (client, "POST", path, body, &error);
+      if (reply == NULL)
+        return ferry_cli_fail (error);
+      if (ferry_global.json)
+        ferry_cli_print_json (reply);
+      else
+        g_print ("abort requested; the VM stays on the source\n");
+      return 0;
+    }
+  g_autofree char *path = g_strdup_printf ("/v1/vms/%s/job%s", escaped, completed ? "?completed=1" : "");
+  g_autoptr (JsonObject) reply = ferry_client_call (client, "GET", path, NULL, &error);
+  if (reply == NULL)
+    return ferry_cli_fail (error);
+  if (ferry_global.json)
+    {
+      ferry_cli_print_json (reply);
+      return 0;
+    }
+  ferry_print_job (reply);
+  if (events)
+    print_events (reply);
+  return 0;
+}

@@ -1,0 +1,202 @@
+/* ferry migrate — move a VM to another agent. */
+#include "cli.h"
+
+#include <stdio.h>
+#include <unistd.h>
+
+#include "jsonutil.h"
+
+#define POLL_MS 300
+
+static JsonObject *
+member_object (JsonObject *object, const char *member)
+{
+  JsonNode *node = object ? json_object_get_member (object, member) : NULL;
+  return node && JSON_NODE_HOLDS_OBJECT (node) ? json_node_get_object (node) : NULL;
+}
+
+/* Share of the memory sent so far; never decreases, because pre-copy
+ * passes make "remaining" grow again. */
+static double
+progress_fraction (JsonObject *job, double previous)
+{
+  JsonObject *ram = member_object (member_object (job, "stats"), "ram");
+  if (ram == NULL)
+    return previous;
+  double transferred = ferry_json_object_int (ram, "transferred");
+  double remaining = ferry_json_object_int (ram, "remaining");
+  double fraction = transferred + remaining > 0 ? transferred / (transferred + remaining) : 0;
+  if (g_strcmp0 (ferry_json_object_string (job, "state"), "completed") == 0)
+    fraction = 1.0;
+  return MAX (previous, MIN (fraction, 1.0));
+}
+
+static void
+draw_progress (JsonObject *job, double fraction)
+{
+  const int width = 30;
+  int filled = (int) (fraction * width);
+  JsonObject *ram = member_object (member_object (job, "stats"), "ram");
+  g_autofree char *sent = ferry_format_bytes (ram ? ferry_json_object_int (ram, "transferred") : 0);
+  double mbps = ram && json_object_has_member (ram, "mbps") ? json_object_get_double_member (ram, "mbps") : 0;
+  g_autoptr (GString) bar = g_string_new (NULL);
+  for (int i = 0; i < width; i++)
+    g_string_append (bar, i < filled ? "#" : "-");
+  fprintf (stderr, "\r%-11s [%s] %3d%%  %10s  %7.1f MiB/s  iter %" G_GINT64_FORMAT "   ",
+           ferry_json_object_string (job, "state"), bar->str, (int) (fraction * 100), sent,
+           mbps * 1e6 / 8 / (1024.0 * 1024.0),
+           ram ? ferry_json_object_int (ram, "dirty-sync-count") : 0);
+  fflush (stderr);
+}
+
+static void
+print_summary (JsonObject *job)
+{
+  JsonObject *stats = member_object (job, "stats");
+  JsonObject *ram = member_object (stats, "ram");
+  const char *state = ferry_json_object_string (job, "state");
+  if (g_strcmp0 (state, "completed") != 0)
+    {
+      g_print ("migration %s: %s\n", state,
+               ferry_json_object_string (job, "error") ? ferry_json_object_string (job, "error") : "no reason given");
+      return;
+    }
+  if (g_strcmp0 (ferry_json_object_string (job, "kind"), "migrate-live") != 0)
+    {
+      g_print ("migration completed: definition moved (%" G_GINT64_FORMAT " ms)\n",
+               ferry_json_object_int (job, "elapsed_ms"));
+      return;
+    }
+  gint64 total_ms = ferry_json_object_int (stats, "total-time");
+  gint64 bytes = ferry_json_object_int (ram, "transferred");
+  g_autofree char *bytes_text = ferry_format_bytes (bytes);
+  double throughput = total_ms > 0 ? bytes / (total_ms / 1000.0) / (1024.0 * 1024.0) : 0;
+  g_print ("migration completed: total %" G_GINT64_FORMAT " ms, downtime %" G_GINT64_FORMAT
+           " ms, sent %s, %.1f MiB/s, %" G_GINT64_FORMAT " passes\n",
+           total_ms, ferry_json_object_int (stats, "downtime"), bytes_text, throughput,
+           ferry_json_object_int (ram, "dirty-sync-count"));
+}
+
+int
+ferry_cmd_migrate (int argc, char **argv)
+{
+  gboolean live = FALSE;
+  gboolean offline = FALSE;
+  gboolean persistent = FALSE;
+  gboolean undefine_source = FALSE;
+  gboolean no_tls = FALSE;
+  gboolean detach = FALSE;
+  gboolean verbose = FALSE;
+  int bandwidth = -1;
+  int max_downtime = -1;
+  GOptionEntry entries[] = {
+    { "live", 0, 0, G_OPTION_ARG_NONE, &live, "Move the running VM (memory and device state)", NULL },
+    { "offline", 0, 0, G_OPTION_ARG_NONE, &offline, "Move a shut-off VM's definition", NULL },
+    { "persistent", 0, 0, G_OPTION_ARG_NONE, &persistent, "Keep the VM defined on the destination", NULL },
+    { "undefine-source", 0, 0, G_OPTION_ARG_NONE, &undefine_source,
+      "Remove the definition from the source once the destination confirmed", NULL },
+    { "bandwidth", 0, 0, G_OPTION_ARG_INT, &bandwidth, "Limit in MiB/s (default: unlimited)", "MIBS" },
+    { "max-downtime", 0, 0, G_OPTION_ARG_INT, &max_downtime, "Downtime limit in ms (default 300)", "MS" },
+    { "no-tls", 0, 0, G_OPTION_ARG_NONE, &no_tls, "Send memory unencrypted (TLS is on by default)", NULL },
+    { "detach", 0, 0, G_OPTION_ARG_NONE, &detach, "Return once the job started", NULL },
+    { "verbose", 0, 0, G_OPTION_ARG_NONE, &verbose, "Print the job's event log at the end", NULL },
+    { NULL }
+  };
+  g_autoptr (GError) error = NULL;
+
+  if (!ferry_cli_parse ("NAME DEST-URL --live|--offline", "Migrate a VM to another host.", entries,
+                        &argc, &argv))
+    return 2;
+  if (argc != 3)
+    {
+      g_printerr ("ferry migrate: usage: migrate NAME DEST-URL --live|--offline [options]\n");
+      return 2;
+    }
+  if (live == offline)
+    {
+      g_printerr ("ferry migrate: say exactly one of --live or --offline\n");
+      return 2;
+    }
+  if (bandwidth == 0 || bandwidth < -1 || bandwidth > 1024 * 1024)
+    {
+      g_printerr ("ferry migrate: --bandwidth must be between 1 and 1048576 MiB/s\n");
+      return 2;
+    }
+  if (max_downtime == 0 || max_downtime < -1 || max_downtime > 2000000)
+    {
+      g_printerr ("ferry migrate: --max-downtime must be between 1 and 2000000 ms\n");
+      return 2;
+    }
+  if (offline && (bandwidth > 0 || max_downtime > 0 || no_tls))
+    {
+      g_printerr ("ferry migrate: --bandwidth, --max-downtime and --no-tls apply to --live only\n");
+      return 2;
+    }
+  g_autoptr (FerryClient) client = ferry_cli_client ();
+  if (client == NULL)
+    return 1;
+
+  g_autoptr (JsonObject) body = json_object_new ();
+  json_object_set_string_member (body, "dest", argv[2]);
+  json_object_set_string_member (body, "mode", live ? "live" : "offline");
+  json_object_set_boolean_member (body, "persistent", persistent);
+  json_object_set_boolean_member (body, "undefine_source", undefine_source);
+  json_object_set_boolean_member (body, "tls", !no_tls);
+  if (bandwidth > 0)
+    json_object_set_int_member (body, "bandwidth_mib", bandwidth);
+  if (max_downtime > 0)
+    json_object_set_int_member (body, "max_downtime_ms", max_downtime);
+
+  g_autofree char *escaped = ferry_client_escape (argv[1]);
+  g_autofree char *path = g_strdup_printf ("/v1/vms/%s/migrate", escaped);
+  g_autoptr (JsonObject) started = ferry_client_call (client, "POST", path, body, &error);
+  if (started == NULL)
+    return ferry_cli_fail (error);
+  gint64 job_id = ferry_json_object_int (started, "id");
+  if (detach)
+    {
+      if (ferry_global.json)
+        ferry_cli_print_json (started);
+      else
+        g_print ("migration job %" G_GINT64_FORMAT " started\n", job_id);
+      return 0;
+    }
+
+  gboolean tty = isatty (STDERR_FILENO) && !ferry_global.json;
+  g_autofree char *job_path = g_strdup_printf ("/v1/vms/%s/job", escaped);
+  g_autoptr (JsonObject) job = NULL;
+  double fraction = 0;
+  for (;;)
+    {
+      g_clear_pointer (&job, json_object_unref);
+      job = ferry_client_call (client, "GET", job_path, NULL, &error);
+      if (job == NULL)
+        return ferry_cli_fail (error);
+      if (ferry_json_object_int (job, "id") != job_id)
+        {
+          g_printerr ("ferry migrate: job %" G_GINT64_FORMAT " vanished\n", job_id);
+          return 1;
+        }
+      fraction = progress_fraction (job, fraction);
+      if (tty)
+        draw_progress (job, fraction);
+      if (!json_object_get_boolean_member_with_default (job, "active", FALSE))
+        break;
+      g_usleep (POLL_MS * 1000);
+    }
+  if (tty)
+    fprintf (stderr, "\n");
+  gboolean ok = g_strcmp0 (ferry_json_object_string (job, "state"), "completed") == 0;
+  if (ferry_global.json)
+    ferry_cli_print_json (job);
+  else
+    {
+      print_summary (job);
+      if (verbose)
+        {
+          g_print ("\n");
+          ferry_print_job (job);
+        }
+    }
+  return ok ? 0 : 1;
+}
