@@ -380,7 +380,6 @@ on_finish_resumed (GObject *source, GAsyncResult *result, gpointer user_data)
     }
   FerryAgent *agent = data->agent;
   FerryVm *vm = g_hash_table_lookup (agent->vms, job->vm_name);
-  g_autoptr (GError) store_error = NULL;
   gboolean persistent = job->options.persistent || job->reused_definition;
   if (vm != NULL)
     {

@@ -54,7 +54,13 @@ JsonNode *ferry_qmp_execute_sync (FerryQmp *qmp,
                                   GError **error);
 
 gboolean ferry_qmp_is_closed (FerryQmp *qmp);
+/* Closes the monitor: pending commands fail with FERRY_ERROR_UNAVAILABLE and
+ * "closed" is emitted (once, as for any other close). Idempotent. */
 void ferry_qmp_close (FerryQmp *qmp);
+/* Why the client closed (EOF and read errors: FERRY_ERROR_UNAVAILABLE;
+ * oversized message: FERRY_ERROR_TOO_LARGE; malformed QMP: FERRY_ERROR_QEMU),
+ * or NULL while open. Pending commands failed with this error. */
+const GError *ferry_qmp_get_close_error (FerryQmp *qmp);
 
 /* The exact wire form of a command, as sent: {"execute": ..., "arguments": ...,
  * "id": ...}. Exposed so unit tests can check every command ferry builds
@@ -63,7 +69,11 @@ char *ferry_qmp_build_command (const char *command, JsonObject *arguments, const
 
 /* Signals:
  *   "event"  (const char *name, JsonObject *data (may be NULL), gint64 timestamp_us)
+ *            data is borrowed for the emission: ref it to keep it.
  *   "closed" (void)
+ *            Once per client, for every cause (EOF, read/write error,
+ *            oversized or malformed message, ferry_qmp_close()), after the
+ *            pending commands were failed. Not emitted from dispose.
  */
 
 G_END_DECLS

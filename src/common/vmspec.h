@@ -75,9 +75,21 @@ typedef struct {
   FerrySerialMode serial;
 } FerryVmSpec;
 
+/* A new spec holds the defaults (1 vCPU, 512 MiB, q35, qemu64, bios,
+ * serial log, no disks, no NICs); name and uuid are NULL. */
 FerryVmSpec *ferry_vm_spec_new (void);
 void ferry_vm_spec_free (FerryVmSpec *spec);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (FerryVmSpec, ferry_vm_spec_free)
+
+/* For building specs in code: defaults filled, path/mac NULL. Add them to
+ * spec->disks / spec->nics, which own their elements. */
+FerryDiskSpec *ferry_disk_spec_new (void);
+void ferry_disk_spec_free (FerryDiskSpec *disk);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (FerryDiskSpec, ferry_disk_spec_free)
+
+FerryNicSpec *ferry_nic_spec_new (void);
+void ferry_nic_spec_free (FerryNicSpec *nic);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (FerryNicSpec, ferry_nic_spec_free)
 
 /* Parses YAML or JSON (JSON is YAML; the parser accepts both). Fills in
  * defaults. Errors: FERRY_ERROR_INVALID_ARGUMENT naming the field, or
@@ -93,7 +105,13 @@ char *ferry_vm_spec_to_json_string (const FerryVmSpec *spec);
 
 FerryVmSpec *ferry_vm_spec_copy (const FerryVmSpec *spec);
 
+/* Field-by-field equality (NULL equals only NULL). */
+gboolean ferry_vm_spec_equal (const FerryVmSpec *a, const FerryVmSpec *b);
+
 gboolean ferry_vm_name_is_valid (const char *name);
 const char *ferry_disk_format_to_string (FerryDiskFormat format);
+const char *ferry_disk_bus_to_string (FerryDiskBus bus);
+const char *ferry_nic_network_to_string (FerryNicNetwork network);
+const char *ferry_serial_mode_to_string (FerrySerialMode mode);
 
 G_END_DECLS

@@ -1,0 +1,52 @@
+# ferry — thin wrapper around meson. `make demo` and `make check` do all
+# set-up on a fresh Debian 12 machine (packages are installed when root).
+BUILD ?= build
+ASAN_BUILD ?= build-asan
+MESON_TEST = meson test --print-errorlogs --no-rebuild
+
+.PHONY: all deps build check check-unit check-sanitizers check-valgrind demo bench-smoke fuzz clean
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh
+
+$(BUILD)/build.ninja:
+	meson setup $(BUILD)
+
+build: deps $(BUILD)/build.ninja
+	ninja -C $(BUILD)
+
+# Every test: unit, guest kit, integration (real QEMU guests, one at a
+# time), then the unit tests again under ASan/UBSan and valgrind.
+check: build
+	status=0; \
+	$(MESON_TEST) -C $(BUILD) || status=1; \
+	$(MAKE) check-sanitizers || status=1; \
+	$(MAKE) check-valgrind || status=1; \
+	exit $$status
+
+check-unit: build
+	$(MESON_TEST) -C $(BUILD) --suite unit
+
+check-sanitizers: deps
+	[ -f $(ASAN_BUILD)/build.ninja ] || meson setup $(ASAN_BUILD) -Db_sanitize=address,undefined \
+	    -Db_lundef=false -Dintegration=false
+	ninja -C $(ASAN_BUILD)
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=1 \
+	    $(MESON_TEST) -C $(ASAN_BUILD) --suite unit
+
+check-valgrind: build
+	$(MESON_TEST) -C $(BUILD) --suite unit --logbase valgrind \
+	    --wrap='valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite --track-origins=yes' \
+	    --timeout-multiplier=10
+
+demo: build
+	python3 tests/integration/demo.py
+
+fuzz: deps
+	[ -f build-fuzz/build.ninja ] || CC=clang meson setup build-fuzz -Dfuzzing=true -Dintegration=false
+	ninja -C build-fuzz
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz

@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Bad input gets a clear error that names the problem; nothing crashes,
+nothing is lost."""
+
+import os
+import socket
+import ssl
+
+from ferrytest import FERRY, Cluster, ensure_guest, guest_spec, log, main, run, wait_for_ticks
+
+
+def expect_error(result, *fragments):
+    assert result.returncode != 0, f"expected a failure, got success: {result.stdout}"
+    for fragment in fragments:
+        assert fragment in result.stderr, f"error should mention '{fragment}': {result.stderr!r}"
+    log(f"refused as expected: {result.stderr.strip()}")
+
+
+def raw_post(host, path, body, cert_dir):
+    """POST with a hand-made HTTP request (to control the body size)."""
+    context = ssl.create_default_context(cafile=os.path.join(cert_dir, "ca-cert.pem"))
+    context.load_cert_chain(os.path.join(cert_dir, "cert.pem"), os.path.join(cert_dir, "key.pem"))
+    prefix = host.prefix()
+    assert not prefix, "raw_post runs in the caller's namespace"
+    with socket.create_connection((host.address, 7711), timeout=30) as sock:
+        with context.wrap_socket(sock, server_hostname=host.address) as tls:
+            head = (f"POST {path} HTTP/1.1\r\nHost: {host.address}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                    "Connection: close\r\n\r\n").encode()
+            tls.sendall(head)
+            try:
+                tls.sendall(body)
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+                pass  # the agent may answer and close before reading it all
+            reply = b""
+            while True:
+                try:
+                    chunk = tls.recv(65536)
+                except (ConnectionResetError, ssl.SSLError):
+                    break
+                if not chunk:
+                    break
+                reply += chunk
+    return reply.decode("utf-8", "replace")
+
+
+def test():
+    kernel, initrd = ensure_guest()
+    cluster = Cluster()
+    a, b = cluster.a, cluster.b
+    work = cluster.workdir
+
+    log("malformed spec: the error names the field")
+    bad = os.path.join(work, "bad.yaml")
+    with open(bad, "w") as handle:
+        handle.write("name: vm1\nmemory: 8\n")
+    expect_error(a.cli("vm", "define", bad, check=False), "memory")
+    with open(bad, "w") as handle:
+        handle.write("name: vm1\nvcpus: 1\ndisks:\n  - path: relative.img\n    format: raw\n")
+    expect_error(a.cli("vm", "define", bad, check=False), "disks[0].path")
+    with open(bad, "w") as handle:
+        handle.write("name: 'bad name!'\n")
+    expect_error(a.cli("vm", "define", bad, check=False), "name")
+    assert a.vms() == {}, "nothing was defined"
+
+    log("unknown VM")
+    expect_error(a.cli("vm", "info", "nosuchvm", check=False), "nosuchvm")
+    expect_error(a.cli("vm", "start", "nosuchvm", check=False), "nosuchvm")
+    expect_error(a.cli("migrate", "nosuchvm", b.url, "--live", check=False), "nosuchvm")
+
+    log("live migration of a shut-off VM")
+    spec = guest_spec(os.path.join(work, "vm1.json"), "vm1", kernel, initrd)
+    a.cli("vm", "define", spec)
+    expect_error(a.cli("migrate", "vm1", b.url, "--live", check=False), "shutoff", "--offline")
+
+    log("CLI argument errors")
+    expect_error(a.cli("migrate", "vm1", b.url, check=False), "--live or --offline")
+    expect_error(a.cli("migrate", "vm1", b.url, "--live", "--bandwidth", "-5", check=False), "--bandwidth")
+    expect_error(a.cli("migrate", "vm1", "ftp://x", "--offline", "--persistent", check=False), "https")
+
+    log("a certificate from another CA is refused")
+    other = os.path.join(work, "other-pki")
+    run([FERRY, "pki", "init", "--dir", other])
+    run([FERRY, "pki", "issue-client", "intruder", "--dir", other])
+    intruder = os.path.join(other, "clients", "intruder")
+    # The intruder trusts our CA (so it could talk) but its own certificate is not ours.
+    with open(os.path.join(cluster.pki_dir, "ca-cert.pem")) as src, \
+            open(os.path.join(intruder, "ca-cert.pem"), "w") as dst:
+        dst.write(src.read())
+    result = run(a.prefix() + [FERRY, "-c", a.url, "--tls-dir", intruder, "vm", "list"], check=False)
+    expect_error(result, "agent")
+    # And the CLI refuses an agent whose certificate is not from the CA it trusts.
+    run([FERRY, "pki", "issue-client", "outsider", "--dir", other])
+    outsider = os.path.join(other, "clients", "outsider")
+    result = run(a.prefix() + [FERRY, "-c", a.url, "--tls-dir", outsider, "vm", "list"], check=False)
+    expect_error(result, "TLS")
+
+    log("unreachable destination")
+    a.cli("vm", "start", "vm1")
+    tick, boot_id = wait_for_ticks(a, "vm1", beyond=0)
+    result = a.cli("migrate", "vm1", "https://10.255.255.1:7711" if cluster.root else "https://127.0.0.9:1",
+                   "--live", check=False)
+    expect_error(result, "prepare failed")
+    assert a.vms()["vm1"]["state"] == "running"
+    wait_for_ticks(a, "vm1", beyond=tick, boot_id=boot_id)
+
+    log("an API body over the size limit")
+    if a.prefix():
+        # Talk to the agent from inside its namespace with a helper process.
+        script = os.path.join(work, "big.py")
+        with open(script, "w") as handle:
+            handle.write(
+                "import os, socket, ssl, sys\n"
+                f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+                "from test_bad_input import raw_post\n"
+                "class H: pass\n"
+                "h = H(); h.address = sys.argv[1]; h.prefix = lambda: []\n"
+                "print(raw_post(h, '/v1/vms', b'{' + b' ' * (2 * 1024 * 1024) + b'}', sys.argv[2]))\n")
+        reply = a.run_in("python3", script, a.address, cluster.client_tls).stdout
+    else:
+        reply = raw_post(a, "/v1/vms", b"{" + b" " * (2 * 1024 * 1024) + b"}", cluster.client_tls)
+    log(f"reply to the oversized body: {reply.splitlines()[0] if reply else '(none)'}")
+    assert " 413 " in reply.splitlines()[0], reply[:500]
+    assert "over the limit" in reply, reply[:500]
+    # The agent is still fine.
+    assert a.vms()["vm1"]["state"] == "running"
+
+
+if __name__ == "__main__":
+    main(test)

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Failures mid-migration leave the guest running on the source and
+nothing behind on the destination: abort, destination ferryd killed,
+link cut. The job says failed (or cancelled) and why."""
+
+import os
+
+from ferrytest import (Cluster, assert_clean, ensure_guest, guest_spec, job, log, main,
+                       wait_for_console, wait_for_ticks, wait_job_done, wait_until)
+
+
+def start_slow_migration(cluster):
+    """Starts a migration throttled so that it lasts long enough to break."""
+    a, b = cluster.a, cluster.b
+    a.cli("migrate", "vm1", b.url, "--live", "--bandwidth", "4", "--detach")
+
+    def streaming():
+        info = job(a, "vm1")
+        ram = info.get("stats", {}).get("ram", {})
+        return info["state"] == "performing" and ram.get("transferred", 0) > 2 * 1024 * 1024
+    wait_until("the migration to stream", streaming, timeout=120)
+    assert "vm1" in b.vms(), "destination should hold the incoming VM while streaming"
+
+
+def assert_guest_kept(cluster, tick, boot_id, expected_state, reason_fragment):
+    a, b = cluster.a, cluster.b
+    info = wait_job_done(a, "vm1", timeout=120)
+    log(f"job ended: {info['state']}: {info.get('error')}")
+    assert info["state"] == expected_state, info
+    assert reason_fragment in (info.get("error") or ""), f"reason should mention '{reason_fragment}': {info}"
+    assert a.vms()["vm1"]["state"] == "running", a.vms()
+    tick, _ = wait_for_ticks(a, "vm1", beyond=tick + 1, boot_id=boot_id)
+    wait_until("the destination to be clean", lambda: assert_clean(b, "vm1") is None, timeout=60)
+    return tick
+
+
+def test():
+    kernel, initrd = ensure_guest()
+    cluster = Cluster(need_netns=True, keepalive_timeout_ms=3000)
+    a, b = cluster.a, cluster.b
+    spec = guest_spec(os.path.join(cluster.workdir, "vm1.json"), "vm1", kernel, initrd,
+                      memory_mib=256, dirty_mib=96, dirty_rate=10)
+    a.cli("vm", "define", spec)
+    a.cli("vm", "start", "vm1")
+    wait_for_console(a, "vm1", r"dirtier mib=96")
+    tick, boot_id = wait_for_ticks(a, "vm1", beyond=1)
+
+    log("1. abort mid-migration")
+    start_slow_migration(cluster)
+    a.cli("job", "abort", "vm1")
+    tick = assert_guest_kept(cluster, tick, boot_id, "cancelled", "aborted")
+
+    log("2. destination ferryd killed mid-migration")
+    start_slow_migration(cluster)
+    b.stop_agent(kill=True)
+    tick = assert_guest_kept_without_agent(cluster, tick, boot_id)
+
+    log("3. link cut mid-migration")
+    start_slow_migration(cluster)
+    cluster.link_down()
+    try:
+        info = wait_job_done(a, "vm1", timeout=120)
+        log(f"job ended: {info['state']}: {info.get('error')}")
+        assert info["state"] == "failed", info
+        assert "unreachable" in info["error"], info
+        assert a.vms()["vm1"]["state"] == "running"
+        tick, _ = wait_for_ticks(a, "vm1", beyond=tick + 1, boot_id=boot_id)
+        # B's lease on the incoming VM expires on its own, link or not.
+        wait_until("B to drop the incoming VM", lambda: not b.qemu_pids(), timeout=60)
+    finally:
+        cluster.link_up()
+    wait_until("the destination to be clean", lambda: assert_clean(b, "vm1") is None, timeout=60)
+    b_job = job(b, "vm1")
+    assert b_job["state"] == "failed" and "silent" in b_job["error"], b_job
+
+    log("4. after all that, a migration still works")
+    result = a.cli("migrate", "vm1", b.url, "--live")
+    assert "migration completed" in result.stdout, result.stdout
+    wait_for_ticks(b, "vm1", beyond=tick, boot_id=boot_id)
+
+
+def assert_guest_kept_without_agent(cluster, tick, boot_id):
+    a, b = cluster.a, cluster.b
+    info = wait_job_done(a, "vm1", timeout=120)
+    log(f"job ended: {info['state']}: {info.get('error')}")
+    assert info["state"] == "failed", info
+    assert "unreachable" in info["error"] or "destination" in info["error"], info
+    assert a.vms()["vm1"]["state"] == "running"
+    tick, _ = wait_for_ticks(a, "vm1", beyond=tick + 1, boot_id=boot_id)
+    # The destination QEMU loses its stream and exits; the restarted agent
+    # finds the unfinished incoming job and removes the definition.
+    wait_until("B's incoming QEMU to exit", lambda: not b.qemu_pids(), timeout=60)
+    b.start_agent()
+    wait_until("the destination to be clean", lambda: assert_clean(b, "vm1") is None, timeout=60)
+    b_job = job(b, "vm1")
+    assert b_job["state"] == "failed", b_job
+    return tick
+
+
+if __name__ == "__main__":
+    main(test)
