@@ -304,6 +304,46 @@ state_for_run_status (const char *status)
   return FERRY_VM_PAUSED;
 }
 
+/* QEMU answers its monitor within milliseconds; one that does not is
+ * hung, and must not hang the agent with it. */
+#define MONITOR_CONNECT_TIMEOUT_S 30
+
+static gboolean
+on_connect_deadline (gpointer user_data)
+{
+  g_cancellable_cancel (G_CANCELLABLE (user_data));
+  return G_SOURCE_REMOVE;
+}
+
+static void
+destroy_deadline (gpointer source)
+{
+  g_source_destroy (source);
+  g_source_unref (source);
+}
+
+/* A cancellable that cancels itself after timeout_s. */
+static GCancellable *
+cancellable_with_deadline (guint timeout_s)
+{
+  GCancellable *cancellable = g_cancellable_new ();
+  GSource *source = g_timeout_source_new_seconds (timeout_s);
+  g_source_set_callback (source, on_connect_deadline, g_object_ref (cancellable), g_object_unref);
+  g_source_attach (source, NULL);
+  g_object_set_data_full (G_OBJECT (cancellable), "deadline", source, destroy_deadline);
+  return cancellable;
+}
+
+/* The connect finished: the deadline must not fire into a later use. */
+static void
+disarm_deadline (GTask *task)
+{
+  GCancellable *deadline = g_object_get_data (G_OBJECT (task), "deadline");
+  if (deadline != NULL)
+    g_object_set_data (G_OBJECT (deadline), "deadline", NULL);
+  g_object_set_data (G_OBJECT (task), "deadline", NULL);
+}
+
 /* ---- start ------------------------------------------------------------------ */
 
 /* A GTask's source object must be a GObject; the VM rides in its data. */
@@ -362,6 +402,7 @@ on_start_connected (GObject *source, GAsyncResult *result, gpointer user_data)
   FerryVm *vm = task_vm (task);
   GError *error = NULL;
   FerryQmp *qmp = ferry_qmp_connect_finish (result, &error);
+  disarm_deadline (task);
   if (qmp == NULL)
     {
       g_prefix_error (&error, "VM '%s': cannot connect to QEMU's monitor: ", vm->name);
@@ -409,8 +450,9 @@ on_start_daemonized (GObject *source, GAsyncResult *result, gpointer user_data)
   if (!ferry_store_vm_set_runtime (vm->agent->store, vm->name, ferry_vm_state_to_string (vm->state),
                                    vm->pid, &store_error))
     g_warning ("vm %s: %s", vm->name, store_error->message);
-  GCancellable *cancellable = g_task_get_cancellable (task);
-  ferry_qmp_connect_async (vm->qmp_socket, cancellable, on_start_connected, g_steal_pointer (&task));
+  GCancellable *deadline = cancellable_with_deadline (MONITOR_CONNECT_TIMEOUT_S);
+  g_object_set_data_full (G_OBJECT (task), "deadline", deadline, g_object_unref);
+  ferry_qmp_connect_async (vm->qmp_socket, deadline, on_start_connected, g_steal_pointer (&task));
 }
 
 void
@@ -513,6 +555,7 @@ on_reattach_connected (GObject *source, GAsyncResult *result, gpointer user_data
   FerryVm *vm = g_object_get_data (G_OBJECT (task), "vm");
   GError *error = NULL;
   FerryQmp *qmp = ferry_qmp_connect_finish (result, &error);
+  disarm_deadline (task);
   if (qmp == NULL)
     {
       ferry_vm_set_state (vm, FERRY_VM_SHUTOFF);
@@ -537,7 +580,9 @@ ferry_vm_reattach_async (FerryVm *vm, GAsyncReadyCallback callback, gpointer use
                                "VM '%s': QEMU (pid %d) is gone", vm->name, vm->pid);
       return;
     }
-  ferry_qmp_connect_async (vm->qmp_socket, NULL, on_reattach_connected, g_steal_pointer (&task));
+  GCancellable *deadline = cancellable_with_deadline (MONITOR_CONNECT_TIMEOUT_S);
+  g_object_set_data_full (G_OBJECT (task), "deadline", deadline, g_object_unref);
+  ferry_qmp_connect_async (vm->qmp_socket, deadline, on_reattach_connected, g_steal_pointer (&task));
 }
 
 gboolean
