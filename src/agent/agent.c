@@ -36,6 +36,11 @@ ferry_agent_new (const FerryAgentConfig *config, GError **error)
       return NULL;
     }
 
+  agent->pad_ram_for_tcg = g_str_equal (agent->accel, "tcg")
+                           && ferry_qemu_has_tcg_dirty_sync_bug (agent->config.qemu_binary);
+  if (agent->pad_ram_for_tcg)
+    g_info ("TCG with QEMU < 9: guest RAM padded by 8 KiB to avoid QEMU's lost-dirty-page bug");
+
   if (g_mkdir_with_parents (agent->config.state_dir, 0700) < 0)
     {
       g_set_error (error, FERRY_ERROR, FERRY_ERROR_FAILED, "cannot create state directory %s: %s",

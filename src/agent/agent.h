@@ -42,6 +42,7 @@ typedef struct {
 struct _FerryAgent {
   FerryAgentConfig config;
   const char *accel;           /* resolved: "kvm" or "tcg" */
+  gboolean pad_ram_for_tcg;    /* see FerryQemuLaunch.pad_ram_for_tcg_dirty_sync */
   FerryStore *store;
   FerryTls *tls;
   GHashTable *vms;             /* name → FerryVm* (owned) */
@@ -181,6 +182,7 @@ struct _FerryJob {
   guint keepalive_timer;
   gint64 peer_last_seen_us;  /* monotonic */
   gboolean keepalive_in_flight;
+  gint64 guest_stopped_us;   /* wall clock of the source's STOP at switchover */
   /* destination */
   char *incoming_status;     /* from MIGRATION events */
   gboolean reused_definition;/* an inactive definition of this VM existed */

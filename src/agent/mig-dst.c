@@ -362,6 +362,7 @@ on_finish_resumed (GObject *source, GAsyncResult *result, gpointer user_data)
   FerryJob *job = g_hash_table_lookup (data->agent->jobs, &data->job_id);
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonNode) reply = ferry_qmp_run_steps_finish (result, &error);
+  gint64 resumed_us = g_get_real_time ();
 
   if (job == NULL)
     {
@@ -394,6 +395,7 @@ on_finish_resumed (GObject *source, GAsyncResult *result, gpointer user_data)
     }
   JsonObject *answer = job_status_json (job);
   json_object_set_boolean_member (answer, "running", TRUE);
+  json_object_set_int_member (answer, "resumed_us", resumed_us);
   json_object_set_string_member (answer, "state", "completed");
   ferry_job_event (job, "info", "guest resumed on this host");
   ferry_job_finish (job, FERRY_JOB_COMPLETED, NULL);

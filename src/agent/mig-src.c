@@ -161,6 +161,38 @@ mig_src_complete (FerryJob *job)
 }
 
 static void
+on_final_stats (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree JobRef *ref = user_data;
+  FerryJob *job = job_deref (ref);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
+  if (job == NULL)
+    return;
+  if (reply != NULL && JSON_NODE_HOLDS_OBJECT (reply))
+    {
+      /* Keep ferry's own fields from the last snapshot. */
+      JsonObject *stats = json_node_get_object (reply);
+      JsonObjectIter iter;
+      const char *name;
+      JsonNode *value;
+      json_object_iter_init (&iter, job->stats);
+      while (json_object_iter_next (&iter, &name, &value))
+        if (g_str_has_prefix (name, "ferry-") || g_str_has_suffix (name, "-limit-mib")
+            || g_str_has_suffix (name, "-limit-ms"))
+          json_object_set_member (stats, name, json_node_copy (value));
+      ferry_job_set_stats (job, stats);
+    }
+  FerryVm *vm = job_vm (job);
+  /* The source copy is stale now; stopping it completes the job when the
+   * monitor closes (mig_src_on_qmp_event FERRY_QEMU_EXITED). */
+  if (vm != NULL && vm->qmp != NULL)
+    ferry_vm_destroy (vm, NULL);
+  else
+    mig_src_complete (job);
+}
+
+static void
 mig_src_confirm (FerryJob *job)
 {
   FerryVm *vm = job_vm (job);
@@ -170,9 +202,9 @@ mig_src_confirm (FerryJob *job)
       mig_src_complete (job);
       return;
     }
-  /* The source copy is stale now; stopping it completes the job when the
-   * monitor closes (mig_src_on_qmp_event FERRY_QEMU_EXITED). */
-  ferry_vm_destroy (vm, NULL);
+  /* QEMU announces "completed" before it fills in total time and downtime;
+   * by now it has, so read the final figures before stopping it. */
+  ferry_qmp_execute_async (vm->qmp, "query-migrate", NULL, NULL, on_final_stats, job_ref (job));
 }
 
 /* ---- finish ----------------------------------------------------------------- */
@@ -193,6 +225,17 @@ on_finish_replied (GObject *source, GAsyncResult *result, gpointer user_data)
   if (reply != NULL && ferry_json_object_string (reply, "state") != NULL
       && g_str_equal (ferry_json_object_string (reply, "state"), "completed"))
     {
+      gint64 resumed_us = ferry_json_object_int (reply, "resumed_us");
+      if (resumed_us > 0 && job->guest_stopped_us > 0)
+        {
+          /* What the guest saw: paused here until running there (wall
+           * clocks of two hosts; exact on one machine, skewed by NTP
+           * error across machines). */
+          gint64 downtime_ms = (resumed_us - job->guest_stopped_us) / 1000;
+          json_object_set_int_member (job->stats, "ferry-guest-downtime-ms", downtime_ms);
+          ferry_job_event (job, "info", "guest paused for %" G_GINT64_FORMAT
+                           " ms (source stop to destination resume)", downtime_ms);
+        }
       mig_src_confirm (job);
       return;
     }
@@ -498,6 +541,11 @@ mig_src_on_qmp_event (FerryJob *job, const char *name, JsonObject *data)
                                       on_peer_abort_done, g_strdup ("source QEMU exited"));
           ferry_job_finish (job, FERRY_JOB_FAILED, "source QEMU exited during the migration");
         }
+      return;
+    }
+  if (g_str_equal (name, "STOP") && job->state == FERRY_JOB_PERFORMING)
+    {
+      job->guest_stopped_us = g_get_real_time ();
       return;
     }
   if (!g_str_equal (name, "MIGRATION") || job->state != FERRY_JOB_PERFORMING)

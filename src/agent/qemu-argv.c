@@ -56,7 +56,10 @@ ferry_qemu_argv_build (const FerryVmSpec *spec, const FerryQemuLaunch *launch)
   add (b, "-smp");
   addf (b, "%u", spec->vcpus);
   add (b, "-m");
-  addf (b, "%" G_GUINT64_FORMAT "M", spec->memory_mib);
+  if (launch->pad_ram_for_tcg_dirty_sync)
+    addf (b, "%" G_GUINT64_FORMAT "K", spec->memory_mib * 1024 + 8);
+  else
+    addf (b, "%" G_GUINT64_FORMAT "M", spec->memory_mib);
   add (b, "-nodefaults");
   add (b, "-no-user-config");
   add (b, "-display");
@@ -234,4 +237,22 @@ ferry_qemu_detect_accel (void)
       && strstr (cpuinfo, " hypervisor") != NULL)
     return "tcg";
   return "kvm";
+}
+
+gboolean
+ferry_qemu_has_tcg_dirty_sync_bug (const char *qemu_binary)
+{
+  const char *argv[] = { qemu_binary, "-version", NULL };
+  g_autofree char *out = NULL;
+  int status = 0;
+  if (!g_spawn_sync (NULL, (char **) argv, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_STDERR_TO_DEV_NULL,
+                     NULL, NULL, &out, NULL, &status, NULL)
+      || !g_spawn_check_wait_status (status, NULL))
+    return TRUE; /* unknown: the padding is harmless, the bug is not */
+  /* "QEMU emulator version 7.2.22 (Debian …)" */
+  const char *version = strstr (out, "version ");
+  if (version == NULL)
+    return TRUE;
+  guint64 major = g_ascii_strtoull (version + strlen ("version "), NULL, 10);
+  return major < 9;
 }

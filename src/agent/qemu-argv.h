@@ -19,6 +19,15 @@ typedef struct {
   const char *console_log;
   gboolean incoming;          /* destination of a migration: -incoming defer */
   gboolean start_paused;      /* -S */
+  /* QEMU before 9.0 loses guest writes during migration under TCG: the
+   * fast path of its dirty-bitmap sync (RAM sizes that are multiples of
+   * 256 KiB) clears dirty bits without re-arming the TCG TLB, so stores
+   * through cached TLB entries go unrecorded and the destination gets
+   * stale pages (upstream fix "physmem: ... dirty bits cleared", 2024).
+   * 8 KiB more RAM puts the block on the slow, correct path. Both ends of
+   * a migration must agree, which they do: the flag depends only on the
+   * accelerator and the QEMU version. */
+  gboolean pad_ram_for_tcg_dirty_sync;
 } FerryQemuLaunch;
 
 /* NULL-terminated argv, element 0 is the binary. */
@@ -33,5 +42,8 @@ char *ferry_qemu_resolve_machine (const char *qemu_binary, const char *machine, 
  * hypervisor (nested KVM can be far slower than TCG), else "tcg".
  * FERRY_ACCEL in the environment overrides. */
 const char *ferry_qemu_detect_accel (void);
+
+/* Does this QEMU need pad_ram_for_tcg_dirty_sync under TCG (version < 9)? */
+gboolean ferry_qemu_has_tcg_dirty_sync_bug (const char *qemu_binary);
 
 G_END_DECLS

@@ -498,6 +498,7 @@ ferry_vm_start_async (FerryVm *vm, const FerryVmStartOptions *options, GCancella
     .console_log = vm->console_log,
     .incoming = options->incoming,
     .start_paused = options->paused || options->incoming,
+    .pad_ram_for_tcg_dirty_sync = vm->agent->pad_ram_for_tcg,
   };
   g_auto (GStrv) argv = ferry_qemu_argv_build (vm->spec, &launch);
   g_autofree char *command_line = g_strjoinv (" ", argv);

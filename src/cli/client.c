@@ -98,6 +98,15 @@ send_request (FerryClient *client, const char *method, const char *path, const c
         g_set_error (error, FERRY_ERROR, FERRY_ERROR_PERMISSION,
                      "%s: TLS handshake failed: %s (is the agent's certificate from the CA in %s?)",
                      client->url, local_error->message, client->tls_dir);
+      else if (g_error_matches (local_error, G_IO_ERROR, G_IO_ERROR_CONNECTION_CLOSED)
+               || g_error_matches (local_error, G_IO_ERROR, G_IO_ERROR_BROKEN_PIPE)
+               || strstr (local_error->message, "reset by peer") != NULL)
+        /* An agent that refuses our certificate drops the connection
+         * during the handshake; say so rather than only "reset". */
+        g_set_error (error, FERRY_ERROR, FERRY_ERROR_PERMISSION,
+                     "the agent at %s closed the connection: %s (does it trust the certificate "
+                     "in %s? it must be issued by the agent's CA)",
+                     client->url, local_error->message, client->tls_dir);
       else
         g_set_error (error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE, "cannot reach the agent at %s: %s",
                      client->url, local_error->message);

@@ -66,6 +66,9 @@ ferry_print_job (JsonObject *job)
              ferry_json_object_int (stats, "expected-downtime"));
   if (stats != NULL && json_object_has_member (stats, "downtime"))
     g_print ("%-20s %" G_GINT64_FORMAT " ms\n", "Downtime:", ferry_json_object_int (stats, "downtime"));
+  if (stats != NULL && json_object_has_member (stats, "ferry-guest-downtime-ms"))
+    g_print ("%-20s %" G_GINT64_FORMAT " ms (source stop to destination resume)\n", "Guest paused:",
+             ferry_json_object_int (stats, "ferry-guest-downtime-ms"));
   if (stats != NULL && json_object_has_member (stats, "setup-time"))
     g_print ("%-20s %" G_GINT64_FORMAT " ms\n", "Setup time:", ferry_json_object_int (stats, "setup-time"));
   if (stats != NULL && json_object_has_member (stats, "total-time"))

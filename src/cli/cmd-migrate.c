@@ -57,8 +57,9 @@ print_summary (JsonObject *job)
   const char *state = ferry_json_object_string (job, "state");
   if (g_strcmp0 (state, "completed") != 0)
     {
-      g_print ("migration %s: %s\n", state,
-               ferry_json_object_string (job, "error") ? ferry_json_object_string (job, "error") : "no reason given");
+      g_printerr ("ferry: error: migration %s: %s\n", state,
+                  ferry_json_object_string (job, "error") ? ferry_json_object_string (job, "error")
+                                                          : "no reason given");
       return;
     }
   if (g_strcmp0 (ferry_json_object_string (job, "kind"), "migrate-live") != 0)
@@ -71,9 +72,13 @@ print_summary (JsonObject *job)
   gint64 bytes = ferry_json_object_int (ram, "transferred");
   g_autofree char *bytes_text = ferry_format_bytes (bytes);
   double throughput = total_ms > 0 ? bytes / (total_ms / 1000.0) / (1024.0 * 1024.0) : 0;
+  g_autofree char *paused = json_object_has_member (stats, "ferry-guest-downtime-ms")
+    ? g_strdup_printf (" (guest paused %" G_GINT64_FORMAT " ms)",
+                       ferry_json_object_int (stats, "ferry-guest-downtime-ms"))
+    : g_strdup ("");
   g_print ("migration completed: total %" G_GINT64_FORMAT " ms, downtime %" G_GINT64_FORMAT
-           " ms, sent %s, %.1f MiB/s, %" G_GINT64_FORMAT " passes\n",
-           total_ms, ferry_json_object_int (stats, "downtime"), bytes_text, throughput,
+           " ms%s, sent %s, %.1f MiB/s, %" G_GINT64_FORMAT " passes\n",
+           total_ms, ferry_json_object_int (stats, "downtime"), paused, bytes_text, throughput,
            ferry_json_object_int (ram, "dirty-sync-count"));
 }
 

@@ -91,8 +91,9 @@ def ensure_guest():
 class Host:
     """One ferry host: a namespace (or a loopback address) and its ferryd."""
 
-    def __init__(self, cluster, name, address, netns):
+    def __init__(self, cluster, name, address, netns, veth=None):
         self.cluster = cluster
+        self.veth = veth
         self.name = name
         self.address = address
         self.netns = netns
@@ -185,8 +186,9 @@ class Cluster:
             self.netns = [None, None]
             addresses = ["127.0.0.1", "127.0.0.2"]
         self._make_pki(addresses)
-        self.a = Host(self, "hosta", addresses[0], self.netns[0])
-        self.b = Host(self, "hostb", addresses[1], self.netns[1])
+        veths = self.veth if self.root else [None, None]
+        self.a = Host(self, "hosta", addresses[0], self.netns[0], veths[0])
+        self.b = Host(self, "hostb", addresses[1], self.netns[1], veths[1])
         _cleanups.append(self._stop_everything)
         self.a.start_agent()
         self.b.start_agent()

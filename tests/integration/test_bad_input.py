@@ -88,7 +88,7 @@ def test():
             open(os.path.join(intruder, "ca-cert.pem"), "w") as dst:
         dst.write(src.read())
     result = run(a.prefix() + [FERRY, "-c", a.url, "--tls-dir", intruder, "vm", "list"], check=False)
-    expect_error(result, "agent")
+    expect_error(result, "certificate")
     # And the CLI refuses an agent whose certificate is not from the CA it trusts.
     run([FERRY, "pki", "issue-client", "outsider", "--dir", other])
     outsider = os.path.join(other, "clients", "outsider")

@@ -25,7 +25,7 @@ def test():
     assert vm["state"] == "running" and vm["pid"] == pid, vm
     tick, _ = wait_for_ticks(a, "vm1", beyond=tick, boot_id=boot_id)
     # The reattached monitor works: a clean shutdown goes through it.
-    a.cli("vm", "shutdown", "vm1", "--wait", "--timeout", "15")
+    a.cli("vm", "shutdown", "vm1", "--wait", "--timeout", "5")
     assert a.vms()["vm1"]["state"] == "shutoff"
 
     log("offline migration with --persistent --undefine-source")

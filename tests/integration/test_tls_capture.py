@@ -16,7 +16,7 @@ MARKER = "FERRY-SECRET-MARKER-7f3a9c"
 
 def capture_migration(cluster, source, destination, extra_args):
     pcap = os.path.join(cluster.workdir, f"capture-{len(extra_args)}.pcap")
-    veth = cluster.veth[0]
+    veth = source.veth
     tcpdump = subprocess.Popen(source.prefix() + ["tcpdump", "-i", veth, "-U", "-s", "0", "-w", pcap, "tcp"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # tcpdump says "listening on" once the capture runs.

@@ -97,6 +97,19 @@ test_same_spec_same_command_line (void)
 }
 
 static void
+test_tcg_padding_moves_ram_off_the_fast_path (void)
+{
+  g_autoptr (FerryVmSpec) spec = sample_spec ();
+  FerryQemuLaunch padded = launch;
+  padded.pad_ram_for_tcg_dirty_sync = TRUE;
+  g_auto (GStrv) argv = ferry_qemu_argv_build (spec, &padded);
+  g_autofree char *line = joined (argv);
+  /* 1 GiB + 8 KiB: not a multiple of 256 KiB (64 pages, one bitmap word). */
+  g_assert_nonnull (strstr (line, "-m 1048584K"));
+  g_assert_cmpint ((1048584 * 1024) % (256 * 1024), !=, 0);
+}
+
+static void
 test_resolve_machine_alias (void)
 {
   if (g_find_program_in_path ("qemu-system-x86_64") == NULL)
@@ -121,6 +134,7 @@ main (int argc, char **argv)
   g_test_add_func ("/qemu-argv/incoming-is-paused-and-deferred", test_incoming_is_paused_and_deferred);
   g_test_add_func ("/qemu-argv/commas-in-paths-are-escaped", test_commas_in_paths_are_escaped);
   g_test_add_func ("/qemu-argv/same-spec-same-command-line", test_same_spec_same_command_line);
+  g_test_add_func ("/qemu-argv/tcg-padding", test_tcg_padding_moves_ram_off_the_fast_path);
   g_test_add_func ("/qemu-argv/resolve-machine-alias", test_resolve_machine_alias);
   return g_test_run ();
 }
