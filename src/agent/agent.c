@@ -146,6 +146,8 @@ ferry_agent_recover (FerryAgent *agent, GError **error)
       g_info ("vm %s: %s after restart%s", vm->name, ferry_vm_state_to_string (vm->state),
               vm->state != FERRY_VM_SHUTOFF ? " (reattached to its QEMU)" : "");
     }
+  /* From here on VMs may be freed: forget the list. */
+  g_ptr_array_set_size (vms, 0);
 
   g_autoptr (GPtrArray) jobs = ferry_store_job_list_unfinished (agent->store, ferry_job_terminal_states,
                                                                 error);
@@ -162,13 +164,17 @@ ferry_agent_recover (FerryAgent *agent, GError **error)
         mig_dst_recover (agent, stored);
     }
 
-  /* Transient VMs whose QEMU is gone have no reason to exist. */
-  for (guint i = 0; i < vms->len; i++)
+  /* Transient VMs whose QEMU is gone have no reason to exist. (Job
+   * recovery may have freed VMs, so walk the table, not the list above.) */
+  g_autoptr (GPtrArray) stale = g_ptr_array_new ();
+  g_hash_table_iter_init (&iter, agent->vms);
+  while (g_hash_table_iter_next (&iter, NULL, &value))
     {
-      FerryVm *vm = g_ptr_array_index (vms, i);
-      if (g_hash_table_lookup (agent->vms, vm->name) == vm && !vm->persistent
-          && vm->state == FERRY_VM_SHUTOFF)
-        ferry_vm_forget (vm);
+      FerryVm *vm = value;
+      if (!vm->persistent && vm->state == FERRY_VM_SHUTOFF && vm->job == NULL)
+        g_ptr_array_add (stale, vm);
     }
+  for (guint i = 0; i < stale->len; i++)
+    ferry_vm_forget (g_ptr_array_index (stale, i));
   return TRUE;
 }
