@@ -2,9 +2,12 @@
 # set-up on a fresh Debian 12 machine (packages are installed when root).
 BUILD ?= build
 ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+# The test guest's kernel package is downloaded once for all build trees.
+export FERRY_GUEST_CACHE ?= $(CURDIR)/.cache/guest
 MESON_TEST = meson test --print-errorlogs --no-rebuild
 
-.PHONY: all deps build check check-unit check-sanitizers check-valgrind demo bench-smoke fuzz clean
+.PHONY: all deps build check check-unit check-sanitizers check-valgrind check-fuzz demo clean
 
 all: build
 
@@ -24,17 +27,25 @@ check: build
 	$(MESON_TEST) -C $(BUILD) || status=1; \
 	$(MAKE) check-sanitizers || status=1; \
 	$(MAKE) check-valgrind || status=1; \
+	$(MAKE) check-fuzz || status=1; \
 	exit $$status
 
 check-unit: build
 	$(MESON_TEST) -C $(BUILD) --suite unit
 
+# Unit tests with leak checking, then the real-QEMU tests driving an
+# instrumented ferryd and ferry (leaks are valgrind's job there: the
+# tests kill agents on purpose).
 check-sanitizers: deps
 	[ -f $(ASAN_BUILD)/build.ninja ] || meson setup $(ASAN_BUILD) -Db_sanitize=address,undefined \
-	    -Db_lundef=false -Dintegration=false
+	    -Db_lundef=false
 	ninja -C $(ASAN_BUILD)
+	status=0; \
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=1 \
-	    $(MESON_TEST) -C $(ASAN_BUILD) --suite unit
+	    $(MESON_TEST) -C $(ASAN_BUILD) --suite unit || status=1; \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=0 \
+	    $(MESON_TEST) -C $(ASAN_BUILD) --suite integration --logbase integration || status=1; \
+	exit $$status
 
 check-valgrind: build
 	$(MESON_TEST) -C $(BUILD) --suite unit --logbase valgrind \
@@ -44,9 +55,13 @@ check-valgrind: build
 demo: build
 	python3 tests/integration/demo.py
 
-fuzz: deps
-	[ -f build-fuzz/build.ninja ] || CC=clang meson setup build-fuzz -Dfuzzing=true -Dintegration=false
-	ninja -C build-fuzz
+# Every libFuzzer harness, fuzzing briefly from its seed corpus.
+check-fuzz: deps
+	[ -f $(FUZZ_BUILD)/build.ninja ] || CC=clang meson setup $(FUZZ_BUILD) -Dfuzzing=true \
+	    -Dintegration=false -Db_sanitize=address,undefined -Db_lundef=false \
+	    -Dc_args=-fsanitize=fuzzer-no-link
+	ninja -C $(FUZZ_BUILD)
+	$(MESON_TEST) -C $(FUZZ_BUILD) --suite fuzz
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

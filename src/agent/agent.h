@@ -161,6 +161,10 @@ typedef struct {
   gint64 max_downtime_ms;
 } FerryMigrateOptions;
 
+/* Validates the body of POST /v1/vms/NAME/migrate (untrusted input). */
+gboolean ferry_api_parse_migrate_request (JsonObject *request, char **dest,
+                                          FerryMigrateOptions *options, GError **error);
+
 struct _FerryJob {
   FerryAgent *agent;
   gint64 id;
@@ -219,6 +223,10 @@ void mig_src_recover (FerryAgent *agent, FerryStoreJob *stored);
 
 /* API handlers of the destination side; each returns a reply object or NULL + error.
  * Prepare completes asynchronously (it starts QEMU). */
+/* Validates a Prepare/offline request from a peer (untrusted input). */
+gboolean mig_dst_parse_incoming_request (JsonObject *request, char **uuid, FerryVmSpec **spec,
+                                         FerryMigrateOptions *options, char **source,
+                                         GError **error);
 void mig_dst_prepare_async (FerryAgent *agent, JsonObject *request, const char *listen_address,
                             GCancellable *cancellable,
                             GAsyncReadyCallback callback, gpointer user_data);

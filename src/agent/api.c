@@ -226,37 +226,48 @@ static const char *const migrate_fields[] = {
   "dest", "mode", "persistent", "undefine_source", "bandwidth_mib", "max_downtime_ms", "tls", NULL
 };
 
+gboolean
+ferry_api_parse_migrate_request (JsonObject *request, char **dest, FerryMigrateOptions *options,
+                                 GError **error)
+{
+  g_autofree char *mode = NULL;
+  *options = (FerryMigrateOptions) { .tls = TRUE, .max_downtime_ms = 300 };
+  if (!ferry_json_reject_unknown (request, migrate_fields, error)
+      || !ferry_json_get_string (request, "dest", TRUE, dest, error)
+      || !ferry_json_get_string (request, "mode", TRUE, &mode, error)
+      || !ferry_json_get_bool (request, "persistent", FALSE, &options->persistent, error)
+      || !ferry_json_get_bool (request, "undefine_source", FALSE, &options->undefine_source, error)
+      || !ferry_json_get_bool (request, "tls", FALSE, &options->tls, error)
+      || !ferry_json_get_int (request, "bandwidth_mib", FALSE, 0, 1024 * 1024,
+                              &options->bandwidth_mib, error)
+      || !ferry_json_get_int (request, "max_downtime_ms", FALSE, 1, 2000000,
+                              &options->max_downtime_ms, error))
+    return FALSE;
+  if (!g_str_equal (mode, "live") && !g_str_equal (mode, "offline"))
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                   "mode: must be 'live' or 'offline'");
+      return FALSE;
+    }
+  options->live = g_str_equal (mode, "live");
+  return TRUE;
+}
+
 static void
 handle_migrate (FerryAgent *agent, SoupServerMessage *msg, FerryVm *vm)
 {
   g_autoptr (JsonObject) request = request_object (msg);
   g_autoptr (GError) error = NULL;
   g_autofree char *dest = NULL;
-  g_autofree char *mode = NULL;
-  FerryMigrateOptions options = { .tls = TRUE, .max_downtime_ms = 300 };
+  FerryMigrateOptions options;
 
   if (request == NULL)
     return;
-  if (!ferry_json_reject_unknown (request, migrate_fields, &error)
-      || !ferry_json_get_string (request, "dest", TRUE, &dest, &error)
-      || !ferry_json_get_string (request, "mode", TRUE, &mode, &error)
-      || !ferry_json_get_bool (request, "persistent", FALSE, &options.persistent, &error)
-      || !ferry_json_get_bool (request, "undefine_source", FALSE, &options.undefine_source, &error)
-      || !ferry_json_get_bool (request, "tls", FALSE, &options.tls, &error)
-      || !ferry_json_get_int (request, "bandwidth_mib", FALSE, 0, 1024 * 1024,
-                              &options.bandwidth_mib, &error)
-      || !ferry_json_get_int (request, "max_downtime_ms", FALSE, 1, 2000000,
-                              &options.max_downtime_ms, &error))
+  if (!ferry_api_parse_migrate_request (request, &dest, &options, &error))
     {
       reply_error (msg, error);
       return;
     }
-  if (!g_str_equal (mode, "live") && !g_str_equal (mode, "offline"))
-    {
-      reply_error_literal (msg, FERRY_ERROR_INVALID_ARGUMENT, "mode: must be 'live' or 'offline'");
-      return;
-    }
-  options.live = g_str_equal (mode, "live");
   FerryJob *job = mig_src_begin (vm, dest, &options, &error);
   if (job == NULL)
     {

@@ -203,8 +203,8 @@ static const char *const prepare_fields[] = {
   "undefine_source", NULL
 };
 
-static gboolean
-parse_incoming_request (JsonObject *request, char **uuid, FerryVmSpec **spec,
+gboolean
+mig_dst_parse_incoming_request (JsonObject *request, char **uuid, FerryVmSpec **spec,
                         FerryMigrateOptions *options, char **source, GError **error)
 {
   if (!ferry_json_reject_unknown (request, prepare_fields, error)
@@ -280,7 +280,7 @@ mig_dst_prepare_async (FerryAgent *agent, JsonObject *request, const char *liste
   FerryMigrateOptions options = { .live = TRUE, .tls = TRUE };
   GError *error = NULL;
 
-  if (!parse_incoming_request (request, &uuid, &spec, &options, &source, &error))
+  if (!mig_dst_parse_incoming_request (request, &uuid, &spec, &options, &source, &error))
     {
       g_task_return_error (task, error);
       return;
@@ -516,7 +516,7 @@ mig_dst_define_offline (FerryAgent *agent, JsonObject *request, GError **error)
   g_autoptr (FerryVmSpec) spec = NULL;
   FerryMigrateOptions options = { .live = FALSE, .persistent = TRUE };
 
-  if (!parse_incoming_request (request, &uuid, &spec, &options, &source, error))
+  if (!mig_dst_parse_incoming_request (request, &uuid, &spec, &options, &source, error))
     return NULL;
   if (options.live)
     {

@@ -504,6 +504,7 @@ test_host_invalid_names (Fixture *f, gconstpointer data)
 
   g_autoptr(GError) error = NULL;
   g_autofree char *dir = ferry_pki_issue_host (f->pki, NULL, NULL, &error);
+  g_assert_null (dir);
   assert_invalid_argument (error, "host");
   g_autofree char *hosts = g_build_filename (f->pki, "hosts", NULL);
   g_assert_false (g_file_test (hosts, G_FILE_TEST_EXISTS));
@@ -572,6 +573,7 @@ test_client_invalid_names (Fixture *f, gconstpointer data)
   /* The longest allowed name still works. */
   g_autofree char *dir = issue_client (f->pki,
                                        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+  g_assert_true (g_file_test (dir, G_FILE_TEST_IS_DIR));
 }
 
 /* ---- a real TLS handshake through GIO ---------------------------------- */

@@ -112,7 +112,8 @@ test_tcg_padding_moves_ram_off_the_fast_path (void)
 static void
 test_resolve_machine_alias (void)
 {
-  if (g_find_program_in_path ("qemu-system-x86_64") == NULL)
+  g_autofree char *qemu = g_find_program_in_path ("qemu-system-x86_64");
+  if (qemu == NULL)
     {
       g_test_skip ("qemu-system-x86_64 is not installed");
       return;
