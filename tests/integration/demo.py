@@ -21,8 +21,10 @@ def hop(source, destination, number, boot_id, tick):
     stats = info["stats"]
     total_ms = stats["total-time"]
     sent = stats["ram"]["transferred"]
+    paused = stats.get("ferry-guest-downtime-ms")
     print(f"  hop {number} {source.name} → {destination.name}: total {total_ms} ms, "
-          f"downtime {stats['downtime']} ms, sent {sent / 2**20:.1f} MiB, "
+          f"downtime {stats['downtime']} ms (guest paused {paused} ms, stop to resume), "
+          f"sent {sent / 2**20:.1f} MiB, "
           f"throughput {sent / 2**20 / max(total_ms / 1000, 0.001):.1f} MiB/s, "
           f"{stats['ram']['dirty-sync-count']} passes", flush=True)
     assert "migration completed" in result.stdout
