@@ -58,6 +58,23 @@ stop_timers (FerryJob *job)
   g_clear_handle_id (&job->keepalive_timer, g_source_remove);
 }
 
+/* A new query-migrate snapshot becomes the job's statistics; ferry's own
+ * members (prefixed "ferry-") and the limits asked for carry over. */
+static void
+update_stats (FerryJob *job, JsonObject *snapshot)
+{
+  JsonObjectIter iter;
+  const char *name;
+  JsonNode *value;
+  json_object_iter_init (&iter, job->stats);
+  while (json_object_iter_next (&iter, &name, &value))
+    if (g_str_has_prefix (name, "ferry-") && !json_object_has_member (snapshot, name))
+      json_object_set_member (snapshot, name, json_node_copy (value));
+  json_object_set_int_member (snapshot, "bandwidth-limit-mib", job->options.bandwidth_mib);
+  json_object_set_int_member (snapshot, "downtime-limit-ms", job->options.max_downtime_ms);
+  ferry_job_set_stats (job, snapshot);
+}
+
 /* ---- rollback ------------------------------------------------------------- */
 
 static void
@@ -171,17 +188,7 @@ on_final_stats (GObject *source, GAsyncResult *result, gpointer user_data)
     return;
   if (reply != NULL && JSON_NODE_HOLDS_OBJECT (reply))
     {
-      /* Keep ferry's own fields from the last snapshot. */
-      JsonObject *stats = json_node_get_object (reply);
-      JsonObjectIter iter;
-      const char *name;
-      JsonNode *value;
-      json_object_iter_init (&iter, job->stats);
-      while (json_object_iter_next (&iter, &name, &value))
-        if (g_str_has_prefix (name, "ferry-") || g_str_has_suffix (name, "-limit-mib")
-            || g_str_has_suffix (name, "-limit-ms"))
-          json_object_set_member (stats, name, json_node_copy (value));
-      ferry_job_set_stats (job, stats);
+      update_stats (job, json_node_get_object (reply));
     }
   FerryVm *vm = job_vm (job);
   /* The source copy is stale now; stopping it completes the job when the
@@ -354,9 +361,7 @@ on_progress (GObject *source, GAsyncResult *result, gpointer user_data)
   if (job == NULL || reply == NULL || !JSON_NODE_HOLDS_OBJECT (reply))
     return;
   JsonObject *stats = json_node_get_object (reply);
-  json_object_set_int_member (stats, "bandwidth-limit-mib", job->options.bandwidth_mib);
-  json_object_set_int_member (stats, "downtime-limit-ms", job->options.max_downtime_ms);
-  ferry_job_set_stats (job, stats);
+  update_stats (job, stats);
 
   const char *status = ferry_json_object_string (stats, "status");
   if (job->state != FERRY_JOB_PERFORMING || status == NULL)
@@ -460,6 +465,29 @@ on_keepalive_timer (gpointer user_data)
   return G_SOURCE_CONTINUE;
 }
 
+/* Records what QEMU itself reports for the settings that matter, so the
+ * job log shows the values in force, not only the ones asked for. */
+static void
+on_parameters_read (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree JobRef *ref = user_data;
+  FerryJob *job = job_deref (ref);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
+  if (job == NULL || reply == NULL || !JSON_NODE_HOLDS_OBJECT (reply))
+    return;
+  JsonObject *parameters = json_node_get_object (reply);
+  const char *tls_creds = ferry_json_object_string (parameters, "tls-creds");
+  ferry_job_event (job, "info", "QEMU parameters: max-bandwidth %" G_GINT64_FORMAT
+                   " B/s, downtime-limit %" G_GINT64_FORMAT " ms, tls-creds '%s', tls-hostname '%s'",
+                   ferry_json_object_int (parameters, "max-bandwidth"),
+                   ferry_json_object_int (parameters, "downtime-limit"),
+                   tls_creds ? tls_creds : "",
+                   ferry_json_object_string (parameters, "tls-hostname")
+                   ? ferry_json_object_string (parameters, "tls-hostname") : "");
+  json_object_set_object_member (job->stats, "ferry-qemu-parameters", json_object_ref (parameters));
+}
+
 static void
 on_migrate_started (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -484,6 +512,10 @@ on_migrate_started (GObject *source, GAsyncResult *result, gpointer user_data)
       mig_src_rollback (job, "aborted by the user");
       return;
     }
+  FerryVm *vm = job_vm (job);
+  if (vm != NULL && vm->qmp != NULL)
+    ferry_qmp_execute_async (vm->qmp, "query-migrate-parameters", NULL, NULL, on_parameters_read,
+                             job_ref (job));
   job->peer_last_seen_us = g_get_monotonic_time ();
   job->poll_timer = g_timeout_add (PROGRESS_POLL_MS, on_poll_timer, job);
   job->keepalive_timer = g_timeout_add (job->agent->config.keepalive_interval_ms, on_keepalive_timer, job);

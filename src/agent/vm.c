@@ -344,6 +344,17 @@ disarm_deadline (GTask *task)
   g_object_set_data (G_OBJECT (task), "deadline", NULL);
 }
 
+/* Takes QEMU's query-status reply as the VM's state. */
+static void
+apply_run_status (FerryVm *vm, JsonNode *reply)
+{
+  const char *status = JSON_NODE_HOLDS_OBJECT (reply)
+                       ? ferry_json_object_string (json_node_get_object (reply), "status") : NULL;
+  g_free (vm->qemu_status);
+  vm->qemu_status = g_strdup (status ? status : "unknown");
+  ferry_vm_set_state (vm, state_for_run_status (vm->qemu_status));
+}
+
 /* ---- start ------------------------------------------------------------------ */
 
 /* A GTask's source object must be a GObject; the VM rides in its data. */
@@ -388,10 +399,7 @@ on_start_status (GObject *source, GAsyncResult *result, gpointer user_data)
       start_fail (task, error);
       return;
     }
-  const char *status = ferry_json_object_string (json_node_get_object (reply), "status");
-  g_free (vm->qemu_status);
-  vm->qemu_status = g_strdup (status ? status : "unknown");
-  ferry_vm_set_state (vm, state_for_run_status (vm->qemu_status));
+  apply_run_status (vm, reply);
   g_task_return_boolean (task, TRUE);
 }
 
@@ -542,10 +550,7 @@ on_reattach_status (GObject *source, GAsyncResult *result, gpointer user_data)
       g_task_return_error (task, error);
       return;
     }
-  const char *status = ferry_json_object_string (json_node_get_object (reply), "status");
-  g_free (vm->qemu_status);
-  vm->qemu_status = g_strdup (status ? status : "unknown");
-  ferry_vm_set_state (vm, state_for_run_status (vm->qemu_status));
+  apply_run_status (vm, reply);
   g_task_return_boolean (task, TRUE);
 }
 

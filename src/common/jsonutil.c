@@ -37,26 +37,28 @@ ferry_json_parse_object (const char *data, gsize length, gsize max_bytes, GError
   return json_object_ref (json_node_get_object (root));
 }
 
-static JsonNode *
-get_member (JsonObject *object, const char *member, gboolean required, GError **error)
+/* FALSE when a required member is missing; *node is NULL when an
+ * optional one is absent. */
+static gboolean
+get_member (JsonObject *object, const char *member, gboolean required, JsonNode **node,
+            GError **error)
 {
-  JsonNode *node = json_object_get_member (object, member);
-  if (node == NULL && required)
-    g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "%s: required", member);
-  return node;
+  *node = json_object_get_member (object, member);
+  if (*node == NULL && required)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "%s: required", member);
+      return FALSE;
+    }
+  return TRUE;
 }
 
 gboolean
 ferry_json_get_string (JsonObject *object, const char *member, gboolean required,
                        char **out, GError **error)
 {
-  GError *local_error = NULL;
-  JsonNode *node = get_member (object, member, required, &local_error);
-  if (local_error != NULL)
-    {
-      g_propagate_error (error, local_error);
-      return FALSE;
-    }
+  JsonNode *node;
+  if (!get_member (object, member, required, &node, error))
+    return FALSE;
   if (node == NULL)
     return TRUE;
   if (!JSON_NODE_HOLDS_VALUE (node) || json_node_get_value_type (node) != G_TYPE_STRING)
@@ -73,13 +75,9 @@ gboolean
 ferry_json_get_int (JsonObject *object, const char *member, gboolean required,
                     gint64 min, gint64 max, gint64 *out, GError **error)
 {
-  GError *local_error = NULL;
-  JsonNode *node = get_member (object, member, required, &local_error);
-  if (local_error != NULL)
-    {
-      g_propagate_error (error, local_error);
-      return FALSE;
-    }
+  JsonNode *node;
+  if (!get_member (object, member, required, &node, error))
+    return FALSE;
   if (node == NULL)
     return TRUE;
   gint64 value;
@@ -109,13 +107,9 @@ gboolean
 ferry_json_get_bool (JsonObject *object, const char *member, gboolean required,
                      gboolean *out, GError **error)
 {
-  GError *local_error = NULL;
-  JsonNode *node = get_member (object, member, required, &local_error);
-  if (local_error != NULL)
-    {
-      g_propagate_error (error, local_error);
-      return FALSE;
-    }
+  JsonNode *node;
+  if (!get_member (object, member, required, &node, error))
+    return FALSE;
   if (node == NULL)
     return TRUE;
   if (!JSON_NODE_HOLDS_VALUE (node) || json_node_get_value_type (node) != G_TYPE_BOOLEAN)

@@ -29,14 +29,24 @@ def test():
     assert info["state"] == "completed"
     stats = info["stats"]
     assert stats["ram"]["transferred"] > 64 * 1024 * 1024, "the dirtied memory was sent"
+    # Defaults: no 128 MiB/s cap, 300 ms downtime limit.
+    assert stats["ferry-qemu-parameters"]["max-bandwidth"] >= 2**40, stats["ferry-qemu-parameters"]
+    assert stats["ferry-qemu-parameters"]["downtime-limit"] == 300
+    assert stats["ferry-guest-downtime-ms"] >= stats["downtime"], stats
     assert stats["downtime"] >= 0 and stats["total-time"] > 0
     # The guest continues on B where it stopped on A: same boot, higher ticks.
     on_b, _ = wait_for_ticks(b, "vm1", beyond=before, boot_id=boot_id)
     log(f"guest ticking on B: tick {on_b}")
 
-    result = b.cli("migrate", "vm1", a.url, "--live")
+    # The way back with explicit limits: QEMU must report exactly them
+    # (not its 128 MiB/s default), and TLS must be on.
+    result = b.cli("migrate", "vm1", a.url, "--live", "--bandwidth", "300", "--max-downtime", "500")
     log(result.stdout.strip())
     assert "migration completed" in result.stdout, result.stdout
+    parameters = job(b, "vm1", completed=True)["stats"]["ferry-qemu-parameters"]
+    assert parameters["max-bandwidth"] == 300 * 1024 * 1024, parameters
+    assert parameters["downtime-limit"] == 500, parameters
+    assert parameters["tls-creds"] and parameters["tls-hostname"] == "hosta", parameters
     assert a.vms()["vm1"]["state"] == "running"
     back, _ = wait_for_ticks(a, "vm1", beyond=on_b, boot_id=boot_id)
     log(f"guest ticking on A again: tick {back}")

@@ -3,6 +3,7 @@
 with --persistent --undefine-source moves the definition."""
 
 import os
+import signal
 
 from ferrytest import (Cluster, ensure_guest, guest_spec, job, log, main, wait_for_ticks,
                        wait_until)
@@ -27,6 +28,13 @@ def test():
     # The reattached monitor works: a clean shutdown goes through it.
     a.cli("vm", "shutdown", "vm1", "--wait", "--timeout", "5")
     assert a.vms()["vm1"]["state"] == "shutoff"
+
+    log("QEMU dies under the agent: the agent notices")
+    a.cli("vm", "start", "vm1")
+    pid = a.vms()["vm1"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_until("the agent to see QEMU gone", lambda: a.vms()["vm1"]["state"] == "shutoff", timeout=30)
+    assert "pid" not in a.vms()["vm1"]
 
     log("offline migration with --persistent --undefine-source")
     refused = a.cli("migrate", "vm1", b.url, "--offline", check=False)
