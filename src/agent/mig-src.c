@@ -351,6 +351,44 @@ mig_src_finish (FerryJob *job)
 
 /* ---- perform ---------------------------------------------------------------- */
 
+typedef struct {
+  JobRef ref;
+  char *reason;
+} PeerViewData;
+
+static void
+on_peer_view (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  PeerViewData *data = user_data;
+  FerryJob *job = job_deref (&data->ref);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
+  if (job != NULL)
+    {
+      const char *why = ferry_json_object_string (reply, "error");
+      g_autofree char *reason = why ? g_strdup_printf ("%s; destination: %s", data->reason, why)
+                                    : g_strdup (data->reason);
+      mig_src_rollback (job, reason);
+    }
+  g_free (data->reason);
+  g_free (data);
+}
+
+/* QEMU's own message for a broken stream ("Cannot write to TLS channel")
+ * rarely says why; the destination usually knows (its QEMU exited, it
+ * refused the stream), so ask it before rolling back. */
+static void
+mig_src_fail_with_peer_view (FerryJob *job, const char *reason)
+{
+  PeerViewData *data = g_new0 (PeerViewData, 1);
+  data->ref.agent = job->agent;
+  data->ref.job_id = job->id;
+  data->reason = g_strdup (reason);
+  stop_timers (job);
+  g_autofree char *path = incoming_path (job, NULL);
+  ferry_peer_request_async (job->agent, job->peer_url, "GET", path, NULL, 3, NULL, on_peer_view, data);
+}
+
 static void
 on_progress (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -381,7 +419,10 @@ on_progress (GObject *source, GAsyncResult *result, gpointer user_data)
       const char *desc = ferry_json_object_string (stats, "error-desc");
       g_autofree char *reason = g_strdup_printf ("QEMU migration %s%s%s", status,
                                                  desc ? ": " : "", desc ? desc : "");
-      mig_src_rollback (job, job->abort_requested ? "aborted by the user" : reason);
+      if (job->abort_requested)
+        mig_src_rollback (job, "aborted by the user");
+      else
+        mig_src_fail_with_peer_view (job, reason);
     }
 }
 

@@ -119,6 +119,22 @@ class Host:
                    lambda: self.process.poll() is None and self.cli("vm", "list", check=False).returncode == 0
                    or self._agent_died(), timeout=60)
 
+    def start_agent_unchecked(self):
+        """Starts ferryd and waits until it listens, without calling it
+        (for agents our client is not meant to trust)."""
+        log_file = open(self.log_path, "a")
+        offset = os.path.getsize(self.log_path)
+        argv = self.prefix() + [FERRYD, "--state-dir", self.state_dir, "--tls-dir", self.tls_dir,
+                                "--listen", f"{self.address}:{PORT}"]
+        env = dict(os.environ, FERRY_ACCEL=self.cluster.accel)
+        self.process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+
+        def listening():
+            with open(self.log_path) as handle:
+                handle.seek(offset)
+                return "listening on" in handle.read() or self._agent_died()
+        wait_until(f"ferryd on {self.name} to listen", listening, timeout=60)
+
     def _agent_died(self):
         if self.process.poll() is not None:
             raise AssertionError(f"ferryd on {self.name} exited: {open(self.log_path).read()[-2000:]}")

@@ -102,7 +102,24 @@ def test():
                    "--live", check=False)
     expect_error(result, "prepare failed")
     assert a.vms()["vm1"]["state"] == "running"
-    wait_for_ticks(a, "vm1", beyond=tick, boot_id=boot_id)
+    tick, _ = wait_for_ticks(a, "vm1", beyond=tick, boot_id=boot_id)
+
+    log("a destination whose certificate is from another CA is refused")
+    b.stop_agent()
+    run([FERRY, "pki", "issue-host", "hostb", "--address", b.address, "--dir", other])
+    genuine_tls = b.tls_dir
+    b.tls_dir = os.path.join(other, "hosts", "hostb")
+    b.start_agent_unchecked()
+    try:
+        result = a.cli("migrate", "vm1", b.url, "--live", check=False)
+        expect_error(result, "prepare failed", "TLS")
+        assert a.vms()["vm1"]["state"] == "running"
+        tick, _ = wait_for_ticks(a, "vm1", beyond=tick, boot_id=boot_id)
+    finally:
+        b.stop_agent()
+        b.tls_dir = genuine_tls
+        b.start_agent()
+    assert "vm1" not in b.vms()
 
     log("an API body over the size limit")
     if a.prefix():

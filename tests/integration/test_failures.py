@@ -4,6 +4,7 @@ nothing behind on the destination: abort, destination ferryd killed,
 link cut. The job says failed (or cancelled) and why."""
 
 import os
+import signal
 
 from ferrytest import (Cluster, assert_clean, ensure_guest, guest_spec, job, log, main,
                        wait_for_console, wait_for_ticks, wait_job_done, wait_until)
@@ -55,7 +56,13 @@ def test():
     b.stop_agent(kill=True)
     tick = assert_guest_kept_without_agent(cluster, tick, boot_id)
 
-    log("3. link cut mid-migration")
+    log("3. destination QEMU dies mid-migration")
+    start_slow_migration(cluster)
+    for pid in b.qemu_pids():
+        os.kill(pid, signal.SIGKILL)
+    tick = assert_guest_kept(cluster, tick, boot_id, "failed", "destination")
+
+    log("4. link cut mid-migration")
     start_slow_migration(cluster)
     cluster.link_down()
     try:
@@ -73,7 +80,7 @@ def test():
     b_job = job(b, "vm1")
     assert b_job["state"] == "failed" and "silent" in b_job["error"], b_job
 
-    log("4. after all that, a migration still works")
+    log("5. after all that, a migration still works")
     result = a.cli("migrate", "vm1", b.url, "--live")
     assert "migration completed" in result.stdout, result.stdout
     wait_for_ticks(b, "vm1", beyond=tick, boot_id=boot_id)
