@@ -90,6 +90,7 @@ struct _FerryVm {
   char *console_log;
   FerryJob *job;            /* active migration, or NULL */
   guint shutdown_timer;
+  JsonObject *last_dirty_rate;  /* last measurement (dirtyrate.c) */
   gulong event_handler;
   gulong closed_handler;
 };
@@ -126,6 +127,18 @@ gboolean ferry_vm_reattach_finish (FerryVm *vm, GAsyncResult *result, GError **e
 void ferry_vm_set_state (FerryVm *vm, FerryVmState state);
 gboolean ferry_vm_is_active (FerryVm *vm);
 JsonObject *ferry_vm_to_json (FerryVm *vm, gboolean with_spec);
+
+/* ---- dirty rate (dirtyrate.c) --------------------------------------------- */
+
+#define FERRY_DIRTYRATE_MIN_PERIOD_S 1
+#define FERRY_DIRTYRATE_MAX_PERIOD_S 60
+
+/* Measures with QEMU's page sampling over period_s; completes with
+ * {"dirty_rate_mib_s", "period_s", "sample_pages", "mode", "measured_at_us"},
+ * also kept as vm->last_dirty_rate. */
+void ferry_dirtyrate_measure_async (FerryVm *vm, gint64 period_s, GAsyncReadyCallback callback,
+                                    gpointer user_data);
+JsonObject *ferry_dirtyrate_measure_finish (GAsyncResult *result, GError **error);
 
 /* ---- jobs (job.c) --------------------------------------------------------- */
 
@@ -249,6 +262,7 @@ JsonObject *ferry_qmp_args_migrate_parameters (gint64 max_bandwidth_bytes, gint6
 JsonObject *ferry_qmp_args_tls_creds (const char *id, const char *dir, gboolean server);
 JsonObject *ferry_qmp_args_migrate_incoming (const char *uri);
 JsonObject *ferry_qmp_args_migrate (const char *uri);
+JsonObject *ferry_qmp_args_calc_dirty_rate (gint64 period_s, gint64 sample_pages);
 
 /* Runs QMP commands one after another; stops at the first error. Each step
  * is a command name and its arguments (consumed; may be NULL). Completes

@@ -133,6 +133,15 @@ on_vm_started (GObject *source, GAsyncResult *result, gpointer user_data)
 }
 
 static const char *const shutdown_fields[] = { "timeout_s", "force", NULL };
+static const char *const dirtyrate_fields[] = { "period_s", NULL };
+
+static void
+on_dirtyrate_measured (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) reply = ferry_dirtyrate_measure_finish (result, &error);
+  finish_paused (user_data, reply, 200, error);
+}
 
 static void
 handle_vm_action (FerryAgent *agent, SoupServerMessage *msg, FerryVm *vm, const char *action)
@@ -164,6 +173,23 @@ handle_vm_action (FerryAgent *agent, SoupServerMessage *msg, FerryVm *vm, const 
         }
       g_autoptr (JsonObject) reply = ferry_vm_to_json (vm, FALSE);
       reply_json (msg, 202, reply);
+      return;
+    }
+  if (g_str_equal (action, "dirtyrate"))
+    {
+      g_autoptr (JsonObject) request = request_object (msg);
+      gint64 period_s = 1;
+      if (request == NULL)
+        return;
+      if (!ferry_json_reject_unknown (request, dirtyrate_fields, &error)
+          || !ferry_json_get_int (request, "period_s", FALSE, FERRY_DIRTYRATE_MIN_PERIOD_S,
+                                  FERRY_DIRTYRATE_MAX_PERIOD_S, &period_s, &error))
+        {
+          reply_error (msg, error);
+          return;
+        }
+      soup_server_message_pause (msg);
+      ferry_dirtyrate_measure_async (vm, period_s, on_dirtyrate_measured, g_object_ref (msg));
       return;
     }
   if (g_str_equal (action, "destroy"))

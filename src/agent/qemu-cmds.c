@@ -61,6 +61,17 @@ ferry_qmp_args_migrate (const char *uri)
   return args;
 }
 
+JsonObject *
+ferry_qmp_args_calc_dirty_rate (gint64 period_s, gint64 sample_pages)
+{
+  JsonObject *args = json_object_new ();
+  json_object_set_int_member (args, "calc-time", period_s);
+  json_object_set_int_member (args, "sample-pages", sample_pages);
+  /* dirty-bitmap mode crashes QEMU 7.2 under TCG; dirty-ring needs KVM. */
+  json_object_set_string_member (args, "mode", "page-sampling");
+  return args;
+}
+
 typedef struct {
   FerryQmp *qmp;
   GPtrArray *steps;   /* of FerryQmpStep* */

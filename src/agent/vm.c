@@ -57,6 +57,7 @@ vm_free (FerryVm *vm)
   g_free (vm->name);
   ferry_vm_spec_free (vm->spec);
   g_free (vm->qemu_status);
+  g_clear_pointer (&vm->last_dirty_rate, json_object_unref);
   g_free (vm->dir);
   g_free (vm->qmp_socket);
   g_free (vm->pid_file);
@@ -689,6 +690,8 @@ ferry_vm_to_json (FerryVm *vm, gboolean with_spec)
       json_object_set_string_member (object, "job_role",
                                      vm->job->role == FERRY_JOB_ROLE_SOURCE ? "source" : "destination");
     }
+  if (vm->last_dirty_rate != NULL)
+    json_object_set_object_member (object, "dirty_rate", json_object_ref (vm->last_dirty_rate));
   if (with_spec)
     json_object_set_member (object, "spec", ferry_vm_spec_to_json (vm->spec));
   return object;

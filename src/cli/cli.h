@@ -27,6 +27,7 @@ int ferry_cmd_pki (int argc, char **argv);
 int ferry_cmd_vm (int argc, char **argv);
 int ferry_cmd_migrate (int argc, char **argv);
 int ferry_cmd_job (int argc, char **argv);
+int ferry_cmd_dirtyrate (int argc, char **argv);
 
 /* Human formats. */
 char *ferry_format_bytes (gint64 bytes);

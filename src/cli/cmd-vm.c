@@ -67,6 +67,16 @@ vm_info (FerryClient *client, const char *name)
   g_print ("Memory:      %" G_GINT64_FORMAT " MiB\n", ferry_json_object_int (reply, "memory_mib"));
   if (json_object_has_member (reply, "pid"))
     g_print ("QEMU pid:    %" G_GINT64_FORMAT "\n", ferry_json_object_int (reply, "pid"));
+  JsonNode *rate_node = json_object_get_member (reply, "dirty_rate");
+  if (rate_node != NULL && JSON_NODE_HOLDS_OBJECT (rate_node))
+    {
+      JsonObject *rate = json_node_get_object (rate_node);
+      g_autoptr (GDateTime) when = g_date_time_new_from_unix_local (ferry_json_object_int (rate, "measured_at_us") / G_USEC_PER_SEC);
+      g_autofree char *stamp = when ? g_date_time_format (when, "%F %T") : g_strdup ("?");
+      g_print ("Dirty rate:  %" G_GINT64_FORMAT " MiB/s (measured %s over %" G_GINT64_FORMAT " s)\n",
+               ferry_json_object_int (rate, "dirty_rate_mib_s"), stamp,
+               ferry_json_object_int (rate, "period_s"));
+    }
   if (json_object_has_member (reply, "job"))
     g_print ("Job:         %s (%s)\n", ferry_json_object_string (reply, "job"),
              ferry_json_object_string (reply, "job_role"));

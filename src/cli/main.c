@@ -90,6 +90,7 @@ usage (void)
     "  vm shutdown NAME [--timeout S] [--no-force] [--wait]\n"
     "  vm console-log NAME [--bytes N]\n"
     "Migration:\n"
+    "  dirtyrate NAME [--period S]               the guest's dirty-page rate (MiB/s)\n"
     "  migrate NAME DEST-URL --live|--offline [--persistent] [--undefine-source]\n"
     "          [--bandwidth MiB/s] [--max-downtime MS] [--no-tls] [--detach] [--verbose]\n"
     "  job info NAME [--completed]               what the migration is doing / did\n"
@@ -146,6 +147,8 @@ main (int argc, char **argv)
     return ferry_cmd_migrate (sub_argc, sub_argv);
   if (g_str_equal (command, "job"))
     return ferry_cmd_job (sub_argc, sub_argv);
+  if (g_str_equal (command, "dirtyrate"))
+    return ferry_cmd_dirtyrate (sub_argc, sub_argv);
   g_printerr ("ferry: unknown command '%s'\n", command);
   usage ();
   return 2;
