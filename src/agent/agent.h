@@ -147,6 +147,7 @@ typedef enum {
   FERRY_JOB_PREPARING,      /* source: asking the destination to prepare; destination: starting QEMU */
   FERRY_JOB_PREPARED,       /* destination: QEMU waits for the stream */
   FERRY_JOB_PERFORMING,     /* source: QEMU is sending state */
+  FERRY_JOB_POSTCOPY,       /* both: the guest runs on the destination, pages still arrive */
   FERRY_JOB_FINISHING,      /* source: asked destination to finish; destination: resuming the VM */
   FERRY_JOB_CONFIRMING,     /* source: destination runs the VM; stopping the source copy */
   FERRY_JOB_CANCELLING,     /* either: rolling back */
@@ -165,6 +166,22 @@ typedef enum {
   FERRY_JOB_ROLE_DESTINATION,
 } FerryJobRole;
 
+typedef enum {
+  FERRY_COMPRESS_NONE,
+  FERRY_COMPRESS_ZLIB,
+  FERRY_COMPRESS_ZSTD,
+} FerryCompress;
+
+typedef enum {
+  FERRY_TIMEOUT_ABORT,        /* roll back: the source keeps running */
+  FERRY_TIMEOUT_POSTCOPY,     /* switch to post-copy */
+} FerryTimeoutAction;
+
+typedef enum {
+  FERRY_STRATEGY_AUTO,        /* measure, predict, choose (strategy.c) */
+  FERRY_STRATEGY_MANUAL,      /* exactly the options given */
+} FerryStrategy;
+
 typedef struct {
   gboolean live;
   gboolean persistent;
@@ -172,11 +189,30 @@ typedef struct {
   gboolean tls;
   gint64 bandwidth_mib;       /* MiB/s; 0 = unlimited (we set a huge max-bandwidth) */
   gint64 max_downtime_ms;
+  FerryStrategy strategy;
+  gint64 parallel_connections;/* multifd channels; 0 or 1 = one stream */
+  FerryCompress compress;     /* multifd compression */
+  gboolean xbzrle;
+  gboolean auto_converge;
+  gboolean postcopy;          /* post-copy allowed (capability on both ends) */
+  gint64 postcopy_after_s;    /* switch after this much pre-copy; 0 = not on a timer */
+  gint64 completion_timeout_per_gib_s;
+  gint64 progress_timeout_s;
+  FerryTimeoutAction timeout_action;
 } FerryMigrateOptions;
 
-/* Validates the body of POST /v1/vms/NAME/migrate (untrusted input). */
-gboolean ferry_api_parse_migrate_request (JsonObject *request, char **dest,
-                                          FerryMigrateOptions *options, GError **error);
+/* migrate-options.c: defaults, validation, JSON. */
+void ferry_migrate_options_init (FerryMigrateOptions *options);
+/* Parses and validates the body of POST /v1/vms/NAME/migrate (untrusted);
+ * errors name the field. */
+gboolean ferry_migrate_options_parse (JsonObject *request, char **dest, FerryMigrateOptions *options,
+                                      GError **error);
+/* Cross-field rules (multifd and post-copy exclude each other, …). */
+gboolean ferry_migrate_options_validate (const FerryMigrateOptions *options, GError **error);
+JsonObject *ferry_migrate_options_to_json (const FerryMigrateOptions *options);
+const char *ferry_compress_to_string (FerryCompress compress);
+gboolean ferry_migrate_options_multifd (const FerryMigrateOptions *options);
+
 
 struct _FerryJob {
   FerryAgent *agent;
@@ -200,6 +236,13 @@ struct _FerryJob {
   gint64 peer_last_seen_us;  /* monotonic */
   gboolean keepalive_in_flight;
   gint64 guest_stopped_us;   /* wall clock of the source's STOP at switchover */
+  gint64 perform_started_us; /* monotonic */
+  gint64 best_remaining;     /* least "remaining" seen: progress watchdog */
+  gint64 progress_at_us;     /* monotonic time best_remaining last shrank */
+  gboolean postcopy_requested;
+  gint64 last_pass;          /* dirty-sync-count at the last poll */
+  gint64 last_pass_remaining;/* "remaining" when that pass began */
+  guint postcopy_timer;
   /* destination */
   char *incoming_status;     /* from MIGRATION events */
   gboolean reused_definition;/* an inactive definition of this VM existed */
@@ -230,6 +273,9 @@ JsonObject *ferry_job_info_json (FerryAgent *agent, FerryStoreJob *stored, gbool
 FerryJob *mig_src_begin (FerryVm *vm, const char *dest_url, const FerryMigrateOptions *options,
                          GError **error);
 gboolean mig_src_abort (FerryVm *vm, GError **error);
+/* Live controls of a running outgoing migration. */
+gboolean mig_src_set_parameter (FerryVm *vm, const char *name, gint64 value, GError **error);
+gboolean mig_src_start_postcopy (FerryVm *vm, const char *why, GError **error);
 void mig_src_on_qmp_event (FerryJob *job, const char *name, JsonObject *data);
 /* After an agent restart: resolve a source job that was in flight. */
 void mig_src_recover (FerryAgent *agent, FerryStoreJob *stored);
@@ -245,7 +291,8 @@ void mig_dst_prepare_async (FerryAgent *agent, JsonObject *request, const char *
                             GAsyncReadyCallback callback, gpointer user_data);
 JsonObject *mig_dst_prepare_finish (GAsyncResult *result, GError **error);
 JsonObject *mig_dst_status (FerryAgent *agent, const char *uuid, GError **error);
-void mig_dst_finish_async (FerryAgent *agent, const char *uuid, GCancellable *cancellable,
+void mig_dst_finish_async (FerryAgent *agent, const char *uuid, gboolean postcopy,
+                           GCancellable *cancellable,
                            GAsyncReadyCallback callback, gpointer user_data);
 JsonObject *mig_dst_finish_finish (GAsyncResult *result, GError **error);
 gboolean mig_dst_abort (FerryAgent *agent, const char *uuid, const char *reason, GError **error);
@@ -256,9 +303,29 @@ void mig_dst_recover (FerryAgent *agent, FerryStoreJob *stored);
 
 /* ---- QMP argument builders (qemu-cmds.c) ---------------------------------- */
 
-JsonObject *ferry_qmp_args_migrate_capabilities (gboolean events);
-JsonObject *ferry_qmp_args_migrate_parameters (gint64 max_bandwidth_bytes, gint64 downtime_ms,
-                                               const char *tls_creds, const char *tls_hostname);
+/* Every capability ferry uses, always set explicitly (true or false) so
+ * nothing from an earlier migration of the same QEMU carries over. */
+typedef struct {
+  gboolean events;
+  gboolean multifd;
+  gboolean xbzrle;
+  gboolean auto_converge;
+  gboolean postcopy;
+} FerryQmpCapabilities;
+
+typedef struct {
+  gint64 max_bandwidth_bytes;  /* always set: QEMU 7.2 defaults to 128 MiB/s */
+  gint64 downtime_ms;          /* 0 = leave */
+  const char *tls_creds;       /* NULL = TLS off */
+  const char *tls_hostname;
+  gint64 multifd_channels;     /* 0 = leave */
+  const char *multifd_compression; /* NULL = leave */
+} FerryQmpParameters;
+
+JsonObject *ferry_qmp_args_migrate_capabilities (const FerryQmpCapabilities *capabilities);
+JsonObject *ferry_qmp_args_migrate_parameters (const FerryQmpParameters *parameters);
+/* One parameter changed while a migration runs (set-speed, set-max-downtime). */
+JsonObject *ferry_qmp_args_migrate_parameter (const char *name, gint64 value);
 JsonObject *ferry_qmp_args_tls_creds (const char *id, const char *dir, gboolean server);
 JsonObject *ferry_qmp_args_migrate_incoming (const char *uri);
 JsonObject *ferry_qmp_args_migrate (const char *uri);
@@ -277,6 +344,15 @@ void ferry_qmp_run_steps_async (FerryQmp *qmp, FerryQmpStep *steps, guint n_step
                                 gpointer user_data);
 JsonNode *ferry_qmp_run_steps_finish (GAsyncResult *result, GError **error);
 
+/* ---- planning (strategy.c) ------------------------------------------------- */
+
+/* Measures (link to dest_url, dirty rate, resident RAM), predicts and, for
+ * strategy auto, chooses settings. The plan is JSON (measured, precopy,
+ * strategy, prediction, reason, options); *chosen gets the options. */
+void ferry_plan_async (FerryVm *vm, const char *dest_url, const FerryMigrateOptions *options,
+                       GAsyncReadyCallback callback, gpointer user_data);
+JsonObject *ferry_plan_finish (GAsyncResult *result, FerryMigrateOptions *chosen, GError **error);
+
 /* ---- peer agents (peer.c) ------------------------------------------------- */
 
 /* Sends a JSON request to a peer agent; the reply is the parsed object.
@@ -289,5 +365,10 @@ void ferry_peer_request_async (FerryAgent *agent, const char *base_url, const ch
                                gpointer user_data);
 JsonObject *ferry_peer_request_finish (GAsyncResult *result, gboolean *maybe_delivered,
                                        GError **error);
+/* POSTs `bytes` of incompressible data to the peer's /v1/probe; finish
+ * with ferry_peer_request_finish (reply {"bytes": N}). */
+void ferry_peer_probe_async (FerryAgent *agent, const char *base_url, gsize bytes,
+                             GAsyncReadyCallback callback, gpointer user_data);
+#define FERRY_PROBE_MAX_BODY (64 * 1024 * 1024)
 
 G_END_DECLS

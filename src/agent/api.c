@@ -248,37 +248,6 @@ handle_console (FerryVm *vm, SoupServerMessage *msg)
   soup_server_message_set_response (msg, "text/plain", SOUP_MEMORY_COPY, buffer, n > 0 ? n : 0);
 }
 
-static const char *const migrate_fields[] = {
-  "dest", "mode", "persistent", "undefine_source", "bandwidth_mib", "max_downtime_ms", "tls", NULL
-};
-
-gboolean
-ferry_api_parse_migrate_request (JsonObject *request, char **dest, FerryMigrateOptions *options,
-                                 GError **error)
-{
-  g_autofree char *mode = NULL;
-  *options = (FerryMigrateOptions) { .tls = TRUE, .max_downtime_ms = 300 };
-  if (!ferry_json_reject_unknown (request, migrate_fields, error)
-      || !ferry_json_get_string (request, "dest", TRUE, dest, error)
-      || !ferry_json_get_string (request, "mode", TRUE, &mode, error)
-      || !ferry_json_get_bool (request, "persistent", FALSE, &options->persistent, error)
-      || !ferry_json_get_bool (request, "undefine_source", FALSE, &options->undefine_source, error)
-      || !ferry_json_get_bool (request, "tls", FALSE, &options->tls, error)
-      || !ferry_json_get_int (request, "bandwidth_mib", FALSE, 0, 1024 * 1024,
-                              &options->bandwidth_mib, error)
-      || !ferry_json_get_int (request, "max_downtime_ms", FALSE, 1, 2000000,
-                              &options->max_downtime_ms, error))
-    return FALSE;
-  if (!g_str_equal (mode, "live") && !g_str_equal (mode, "offline"))
-    {
-      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
-                   "mode: must be 'live' or 'offline'");
-      return FALSE;
-    }
-  options->live = g_str_equal (mode, "live");
-  return TRUE;
-}
-
 static void
 handle_migrate (FerryAgent *agent, SoupServerMessage *msg, FerryVm *vm)
 {
@@ -289,7 +258,7 @@ handle_migrate (FerryAgent *agent, SoupServerMessage *msg, FerryVm *vm)
 
   if (request == NULL)
     return;
-  if (!ferry_api_parse_migrate_request (request, &dest, &options, &error))
+  if (!ferry_migrate_options_parse (request, &dest, &options, &error))
     {
       reply_error (msg, error);
       return;
@@ -305,10 +274,80 @@ handle_migrate (FerryAgent *agent, SoupServerMessage *msg, FerryVm *vm)
   reply_json (msg, 202, reply);
 }
 
+static const char *const job_set_fields[] = { "max_downtime_ms", "bandwidth_mib", NULL };
+
+static gboolean
+handle_job_control (SoupServerMessage *msg, FerryVm *vm, const char *action, GError **error)
+{
+  if (g_str_equal (action, "postcopy"))
+    return mig_src_start_postcopy (vm, "asked by the user", error);
+  if (!g_str_equal (action, "set"))
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "unknown job action '%s'", action);
+      return FALSE;
+    }
+  g_autoptr (JsonObject) request = request_object (msg);
+  if (request == NULL)
+    return TRUE; /* already answered */
+  gint64 downtime = 0, bandwidth = 0;
+  if (!ferry_json_reject_unknown (request, job_set_fields, error)
+      || !ferry_json_get_int (request, "max_downtime_ms", FALSE, 1, 2000000, &downtime, error)
+      || !ferry_json_get_int (request, "bandwidth_mib", FALSE, 1, 1024 * 1024, &bandwidth, error))
+    return FALSE;
+  if ((downtime > 0) == (bandwidth > 0))
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                   "body: give exactly one of max_downtime_ms or bandwidth_mib");
+      return FALSE;
+    }
+  if (downtime > 0)
+    return mig_src_set_parameter (vm, "downtime-limit", downtime, error);
+  return mig_src_set_parameter (vm, "max-bandwidth", bandwidth * 1024 * 1024, error);
+}
+
+static void
+on_estimated (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) plan = ferry_plan_finish (result, NULL, &error);
+  finish_paused (user_data, plan, 200, error);
+}
+
+static void
+handle_estimate (FerryAgent *agent, SoupServerMessage *msg, FerryVm *vm)
+{
+  g_autoptr (JsonObject) request = request_object (msg);
+  g_autoptr (GError) error = NULL;
+  g_autofree char *dest = NULL;
+  FerryMigrateOptions options;
+
+  if (request == NULL)
+    return;
+  if (!ferry_migrate_options_parse (request, &dest, &options, &error))
+    {
+      reply_error (msg, error);
+      return;
+    }
+  soup_server_message_pause (msg);
+  ferry_plan_async (vm, dest, &options, on_estimated, g_object_ref (msg));
+}
+
 static void
 handle_job (FerryAgent *agent, SoupServerMessage *msg, const char *vm_name, const char *action)
 {
   g_autoptr (GError) error = NULL;
+  if (action != NULL && !g_str_equal (action, "abort"))
+    {
+      FerryVm *vm = ferry_vm_lookup (agent, vm_name, &error);
+      if (vm == NULL || !handle_job_control (msg, vm, action, &error))
+        {
+          reply_error (msg, error);
+          return;
+        }
+      if (soup_server_message_get_status (msg) == 0)
+        reply_ok (msg);
+      return;
+    }
   if (action != NULL)
     {
       FerryVm *vm = ferry_vm_lookup (agent, vm_name, &error);
@@ -411,6 +450,11 @@ handle_vms (FerryAgent *agent, SoupServerMessage *msg, const char *method, char 
       handle_migrate (agent, msg, vm);
       return;
     }
+  if (n == 3 && g_str_equal (parts[2], "estimate") && g_str_equal (method, "POST"))
+    {
+      handle_estimate (agent, msg, vm);
+      return;
+    }
   if (n == 3 && g_str_equal (method, "POST"))
     {
       handle_vm_action (agent, msg, vm, parts[2]);
@@ -500,8 +544,19 @@ handle_migrations (FerryAgent *agent, SoupServerMessage *msg, const char *method
     }
   if (n == 4 && g_str_equal (parts[3], "finish") && g_str_equal (method, "POST"))
     {
+      static const char *const finish_fields[] = { "postcopy", NULL };
+      g_autoptr (JsonObject) request = request_object (msg);
+      gboolean postcopy = FALSE;
+      if (request == NULL)
+        return;
+      if (!ferry_json_reject_unknown (request, finish_fields, &error)
+          || !ferry_json_get_bool (request, "postcopy", FALSE, &postcopy, &error))
+        {
+          reply_error (msg, error);
+          return;
+        }
       soup_server_message_pause (msg);
-      mig_dst_finish_async (agent, parts[2], NULL, on_finished, g_object_ref (msg));
+      mig_dst_finish_async (agent, parts[2], postcopy, NULL, on_finished, g_object_ref (msg));
       return;
     }
   reply_error_literal (msg, FERRY_ERROR_NOT_FOUND, "no such endpoint");
@@ -545,6 +600,13 @@ on_request (SoupServer *server, SoupServerMessage *msg, const char *path, GHashT
     reply_error_literal (msg, FERRY_ERROR_NOT_FOUND, "no such endpoint");
   else if (g_str_equal (parts[0], "host") && parts[1] == NULL)
     handle_host (agent, msg);
+  else if (g_str_equal (parts[0], "probe") && parts[1] == NULL && g_str_equal (method, "POST"))
+    {
+      /* Link measurement by a peer: the body is discarded. */
+      g_autoptr (JsonObject) reply = json_object_new ();
+      json_object_set_int_member (reply, "bytes", soup_server_message_get_request_body (msg)->length);
+      reply_json (msg, 200, reply);
+    }
   else if (g_str_equal (parts[0], "vms"))
     handle_vms (agent, msg, method, parts);
   else if (g_str_equal (parts[0], "migrations"))
@@ -568,13 +630,15 @@ on_request_headers (SoupServer *server, SoupServerMessage *msg, const char *path
       soup_server_message_set_status (msg, 411, NULL);
       return;
     }
+  goffset limit = g_str_equal (path, "/v1/probe") ? FERRY_PROBE_MAX_BODY : FERRY_API_MAX_BODY;
   if (encoding == SOUP_ENCODING_CONTENT_LENGTH
-      && soup_message_headers_get_content_length (headers) > FERRY_API_MAX_BODY)
+      && soup_message_headers_get_content_length (headers) > limit)
     {
       g_autoptr (GError) error = g_error_new (FERRY_ERROR, FERRY_ERROR_TOO_LARGE,
-                                              "body: %" G_GINT64_FORMAT " bytes is over the limit of %d",
+                                              "body: %" G_GINT64_FORMAT " bytes is over the limit of %"
+                                              G_GOFFSET_FORMAT,
                                               soup_message_headers_get_content_length (headers),
-                                              FERRY_API_MAX_BODY);
+                                              limit);
       reply_error (msg, error);
     }
 }

@@ -144,9 +144,8 @@ ferry_dirtyrate_measure_async (FerryVm *vm, gint64 period_s, GAsyncReadyCallback
       g_object_unref (task);
       return;
     }
-  ferry_qmp_execute_async (vm->qmp, "calc-dirty-rate",
-                           ferry_qmp_args_calc_dirty_rate (period_s, DIRTYRATE_SAMPLE_PAGES), NULL,
-                           on_started, task);
+  g_autoptr (JsonObject) arguments = ferry_qmp_args_calc_dirty_rate (period_s, DIRTYRATE_SAMPLE_PAGES);
+  ferry_qmp_execute_async (vm->qmp, "calc-dirty-rate", arguments, NULL, on_started, task);
 }
 
 JsonObject *

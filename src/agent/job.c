@@ -8,6 +8,7 @@ static const char *const job_state_names[] = {
   [FERRY_JOB_PREPARING] = "preparing",
   [FERRY_JOB_PREPARED] = "prepared",
   [FERRY_JOB_PERFORMING] = "performing",
+  [FERRY_JOB_POSTCOPY] = "postcopy",
   [FERRY_JOB_FINISHING] = "finishing",
   [FERRY_JOB_CONFIRMING] = "confirming",
   [FERRY_JOB_CANCELLING] = "cancelling",
@@ -48,7 +49,13 @@ transition_allowed (FerryJobRole role, FerryJobState from, FerryJobState to)
 {
   if (ferry_job_state_is_terminal (from))
     return FALSE;
-  if (to == FERRY_JOB_CANCELLING || to == FERRY_JOB_FAILED || to == FERRY_JOB_CANCELLED)
+  /* Once the destination runs the guest (post-copy, or confirmed) there is
+   * nothing to roll back to: a failure is final, never a resume here. */
+  gboolean guest_on_destination = from == FERRY_JOB_POSTCOPY
+                                  || (role == FERRY_JOB_ROLE_SOURCE && from == FERRY_JOB_CONFIRMING);
+  if (to == FERRY_JOB_CANCELLING || to == FERRY_JOB_CANCELLED)
+    return !guest_on_destination;
+  if (to == FERRY_JOB_FAILED)
     return !(role == FERRY_JOB_ROLE_SOURCE && from == FERRY_JOB_CONFIRMING);
 
   if (role == FERRY_JOB_ROLE_SOURCE)
@@ -60,7 +67,9 @@ transition_allowed (FerryJobRole role, FerryJobState from, FerryJobState to)
         /* Offline migration has no perform phase. */
         return to == FERRY_JOB_PERFORMING || to == FERRY_JOB_CONFIRMING;
       case FERRY_JOB_PERFORMING:
-        return to == FERRY_JOB_FINISHING;
+        return to == FERRY_JOB_FINISHING || to == FERRY_JOB_POSTCOPY;
+      case FERRY_JOB_POSTCOPY:
+        return to == FERRY_JOB_CONFIRMING;
       case FERRY_JOB_FINISHING:
         return to == FERRY_JOB_CONFIRMING;
       case FERRY_JOB_CONFIRMING:
@@ -73,8 +82,9 @@ transition_allowed (FerryJobRole role, FerryJobState from, FerryJobState to)
     case FERRY_JOB_PREPARING:
       return to == FERRY_JOB_PREPARED || to == FERRY_JOB_COMPLETED;
     case FERRY_JOB_PREPARED:
-      return to == FERRY_JOB_FINISHING;
+      return to == FERRY_JOB_FINISHING || to == FERRY_JOB_POSTCOPY;
     case FERRY_JOB_FINISHING:
+    case FERRY_JOB_POSTCOPY:
       return to == FERRY_JOB_COMPLETED;
     default:
       return FALSE;
@@ -86,13 +96,7 @@ ferry_job_new (FerryAgent *agent, const char *uuid, const char *vm_name, FerryJo
                const FerryMigrateOptions *options, const char *peer_url, FerryJobState initial,
                GError **error)
 {
-  g_autoptr (JsonObject) options_json = json_object_new ();
-  json_object_set_boolean_member (options_json, "live", options->live);
-  json_object_set_boolean_member (options_json, "persistent", options->persistent);
-  json_object_set_boolean_member (options_json, "undefine_source", options->undefine_source);
-  json_object_set_boolean_member (options_json, "tls", options->tls);
-  json_object_set_int_member (options_json, "bandwidth_mib", options->bandwidth_mib);
-  json_object_set_int_member (options_json, "max_downtime_ms", options->max_downtime_ms);
+  g_autoptr (JsonObject) options_json = ferry_migrate_options_to_json (options);
   g_autofree char *options_text = ferry_json_object_to_string (options_json, FALSE);
 
   FerryStoreJob stored = {
@@ -135,6 +139,7 @@ job_free (FerryJob *job)
   g_clear_handle_id (&job->poll_timer, g_source_remove);
   g_clear_handle_id (&job->keepalive_timer, g_source_remove);
   g_clear_handle_id (&job->lease_timer, g_source_remove);
+  g_clear_handle_id (&job->postcopy_timer, g_source_remove);
   g_cancellable_cancel (job->cancellable);
   g_clear_object (&job->cancellable);
   g_free (job->uuid);

@@ -188,19 +188,28 @@ on_prepare_started (GObject *source, GAsyncResult *result, gpointer user_data)
   if (job->options.tls)
     steps[n++] = (FerryQmpStep) { "object-add",
                                   ferry_qmp_args_tls_creds (QEMU_TLS_CREDS_ID, creds_dir, TRUE) };
-  steps[n++] = (FerryQmpStep) { "migrate-set-capabilities", ferry_qmp_args_migrate_capabilities (TRUE) };
-  steps[n++] = (FerryQmpStep) { "migrate-set-parameters",
-                                ferry_qmp_args_migrate_parameters (G_GINT64_CONSTANT (1) << 40, 0,
-                                                                   job->options.tls ? QEMU_TLS_CREDS_ID : NULL,
-                                                                   NULL) };
+  /* multifd and post-copy need the capability on both ends. */
+  FerryQmpCapabilities capabilities = {
+    .events = TRUE,
+    .multifd = ferry_migrate_options_multifd (&job->options),
+    .postcopy = job->options.postcopy,
+  };
+  FerryQmpParameters parameters = {
+    .max_bandwidth_bytes = G_GINT64_CONSTANT (1) << 40,
+    .tls_creds = job->options.tls ? QEMU_TLS_CREDS_ID : NULL,
+    .multifd_channels = capabilities.multifd ? job->options.parallel_connections : 0,
+    .multifd_compression = capabilities.multifd ? ferry_compress_to_string (job->options.compress) : NULL,
+  };
+  steps[n++] = (FerryQmpStep) { "migrate-set-capabilities", ferry_qmp_args_migrate_capabilities (&capabilities) };
+  steps[n++] = (FerryQmpStep) { "migrate-set-parameters", ferry_qmp_args_migrate_parameters (&parameters) };
   steps[n++] = (FerryQmpStep) { "migrate-incoming", ferry_qmp_args_migrate_incoming (uri) };
   steps[n++] = (FerryQmpStep) { "query-migrate", NULL };
   ferry_qmp_run_steps_async (vm->qmp, steps, n, NULL, on_prepare_listening, g_steal_pointer (&task));
 }
 
 static const char *const prepare_fields[] = {
-  "uuid", "spec", "live", "persistent", "tls", "source", "bandwidth_mib", "max_downtime_ms",
-  "undefine_source", NULL
+  "uuid", "spec", "live", "persistent", "tls", "source", "parallel_connections", "compress",
+  "postcopy", NULL
 };
 
 gboolean
@@ -212,7 +221,28 @@ mig_dst_parse_incoming_request (JsonObject *request, char **uuid, FerryVmSpec **
       || !ferry_json_get_bool (request, "live", FALSE, &options->live, error)
       || !ferry_json_get_bool (request, "persistent", FALSE, &options->persistent, error)
       || !ferry_json_get_bool (request, "tls", FALSE, &options->tls, error)
-      || !ferry_json_get_string (request, "source", FALSE, source, error))
+      || !ferry_json_get_string (request, "source", FALSE, source, error)
+      || !ferry_json_get_int (request, "parallel_connections", FALSE, 0, 16,
+                              &options->parallel_connections, error)
+      || !ferry_json_get_bool (request, "postcopy", FALSE, &options->postcopy, error))
+    return FALSE;
+  g_autofree char *compress = NULL;
+  if (!ferry_json_get_string (request, "compress", FALSE, &compress, error))
+    return FALSE;
+  options->compress = FERRY_COMPRESS_NONE;
+  for (guint i = FERRY_COMPRESS_NONE; compress != NULL && i <= FERRY_COMPRESS_ZSTD; i++)
+    if (g_str_equal (compress, ferry_compress_to_string (i)))
+      options->compress = i;
+  if (compress != NULL && !g_str_equal (compress, ferry_compress_to_string (options->compress)))
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                   "compress: must be one of none, zlib, zstd");
+      return FALSE;
+    }
+  /* The destination applies what the source chose; only the pairing rules
+   * matter here. */
+  options->strategy = FERRY_STRATEGY_MANUAL;
+  if (!ferry_migrate_options_validate (options, error))
     return FALSE;
   if (!g_uuid_string_is_valid (*uuid))
     {
@@ -277,7 +307,9 @@ mig_dst_prepare_async (FerryAgent *agent, JsonObject *request, const char *liste
   g_autofree char *uuid = NULL;
   g_autofree char *source = NULL;
   g_autoptr (FerryVmSpec) spec = NULL;
-  FerryMigrateOptions options = { .live = TRUE, .tls = TRUE };
+  FerryMigrateOptions options;
+  ferry_migrate_options_init (&options);
+  options.live = TRUE;
   GError *error = NULL;
 
   if (!mig_dst_parse_incoming_request (request, &uuid, &spec, &options, &source, &error))
@@ -354,6 +386,24 @@ mig_dst_status (FerryAgent *agent, const char *uuid, GError **error)
 
 /* ---- finish ----------------------------------------------------------------- */
 
+/* The VM is ours for good: make the definition what the migration asked. */
+static void
+adopt_vm (FerryJob *job)
+{
+  FerryAgent *agent = job->agent;
+  FerryVm *vm = g_hash_table_lookup (agent->vms, job->vm_name);
+  gboolean persistent = job->options.persistent || job->reused_definition;
+  if (vm == NULL)
+    return;
+  vm->persistent = persistent;
+  ferry_store_vm_set_persistent (agent->store, vm->name, persistent, NULL);
+  if (job->reused_definition)
+    {
+      g_autofree char *spec_json = ferry_vm_spec_to_json_string (vm->spec);
+      ferry_store_vm_set_spec (agent->store, vm->name, spec_json, NULL);
+    }
+}
+
 static void
 on_finish_resumed (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -370,32 +420,34 @@ on_finish_resumed (GObject *source, GAsyncResult *result, gpointer user_data)
                                "destination: the VM went away while resuming");
       return;
     }
+  gboolean postcopy = job->state == FERRY_JOB_POSTCOPY;
   const char *status = reply ? ferry_json_object_string (json_node_get_object (reply), "status") : NULL;
   if (reply == NULL || g_strcmp0 (status, "running") != 0)
     {
       g_autofree char *reason = g_strdup_printf ("cannot resume the guest: %s",
                                                  error ? error->message : status);
-      mig_dst_teardown (job, FERRY_JOB_FAILED, reason);
+      if (postcopy)
+        /* Part of the memory is still on the source: keep both for recovery. */
+        ferry_job_finish (job, FERRY_JOB_FAILED, reason);
+      else
+        mig_dst_teardown (job, FERRY_JOB_FAILED, reason);
       g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_QEMU, "destination: %s", reason);
       return;
     }
-  FerryAgent *agent = data->agent;
-  FerryVm *vm = g_hash_table_lookup (agent->vms, job->vm_name);
-  gboolean persistent = job->options.persistent || job->reused_definition;
+  FerryVm *vm = g_hash_table_lookup (data->agent->vms, job->vm_name);
   if (vm != NULL)
-    {
-      vm->persistent = persistent;
-      ferry_store_vm_set_persistent (agent->store, vm->name, persistent, NULL);
-      if (job->reused_definition)
-        {
-          g_autofree char *spec_json = ferry_vm_spec_to_json_string (vm->spec);
-          ferry_store_vm_set_spec (agent->store, vm->name, spec_json, NULL);
-        }
-      ferry_vm_set_state (vm, FERRY_VM_RUNNING);
-    }
+    ferry_vm_set_state (vm, FERRY_VM_RUNNING);
   JsonObject *answer = job_status_json (job);
   json_object_set_boolean_member (answer, "running", TRUE);
   json_object_set_int_member (answer, "resumed_us", resumed_us);
+  if (postcopy)
+    {
+      /* Pages still arrive; the job ends with QEMU's "completed". */
+      ferry_job_event (job, "info", "guest resumed on this host in post-copy");
+      g_task_return_pointer (task, answer, (GDestroyNotify) json_object_unref);
+      return;
+    }
+  adopt_vm (job);
   json_object_set_string_member (answer, "state", "completed");
   ferry_job_event (job, "info", "guest resumed on this host");
   ferry_job_finish (job, FERRY_JOB_COMPLETED, NULL);
@@ -403,15 +455,21 @@ on_finish_resumed (GObject *source, GAsyncResult *result, gpointer user_data)
 }
 
 static void
-finish_resume (GTask *task, FerryJob *job)
+finish_resume (GTask *task, FerryJob *job, gboolean postcopy)
 {
   FerryVm *vm = g_hash_table_lookup (job->agent->vms, job->vm_name);
   g_clear_handle_id (&job->lease_timer, g_source_remove);
   /* Persist before acting: from here a restarted agent keeps the VM. */
-  ferry_job_transition (job, FERRY_JOB_FINISHING, "migration stream complete; resuming guest");
+  if (postcopy)
+    ferry_job_transition (job, FERRY_JOB_POSTCOPY, "post-copy: device state here; resuming guest");
+  else
+    ferry_job_transition (job, FERRY_JOB_FINISHING, "migration stream complete; resuming guest");
   if (vm == NULL || vm->qmp == NULL)
     {
-      mig_dst_teardown (job, FERRY_JOB_FAILED, "destination QEMU is gone");
+      if (postcopy)
+        ferry_job_finish (job, FERRY_JOB_FAILED, "destination QEMU is gone");
+      else
+        mig_dst_teardown (job, FERRY_JOB_FAILED, "destination QEMU is gone");
       g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_FAILED, "destination: QEMU is gone");
       g_object_unref (task);
       return;
@@ -433,27 +491,48 @@ mig_dst_on_qmp_event (FerryJob *job, const char *name, JsonObject *data)
     return;
   g_free (job->incoming_status);
   job->incoming_status = g_strdup (status);
+
+  if (job->state == FERRY_JOB_POSTCOPY)
+    {
+      if (g_str_equal (status, "completed"))
+        {
+          adopt_vm (job);
+          ferry_job_event (job, "info", "post-copy complete: all memory is here");
+          ferry_job_finish (job, FERRY_JOB_COMPLETED, NULL);
+        }
+      else if (g_str_equal (status, "postcopy-paused") || g_str_equal (status, "failed"))
+        ferry_job_event (job, "error", "post-copy stream %s: the guest waits for pages from the source",
+                         status);
+      return;
+    }
   if (job->pending_finish == NULL)
     return;
-  if (g_str_equal (status, "completed"))
-    finish_resume (g_steal_pointer (&job->pending_finish), job);
+  gboolean want_postcopy = GPOINTER_TO_INT (g_object_get_data (G_OBJECT (job->pending_finish), "postcopy"));
+  if (g_str_equal (status, "completed") || (want_postcopy && g_str_equal (status, "postcopy-active")))
+    finish_resume (g_steal_pointer (&job->pending_finish), job, want_postcopy && !g_str_equal (status, "completed"));
   else if (g_str_equal (status, "failed"))
     mig_dst_teardown (job, FERRY_JOB_FAILED, "incoming migration failed in QEMU");
 }
 
 void
-mig_dst_finish_async (FerryAgent *agent, const char *uuid, GCancellable *cancellable,
-                      GAsyncReadyCallback callback, gpointer user_data)
+mig_dst_finish_async (FerryAgent *agent, const char *uuid, gboolean postcopy,
+                      GCancellable *cancellable, GAsyncReadyCallback callback, gpointer user_data)
 {
   GTask *task = g_task_new (NULL, cancellable, callback, user_data);
   FerryJob *job = ferry_job_lookup_uuid (agent, uuid, FERRY_JOB_ROLE_DESTINATION);
   if (job == NULL || job->state != FERRY_JOB_PREPARED)
     {
-      g_task_return_new_error (task, job ? FERRY_ERROR : FERRY_ERROR,
-                               job ? FERRY_ERROR_CONFLICT : FERRY_ERROR_NOT_FOUND,
-                               "destination: no prepared migration %s%s%s", uuid,
+      g_task_return_new_error (task, FERRY_ERROR, job ? FERRY_ERROR_CONFLICT : FERRY_ERROR_NOT_FOUND,
+                               "destination: no prepared migration %s%s%s%s", uuid,
                                job ? " (state " : "",
-                               job ? ferry_job_state_to_string (job->state) : "");
+                               job ? ferry_job_state_to_string (job->state) : "", job ? ")" : "");
+      g_object_unref (task);
+      return;
+    }
+  if (postcopy && !job->options.postcopy)
+    {
+      g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_CONFLICT,
+                               "destination: migration %s was prepared without post-copy", uuid);
       g_object_unref (task);
       return;
     }
@@ -461,10 +540,13 @@ mig_dst_finish_async (FerryAgent *agent, const char *uuid, GCancellable *cancell
   data->agent = agent;
   data->job_id = job->id;
   g_task_set_task_data (task, data, (GDestroyNotify) prepare_data_free);
+  g_object_set_data (G_OBJECT (task), "postcopy", GINT_TO_POINTER (postcopy));
   /* The source finishes sending before this QEMU has loaded the last
-   * bytes: wait for its own MIGRATION completed event. */
+   * bytes (or, in post-copy, the device state): wait for its own event. */
   if (g_strcmp0 (job->incoming_status, "completed") == 0)
-    finish_resume (task, job);
+    finish_resume (task, job, FALSE);
+  else if (postcopy && g_strcmp0 (job->incoming_status, "postcopy-active") == 0)
+    finish_resume (task, job, TRUE);
   else
     job->pending_finish = task;
 }
@@ -487,10 +569,10 @@ mig_dst_abort (FerryAgent *agent, const char *uuid, const char *reason, GError *
                    "destination: no active migration %s", uuid);
       return FALSE;
     }
-  if (job->state == FERRY_JOB_FINISHING)
+  if (job->state == FERRY_JOB_FINISHING || job->state == FERRY_JOB_POSTCOPY)
     {
       g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
-                   "destination: migration %s is resuming the guest here; too late to abort", uuid);
+                   "destination: migration %s runs the guest here; too late to abort", uuid);
       return FALSE;
     }
   mig_dst_teardown (job, FERRY_JOB_CANCELLED, reason ? reason : "aborted by the source");
@@ -500,6 +582,18 @@ mig_dst_abort (FerryAgent *agent, const char *uuid, const char *reason, GError *
 void
 mig_dst_on_vm_gone (FerryJob *job)
 {
+  if (job->state == FERRY_JOB_POSTCOPY)
+    {
+      FerryVm *vm = g_hash_table_lookup (job->agent->vms, job->vm_name);
+      if (vm != NULL && vm->job == job)
+        vm->job = NULL;
+      ferry_job_finish (job, FERRY_JOB_FAILED,
+                        "destination QEMU exited during post-copy: the guest is lost unless the "
+                        "source still holds it");
+      if (vm != NULL && !vm->persistent)
+        ferry_vm_forget (vm);
+      return;
+    }
   const char *reason = job->state == FERRY_JOB_FINISHING
                        ? "destination QEMU exited while resuming the guest"
                        : "destination QEMU exited before the migration completed";
@@ -514,7 +608,9 @@ mig_dst_define_offline (FerryAgent *agent, JsonObject *request, GError **error)
   g_autofree char *uuid = NULL;
   g_autofree char *source = NULL;
   g_autoptr (FerryVmSpec) spec = NULL;
-  FerryMigrateOptions options = { .live = FALSE, .persistent = TRUE };
+  FerryMigrateOptions options;
+  ferry_migrate_options_init (&options);
+  options.persistent = TRUE;
 
   if (!mig_dst_parse_incoming_request (request, &uuid, &spec, &options, &source, error))
     return NULL;
@@ -557,7 +653,8 @@ mig_dst_recover (FerryAgent *agent, FerryStoreJob *stored)
   FerryVm *vm = g_hash_table_lookup (agent->vms, stored->vm_name);
   const char *outcome;
 
-  if (state == FERRY_JOB_FINISHING && vm != NULL && vm->state == FERRY_VM_RUNNING)
+  if ((state == FERRY_JOB_FINISHING || state == FERRY_JOB_POSTCOPY) && vm != NULL
+      && vm->state == FERRY_VM_RUNNING)
     {
       /* We resumed the guest before going down: it is ours now. */
       outcome = "completed";

@@ -56,6 +56,7 @@ stop_timers (FerryJob *job)
 {
   g_clear_handle_id (&job->poll_timer, g_source_remove);
   g_clear_handle_id (&job->keepalive_timer, g_source_remove);
+  g_clear_handle_id (&job->postcopy_timer, g_source_remove);
 }
 
 /* A new query-migrate snapshot becomes the job's statistics; ferry's own
@@ -120,6 +121,12 @@ mig_src_rollback (FerryJob *job, const char *reason)
 
   if (job->state == FERRY_JOB_CANCELLING || ferry_job_state_is_terminal (job->state))
     return;
+  if (job->state == FERRY_JOB_POSTCOPY)
+    {
+      /* The destination runs the guest; resuming here would run it twice. */
+      ferry_job_event (job, "warning", "not rolling back during post-copy: %s", reason);
+      return;
+    }
   stop_timers (job);
   ferry_job_transition (job, FERRY_JOB_CANCELLING, reason);
 
@@ -389,6 +396,176 @@ mig_src_fail_with_peer_view (FerryJob *job, const char *reason)
   ferry_peer_request_async (job->agent, job->peer_url, "GET", path, NULL, 3, NULL, on_peer_view, data);
 }
 
+/* ---- post-copy ------------------------------------------------------------ */
+
+static void mig_src_postcopy_switched (FerryJob *job);
+
+static void
+on_postcopy_started (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree JobRef *ref = user_data;
+  FerryJob *job = job_deref (ref);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
+  if (job == NULL)
+    return;
+  if (reply == NULL)
+    {
+      job->postcopy_requested = FALSE;
+      ferry_job_event (job, "error", "QEMU refused to switch to post-copy: %s", error->message);
+    }
+}
+
+/* Asks QEMU to switch; it does at the end of the current pass, and the
+ * MIGRATION event "postcopy-active" continues in mig_src_postcopy_switched. */
+static gboolean
+request_postcopy (FerryJob *job, const char *why, GError **error)
+{
+  FerryVm *vm = job_vm (job);
+  if (!job->options.postcopy)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
+                   "this migration was started without post-copy (use --postcopy)");
+      return FALSE;
+    }
+  if (job->state != FERRY_JOB_PERFORMING || vm == NULL || vm->qmp == NULL)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
+                   "the migration is %s; post-copy starts from pre-copy only",
+                   ferry_job_state_to_string (job->state));
+      return FALSE;
+    }
+  if (job->postcopy_requested)
+    return TRUE;
+  job->postcopy_requested = TRUE;
+  ferry_job_event (job, "info", "switching to post-copy: %s", why);
+  ferry_qmp_execute_async (vm->qmp, "migrate-start-postcopy", NULL, NULL, on_postcopy_started,
+                           job_ref (job));
+  return TRUE;
+}
+
+static gboolean
+on_postcopy_timer (gpointer user_data)
+{
+  FerryJob *job = user_data;
+  job->postcopy_timer = 0;
+  g_autofree char *why = g_strdup_printf ("pre-copy did not finish within %" G_GINT64_FORMAT
+                                          " s (--postcopy-after)", job->options.postcopy_after_s);
+  g_autoptr (GError) error = NULL;
+  if (!request_postcopy (job, why, &error))
+    ferry_job_event (job, "warning", "%s", error->message);
+  return G_SOURCE_REMOVE;
+}
+
+static void
+on_postcopy_resumed (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree JobRef *ref = user_data;
+  FerryJob *job = job_deref (ref);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
+  if (job == NULL)
+    return;
+  if (reply != NULL)
+    {
+      gint64 resumed_us = ferry_json_object_int (reply, "resumed_us");
+      if (resumed_us > 0 && job->guest_stopped_us > 0)
+        json_object_set_int_member (job->stats, "ferry-guest-downtime-ms",
+                                    (resumed_us - job->guest_stopped_us) / 1000);
+      ferry_job_event (job, "info", "guest runs on the destination; remaining pages follow on demand");
+      return;
+    }
+  /* Neither side runs the guest now: the source gave its state away and
+   * the destination did not start. Never resume here (QEMU would run a
+   * copy the destination may also run); say so. */
+  stop_timers (job);
+  g_autofree char *reason = g_strdup_printf ("post-copy: the destination did not resume the guest (%s); "
+                                             "the guest is paused — check the destination",
+                                             error->message);
+  ferry_job_finish (job, FERRY_JOB_FAILED, reason);
+}
+
+static void
+mig_src_postcopy_switched (FerryJob *job)
+{
+  /* Persist first: from now on the guest belongs to the destination. */
+  ferry_job_transition (job, FERRY_JOB_POSTCOPY, "device state sent; the destination takes over");
+  FerryVm *vm = job_vm (job);
+  if (vm != NULL)
+    ferry_vm_set_state (vm, FERRY_VM_MIGRATED);
+  g_autofree char *path = incoming_path (job, "/finish");
+  g_autoptr (JsonObject) body = json_object_new ();
+  json_object_set_boolean_member (body, "postcopy", TRUE);
+  ferry_peer_request_async (job->agent, job->peer_url, "POST", path, body, PEER_TIMEOUT_S, NULL,
+                            on_postcopy_resumed, job_ref (job));
+}
+
+/* ---- watchdogs -------------------------------------------------------------- */
+
+/* KubeVirt's two limits: the whole migration may take completion timeout
+ * per GiB of guest RAM, and "remaining" must shrink at least once every
+ * progress timeout. On expiry: abort (the source keeps running) or
+ * switch to post-copy, as the user chose. */
+static void
+check_watchdogs (FerryJob *job, JsonObject *stats)
+{
+  JsonObject *ram = json_object_has_member (stats, "ram") ? json_object_get_object_member (stats, "ram") : NULL;
+  if (ram == NULL || job->postcopy_requested)
+    return;
+  gint64 now = g_get_monotonic_time ();
+  gint64 remaining = ferry_json_object_int (ram, "remaining");
+  gint64 total = ferry_json_object_int (ram, "total");
+  if (job->progress_at_us == 0 || remaining < job->best_remaining)
+    {
+      job->best_remaining = remaining;
+      job->progress_at_us = now;
+    }
+  /* strategy auto watches every pass: a pass that does not shrink what is
+   * left by a tenth means pre-copy is not converging; switch now rather
+   * than wait for a timeout. */
+  gint64 pass = ferry_json_object_int (ram, "dirty-sync-count");
+  if (pass > job->last_pass)
+    {
+      if (job->options.strategy == FERRY_STRATEGY_AUTO && job->options.postcopy && pass >= 3
+          && job->last_pass_remaining > 0 && remaining > job->last_pass_remaining * 9 / 10)
+        {
+          g_autofree char *why = g_strdup_printf ("pass %" G_GINT64_FORMAT " left %" G_GINT64_FORMAT
+                                                  " MiB, the previous %" G_GINT64_FORMAT
+                                                  " MiB: pre-copy is not converging", pass,
+                                                  remaining / 1048576, job->last_pass_remaining / 1048576);
+          g_autoptr (GError) error = NULL;
+          if (!request_postcopy (job, why, &error))
+            ferry_job_event (job, "warning", "%s", error->message);
+          return;
+        }
+      job->last_pass = pass;
+      job->last_pass_remaining = remaining;
+    }
+  gint64 completion_limit_ms = MAX (1000, job->options.completion_timeout_per_gib_s * 1000
+                                          * total / (1024 * 1024 * 1024));
+  gint64 elapsed_ms = (now - job->perform_started_us) / 1000;
+  gint64 stalled_ms = (now - job->progress_at_us) / 1000;
+  g_autofree char *why = NULL;
+  if (elapsed_ms > completion_limit_ms)
+    why = g_strdup_printf ("completion timeout: %" G_GINT64_FORMAT " s for %.2f GiB "
+                           "(%" G_GINT64_FORMAT " s per GiB)", completion_limit_ms / 1000,
+                           total / (1024.0 * 1024 * 1024), job->options.completion_timeout_per_gib_s);
+  else if (stalled_ms > job->options.progress_timeout_s * 1000)
+    why = g_strdup_printf ("progress timeout: remaining data has not shrunk for %" G_GINT64_FORMAT " s",
+                           job->options.progress_timeout_s);
+  if (why == NULL)
+    return;
+  if (job->options.timeout_action == FERRY_TIMEOUT_POSTCOPY)
+    {
+      g_autoptr (GError) error = NULL;
+      if (!request_postcopy (job, why, &error))
+        mig_src_rollback (job, why);
+      return;
+    }
+  g_autofree char *reason = g_strdup_printf ("%s; aborted, the guest stays on the source", why);
+  mig_src_rollback (job, reason);
+}
+
 static void
 on_progress (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -402,7 +579,7 @@ on_progress (GObject *source, GAsyncResult *result, gpointer user_data)
   update_stats (job, stats);
 
   const char *status = ferry_json_object_string (stats, "status");
-  if (job->state != FERRY_JOB_PERFORMING || status == NULL)
+  if (status == NULL || (job->state != FERRY_JOB_PERFORMING && job->state != FERRY_JOB_POSTCOPY))
     return;
   if (g_str_equal (status, "completed"))
     {
@@ -412,7 +589,23 @@ on_progress (GObject *source, GAsyncResult *result, gpointer user_data)
                        ferry_json_object_int (stats, "total-time"),
                        ferry_json_object_int (stats, "downtime"),
                        ferry_json_object_int (ram, "transferred"));
-      mig_src_finish (job);
+      if (job->state == FERRY_JOB_POSTCOPY)
+        {
+          stop_timers (job);
+          mig_src_confirm (job);
+        }
+      else
+        mig_src_finish (job);
+    }
+  else if (job->state == FERRY_JOB_PERFORMING && g_str_equal (status, "postcopy-active"))
+    mig_src_postcopy_switched (job);
+  else if (job->state == FERRY_JOB_POSTCOPY
+           && (g_str_equal (status, "failed") || g_str_equal (status, "postcopy-paused")))
+    {
+      stop_timers (job);
+      ferry_job_finish (job, FERRY_JOB_FAILED,
+                        "post-copy interrupted: the guest is paused on the destination with part of "
+                        "its memory still here; both QEMUs keep their state for recovery");
     }
   else if (g_str_equal (status, "failed") || g_str_equal (status, "cancelled"))
     {
@@ -424,6 +617,8 @@ on_progress (GObject *source, GAsyncResult *result, gpointer user_data)
       else
         mig_src_fail_with_peer_view (job, reason);
     }
+  else if (job->state == FERRY_JOB_PERFORMING)
+    check_watchdogs (job, stats);
 }
 
 static void
@@ -453,7 +648,11 @@ on_keepalive_replied (GObject *source, GAsyncResult *result, gpointer user_data)
     return;
   job->keepalive_in_flight = FALSE;
   if (job->state != FERRY_JOB_PERFORMING)
-    return;
+    {
+      if (reply != NULL)
+        job->peer_last_seen_us = g_get_monotonic_time ();
+      return;
+    }
   if (reply != NULL)
     {
       job->peer_last_seen_us = g_get_monotonic_time ();
@@ -484,7 +683,7 @@ static gboolean
 on_keepalive_timer (gpointer user_data)
 {
   FerryJob *job = user_data;
-  if (job->keepalive_in_flight)
+  if (job->keepalive_in_flight && job->state == FERRY_JOB_PERFORMING)
     {
       /* A request hung (link cut): judge silence without waiting for it. */
       gint64 silent_ms = (g_get_monotonic_time () - job->peer_last_seen_us) / 1000;
@@ -558,7 +757,10 @@ on_migrate_started (GObject *source, GAsyncResult *result, gpointer user_data)
     ferry_qmp_execute_async (vm->qmp, "query-migrate-parameters", NULL, NULL, on_parameters_read,
                              job_ref (job));
   job->peer_last_seen_us = g_get_monotonic_time ();
+  job->perform_started_us = g_get_monotonic_time ();
   job->poll_timer = g_timeout_add (PROGRESS_POLL_MS, on_poll_timer, job);
+  if (job->options.postcopy && job->options.postcopy_after_s > 0)
+    job->postcopy_timer = g_timeout_add_seconds (job->options.postcopy_after_s, on_postcopy_timer, job);
   job->keepalive_timer = g_timeout_add (job->agent->config.keepalive_interval_ms, on_keepalive_timer, job);
 }
 
@@ -586,11 +788,23 @@ mig_src_perform (FerryJob *job)
       steps[n++] = (FerryQmpStep) { "object-add",
                                     ferry_qmp_args_tls_creds (QEMU_TLS_CREDS_ID, creds_dir, FALSE) };
     }
-  steps[n++] = (FerryQmpStep) { "migrate-set-capabilities", ferry_qmp_args_migrate_capabilities (TRUE) };
-  steps[n++] = (FerryQmpStep) { "migrate-set-parameters",
-                                ferry_qmp_args_migrate_parameters (bandwidth, job->options.max_downtime_ms,
-                                                                   job->options.tls ? QEMU_TLS_CREDS_ID : NULL,
-                                                                   job->options.tls ? job->tls_hostname : NULL) };
+  FerryQmpCapabilities capabilities = {
+    .events = TRUE,
+    .multifd = ferry_migrate_options_multifd (&job->options),
+    .xbzrle = job->options.xbzrle,
+    .auto_converge = job->options.auto_converge,
+    .postcopy = job->options.postcopy,
+  };
+  FerryQmpParameters parameters = {
+    .max_bandwidth_bytes = bandwidth,
+    .downtime_ms = job->options.max_downtime_ms,
+    .tls_creds = job->options.tls ? QEMU_TLS_CREDS_ID : NULL,
+    .tls_hostname = job->options.tls ? job->tls_hostname : NULL,
+    .multifd_channels = capabilities.multifd ? job->options.parallel_connections : 0,
+    .multifd_compression = capabilities.multifd ? ferry_compress_to_string (job->options.compress) : NULL,
+  };
+  steps[n++] = (FerryQmpStep) { "migrate-set-capabilities", ferry_qmp_args_migrate_capabilities (&capabilities) };
+  steps[n++] = (FerryQmpStep) { "migrate-set-parameters", ferry_qmp_args_migrate_parameters (&parameters) };
   steps[n++] = (FerryQmpStep) { "migrate", ferry_qmp_args_migrate (job->incoming_uri) };
   ferry_qmp_run_steps_async (vm->qmp, steps, n, NULL, on_migrate_started, job_ref (job));
 }
@@ -621,13 +835,15 @@ mig_src_on_qmp_event (FerryJob *job, const char *name, JsonObject *data)
       job->guest_stopped_us = g_get_real_time ();
       return;
     }
-  if (!g_str_equal (name, "MIGRATION") || job->state != FERRY_JOB_PERFORMING)
+  if (!g_str_equal (name, "MIGRATION")
+      || (job->state != FERRY_JOB_PERFORMING && job->state != FERRY_JOB_POSTCOPY))
     return;
   const char *status = ferry_json_object_string (data, "status");
   if (status == NULL)
     return;
   if (g_str_equal (status, "completed") || g_str_equal (status, "failed")
-      || g_str_equal (status, "cancelled"))
+      || g_str_equal (status, "cancelled") || g_str_equal (status, "postcopy-active")
+      || g_str_equal (status, "postcopy-paused"))
     /* Final statistics (downtime, total time) come with query-migrate;
      * on_progress acts on the terminal status. */
     query_progress (job);
@@ -672,6 +888,74 @@ on_prepared (GObject *source, GAsyncResult *result, gpointer user_data)
       return;
     }
   mig_src_perform (job);
+}
+
+static void
+mig_src_prepare (FerryJob *job)
+{
+  FerryAgent *agent = job->agent;
+  FerryVm *vm = job_vm (job);
+  const FerryMigrateOptions *options = &job->options;
+  if (vm == NULL)
+    {
+      ferry_job_finish (job, FERRY_JOB_FAILED, "the VM disappeared");
+      return;
+    }
+  g_autoptr (JsonObject) request = json_object_new ();
+  json_object_set_string_member (request, "uuid", job->uuid);
+  json_object_set_member (request, "spec", ferry_vm_spec_to_json (vm->spec));
+  json_object_set_boolean_member (request, "live", options->live);
+  json_object_set_boolean_member (request, "persistent", options->persistent);
+  json_object_set_boolean_member (request, "tls", options->tls);
+  json_object_set_int_member (request, "parallel_connections", options->parallel_connections);
+  json_object_set_string_member (request, "compress", ferry_compress_to_string (options->compress));
+  json_object_set_boolean_member (request, "postcopy", options->postcopy);
+  if (agent->tls->common_name)
+    json_object_set_string_member (request, "source", agent->tls->common_name);
+
+  ferry_job_transition (job, FERRY_JOB_PREPARING, NULL);
+  ferry_peer_request_async (agent, job->peer_url, "POST",
+                            options->live ? "/v1/migrations/incoming" : "/v1/migrations/offline",
+                            request, PEER_TIMEOUT_S, NULL, on_prepared, job_ref (job));
+}
+
+static void
+on_planned (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree JobRef *ref = user_data;
+  FerryJob *job = job_deref (ref);
+  g_autoptr (GError) error = NULL;
+  FerryMigrateOptions chosen;
+  g_autoptr (JsonObject) plan = ferry_plan_finish (result, &chosen, &error);
+  if (job == NULL)
+    return;
+  if (plan == NULL)
+    {
+      g_autofree char *reason = g_strdup_printf ("cannot plan the migration: %s", error->message);
+      mig_src_rollback (job, reason);
+      return;
+    }
+  JsonObject *prediction = json_object_get_object_member (plan, "prediction");
+  JsonObject *measured = json_object_get_object_member (plan, "measured");
+  ferry_job_event (job, "info", "measured: dirty rate %.0f MiB/s, link %.0f MiB/s, %"
+                   G_GINT64_FORMAT " MiB of guest RAM touched",
+                   json_object_get_double_member (measured, "dirty_mib_s"),
+                   json_object_get_double_member (measured, "link_mib_s"),
+                   ferry_json_object_int (measured, "resident_bytes") / 1048576);
+  ferry_job_event (job, "info", "strategy %s: %s", ferry_json_object_string (plan, "strategy"),
+                   ferry_json_object_string (plan, "reason"));
+  if (json_object_has_member (prediction, "total_s"))
+    ferry_job_event (job, "info", "predicted: %.1f s total, %.0f ms downtime",
+                     json_object_get_double_member (prediction, "total_s"),
+                     json_object_get_double_member (prediction, "downtime_ms"));
+  json_object_set_object_member (job->stats, "ferry-plan", json_object_ref (plan));
+  job->options = chosen;
+  if (job->abort_requested)
+    {
+      mig_src_rollback (job, "aborted by the user");
+      return;
+    }
+  mig_src_prepare (job);
 }
 
 static gboolean
@@ -730,19 +1014,16 @@ mig_src_begin (FerryVm *vm, const char *dest_url, const FerryMigrateOptions *opt
     return NULL;
   vm->job = job;
 
-  g_autoptr (JsonObject) request = json_object_new ();
-  json_object_set_string_member (request, "uuid", job->uuid);
-  json_object_set_member (request, "spec", ferry_vm_spec_to_json (vm->spec));
-  json_object_set_boolean_member (request, "live", options->live);
-  json_object_set_boolean_member (request, "persistent", options->persistent);
-  json_object_set_boolean_member (request, "tls", options->tls);
-  if (agent->tls->common_name)
-    json_object_set_string_member (request, "source", agent->tls->common_name);
-
-  ferry_job_transition (job, FERRY_JOB_PREPARING, NULL);
-  ferry_peer_request_async (agent, job->peer_url, "POST",
-                            options->live ? "/v1/migrations/incoming" : "/v1/migrations/offline",
-                            request, PEER_TIMEOUT_S, NULL, on_prepared, job_ref (job));
+  if (options->live)
+    {
+      /* Measure and predict first (strategy auto also chooses here); the
+       * prediction is recorded for every live migration, so that the
+       * outcome can be compared with it. */
+      ferry_job_event (job, "info", "measuring the link and the guest's dirty rate");
+      ferry_plan_async (vm, job->peer_url, options, on_planned, job_ref (job));
+    }
+  else
+    mig_src_prepare (job);
   return job;
 }
 
@@ -756,7 +1037,8 @@ mig_src_abort (FerryVm *vm, GError **error)
                    "VM '%s' has no outgoing migration to abort", vm->name);
       return FALSE;
     }
-  if (job->state == FERRY_JOB_FINISHING || job->state == FERRY_JOB_CONFIRMING)
+  if (job->state == FERRY_JOB_FINISHING || job->state == FERRY_JOB_CONFIRMING
+      || job->state == FERRY_JOB_POSTCOPY)
     {
       g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
                    "too late to abort: the destination is taking over VM '%s'", vm->name);
@@ -768,6 +1050,63 @@ mig_src_abort (FerryVm *vm, GError **error)
     mig_src_rollback (job, "aborted by the user");
   /* In BEGIN/PREPARING the prepare reply sees abort_requested. */
   return TRUE;
+}
+
+/* ---- live controls ----------------------------------------------------------------- */
+
+static FerryJob *
+running_outgoing_job (FerryVm *vm, GError **error)
+{
+  FerryJob *job = vm->job;
+  if (job == NULL || job->role != FERRY_JOB_ROLE_SOURCE || !job->options.live
+      || (job->state != FERRY_JOB_PERFORMING && job->state != FERRY_JOB_POSTCOPY)
+      || vm->qmp == NULL)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
+                   "VM '%s' has no live migration in progress", vm->name);
+      return NULL;
+    }
+  return job;
+}
+
+static void
+on_parameter_set (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree JobRef *ref = user_data;
+  FerryJob *job = job_deref (ref);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
+  if (job != NULL && reply == NULL)
+    ferry_job_event (job, "error", "QEMU refused the new setting: %s", error->message);
+}
+
+gboolean
+mig_src_set_parameter (FerryVm *vm, const char *name, gint64 value, GError **error)
+{
+  FerryJob *job = running_outgoing_job (vm, error);
+  if (job == NULL)
+    return FALSE;
+  if (g_str_equal (name, "downtime-limit"))
+    job->options.max_downtime_ms = value;
+  else if (g_str_equal (name, "max-bandwidth"))
+    job->options.bandwidth_mib = value / (1024 * 1024);
+  ferry_job_event (job, "info", "%s set to %" G_GINT64_FORMAT " while migrating", name, value);
+  g_autoptr (JsonObject) arguments = ferry_qmp_args_migrate_parameter (name, value);
+  ferry_qmp_execute_async (vm->qmp, "migrate-set-parameters", arguments, NULL, on_parameter_set,
+                           job_ref (job));
+  /* Read back what QEMU now uses, for the job log and the tests. */
+  ferry_qmp_execute_async (vm->qmp, "query-migrate-parameters", NULL, NULL, on_parameters_read,
+                           job_ref (job));
+  return TRUE;
+}
+
+gboolean
+mig_src_start_postcopy (FerryVm *vm, const char *why, GError **error)
+{
+  FerryJob *job = running_outgoing_job (vm, error);
+  if (job == NULL)
+    return FALSE;
+  return request_postcopy (job, why, error);
 }
 
 /* ---- restart recovery ---------------------------------------------------------- */
@@ -791,6 +1130,15 @@ mig_src_recover (FerryAgent *agent, FerryStoreJob *stored)
       ferry_store_job_add_event (agent->store, stored->id, "info",
                                  "agent restarted after the destination took over; source copy stopped",
                                  NULL);
+      return;
+    }
+  if (state == FERRY_JOB_POSTCOPY)
+    {
+      /* The destination runs the guest and may still need pages from our
+       * QEMU: leave it running; it exits by itself once the stream ends. */
+      ferry_store_job_update (agent->store, stored->id, "failed",
+                              "agent restarted during post-copy; the source QEMU keeps serving pages "
+                              "to the destination", NULL, NULL);
       return;
     }
   if (state == FERRY_JOB_FINISHING)

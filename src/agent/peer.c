@@ -138,6 +138,36 @@ ferry_peer_request_async (FerryAgent *agent, const char *base_url, const char *m
                                     request->cancellable, on_peer_reply, g_steal_pointer (&task));
 }
 
+void
+ferry_peer_probe_async (FerryAgent *agent, const char *base_url, gsize bytes,
+                        GAsyncReadyCallback callback, gpointer user_data)
+{
+  g_autoptr (GTask) task = g_task_new (NULL, NULL, callback, user_data);
+  PeerRequest *request = g_new0 (PeerRequest, 1);
+  g_task_set_task_data (task, request, (GDestroyNotify) peer_request_free);
+  g_autofree char *url = g_strconcat (base_url, "/v1/probe", NULL);
+  request->what = g_strdup_printf ("POST %s", url);
+  request->message = soup_message_new ("POST", url);
+  if (request->message == NULL)
+    {
+      g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                               "destination: '%s' is not a valid URL", base_url);
+      return;
+    }
+  /* Random bytes: a link that compresses must not look faster than QEMU's
+   * stream of (incompressible) guest pages will be. */
+  guint32 *data = g_malloc (bytes);
+  for (gsize i = 0; i < bytes / sizeof (guint32); i++)
+    data[i] = g_random_int ();
+  g_autoptr (GBytes) body = g_bytes_new_take (data, bytes);
+  soup_message_set_tls_client_certificate (request->message, agent->tls->certificate);
+  soup_message_set_request_body_from_bytes (request->message, "application/octet-stream", body);
+  request->cancellable = g_cancellable_new ();
+  request->timeout_id = g_timeout_add_seconds (60, on_peer_timeout, request);
+  soup_session_send_and_read_async (agent->peer_session, request->message, G_PRIORITY_DEFAULT,
+                                    request->cancellable, on_peer_reply, g_steal_pointer (&task));
+}
+
 JsonObject *
 ferry_peer_request_finish (GAsyncResult *result, gboolean *maybe_delivered, GError **error)
 {

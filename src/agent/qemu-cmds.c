@@ -3,32 +3,54 @@
  * schema captured from the real QEMU binary. */
 #include "agent.h"
 
+static void
+add_capability (JsonArray *array, const char *name, gboolean state)
+{
+  JsonObject *capability = json_object_new ();
+  json_object_set_string_member (capability, "capability", name);
+  json_object_set_boolean_member (capability, "state", state);
+  json_array_add_object_element (array, capability);
+}
+
 JsonObject *
-ferry_qmp_args_migrate_capabilities (gboolean events)
+ferry_qmp_args_migrate_capabilities (const FerryQmpCapabilities *capabilities)
 {
   JsonObject *args = json_object_new ();
-  JsonArray *capabilities = json_array_new ();
-  JsonObject *capability = json_object_new ();
-  json_object_set_string_member (capability, "capability", "events");
-  json_object_set_boolean_member (capability, "state", events);
-  json_array_add_object_element (capabilities, capability);
-  json_object_set_array_member (args, "capabilities", capabilities);
+  JsonArray *array = json_array_new ();
+  add_capability (array, "events", capabilities->events);
+  add_capability (array, "multifd", capabilities->multifd);
+  add_capability (array, "xbzrle", capabilities->xbzrle);
+  add_capability (array, "auto-converge", capabilities->auto_converge);
+  add_capability (array, "postcopy-ram", capabilities->postcopy);
+  json_object_set_array_member (args, "capabilities", array);
   return args;
 }
 
 JsonObject *
-ferry_qmp_args_migrate_parameters (gint64 max_bandwidth_bytes, gint64 downtime_ms,
-                                   const char *tls_creds, const char *tls_hostname)
+ferry_qmp_args_migrate_parameters (const FerryQmpParameters *parameters)
 {
   JsonObject *args = json_object_new ();
   /* Always explicit: QEMU 7.2 otherwise caps the stream at 128 MiB/s. */
-  json_object_set_int_member (args, "max-bandwidth", max_bandwidth_bytes);
-  if (downtime_ms > 0)
-    json_object_set_int_member (args, "downtime-limit", downtime_ms);
+  json_object_set_int_member (args, "max-bandwidth", parameters->max_bandwidth_bytes);
+  if (parameters->downtime_ms > 0)
+    json_object_set_int_member (args, "downtime-limit", parameters->downtime_ms);
   /* An empty string switches TLS off; set it either way so settings from a
    * previous migration of the same QEMU never leak into this one. */
-  json_object_set_string_member (args, "tls-creds", tls_creds ? tls_creds : "");
-  json_object_set_string_member (args, "tls-hostname", tls_hostname ? tls_hostname : "");
+  json_object_set_string_member (args, "tls-creds", parameters->tls_creds ? parameters->tls_creds : "");
+  json_object_set_string_member (args, "tls-hostname",
+                                 parameters->tls_hostname ? parameters->tls_hostname : "");
+  if (parameters->multifd_channels > 0)
+    json_object_set_int_member (args, "multifd-channels", parameters->multifd_channels);
+  if (parameters->multifd_compression != NULL)
+    json_object_set_string_member (args, "multifd-compression", parameters->multifd_compression);
+  return args;
+}
+
+JsonObject *
+ferry_qmp_args_migrate_parameter (const char *name, gint64 value)
+{
+  JsonObject *args = json_object_new ();
+  json_object_set_int_member (args, name, value);
   return args;
 }
 

@@ -82,6 +82,95 @@ print_summary (JsonObject *job)
            ferry_json_object_int (ram, "dirty-sync-count"));
 }
 
+static double
+member_double (JsonObject *object, const char *member)
+{
+  JsonNode *node = object ? json_object_get_member (object, member) : NULL;
+  return node && JSON_NODE_HOLDS_VALUE (node) ? json_node_get_double (node) : 0.0;
+}
+
+static int
+migrate_estimate (FerryClient *client, const char *name, JsonObject *body)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree char *escaped = ferry_client_escape (name);
+  g_autofree char *path = g_strdup_printf ("/v1/vms/%s/estimate", escaped);
+  g_autoptr (JsonObject) plan = ferry_client_call (client, "POST", path, body, &error);
+  if (plan == NULL)
+    return ferry_cli_fail (error);
+  if (ferry_global.json)
+    {
+      ferry_cli_print_json (plan);
+      return 0;
+    }
+  JsonObject *measured = member_object (plan, "measured");
+  JsonObject *precopy = member_object (plan, "precopy");
+  JsonObject *prediction = member_object (plan, "prediction");
+  g_autofree char *ram = ferry_format_bytes (ferry_json_object_int (measured, "ram_bytes"));
+  g_autofree char *resident = ferry_format_bytes (ferry_json_object_int (measured, "resident_bytes"));
+  g_autofree char *bytes = ferry_format_bytes (ferry_json_object_int (prediction, "bytes"));
+  g_print ("Measured:   RAM %s (%s touched), dirty rate %.0f MiB/s, link %.0f MiB/s\n", ram, resident,
+           member_double (measured, "dirty_mib_s"), member_double (measured, "link_mib_s"));
+  if (json_object_get_boolean_member_with_default (precopy, "converges", FALSE))
+    g_print ("Pre-copy:   converges in %" G_GINT64_FORMAT " passes, %.1f s, downtime %.0f ms\n",
+             ferry_json_object_int (precopy, "passes"), member_double (precopy, "total_s"),
+             member_double (precopy, "downtime_ms"));
+  else
+    g_print ("Pre-copy:   does not converge (the guest dirties memory as fast as the link carries it)\n");
+  g_print ("Strategy:   %s — %s\n", ferry_json_object_string (plan, "strategy"),
+           ferry_json_object_string (plan, "reason"));
+  g_print ("Prediction: total %.1f s, downtime %.0f ms, %s on the wire\n",
+           member_double (prediction, "total_s"), member_double (prediction, "downtime_ms"), bytes);
+  return 0;
+}
+
+static int
+migrate_control (int argc, char **argv)
+{
+  /* argv: [prog, verb, NAME, VALUE?] */
+  const char *verb = argv[1];
+  gboolean needs_value = !g_str_equal (verb, "postcopy");
+  if (argc != (needs_value ? 4 : 3))
+    {
+      g_printerr ("ferry migrate: usage: migrate set-max-downtime NAME MS | set-speed NAME MIBS | "
+                  "postcopy NAME\n");
+      return 2;
+    }
+  g_autoptr (JsonObject) body = json_object_new ();
+  const char *action = "postcopy";
+  if (needs_value)
+    {
+      gint64 value = 0;
+      if (!g_ascii_string_to_signed (argv[3], 10, 1, g_str_equal (verb, "set-speed") ? 1024 * 1024 : 2000000,
+                                     &value, NULL))
+        {
+          g_printerr ("ferry migrate %s: '%s' is not a number in range (%s)\n", verb, argv[3],
+                      g_str_equal (verb, "set-speed") ? "1..1048576 MiB/s" : "1..2000000 ms");
+          return 2;
+        }
+      action = "set";
+      json_object_set_int_member (body, g_str_equal (verb, "set-speed") ? "bandwidth_mib" : "max_downtime_ms",
+                                  value);
+    }
+  g_autoptr (FerryClient) client = ferry_cli_client ();
+  if (client == NULL)
+    return 1;
+  g_autoptr (GError) error = NULL;
+  g_autofree char *escaped = ferry_client_escape (argv[2]);
+  g_autofree char *path = g_strdup_printf ("/v1/vms/%s/job/%s", escaped, action);
+  g_autoptr (JsonObject) reply = ferry_client_call (client, "POST", path, body, &error);
+  if (reply == NULL)
+    return ferry_cli_fail (error);
+  if (ferry_global.json)
+    ferry_cli_print_json (reply);
+  else if (g_str_equal (verb, "postcopy"))
+    g_print ("switching %s to post-copy at the end of the current pass\n", argv[2]);
+  else
+    g_print ("%s: %s set to %s\n", argv[2], g_str_equal (verb, "set-speed") ? "bandwidth (MiB/s)"
+                                                                            : "downtime limit (ms)", argv[3]);
+  return 0;
+}
+
 int
 ferry_cmd_migrate (int argc, char **argv)
 {
@@ -92,8 +181,19 @@ ferry_cmd_migrate (int argc, char **argv)
   gboolean no_tls = FALSE;
   gboolean detach = FALSE;
   gboolean verbose = FALSE;
+  gboolean estimate = FALSE;
+  gboolean xbzrle = FALSE;
+  gboolean auto_converge = FALSE;
+  gboolean postcopy = FALSE;
   int bandwidth = -1;
   int max_downtime = -1;
+  int parallel = -1;
+  int postcopy_after = -1;
+  int completion_timeout = -1;
+  int progress_timeout = -1;
+  g_autofree char *strategy = NULL;
+  g_autofree char *compress = NULL;
+  g_autofree char *timeout_action = NULL;
   GOptionEntry entries[] = {
     { "live", 0, 0, G_OPTION_ARG_NONE, &live, "Move the running VM (memory and device state)", NULL },
     { "offline", 0, 0, G_OPTION_ARG_NONE, &offline, "Move a shut-off VM's definition", NULL },
@@ -105,10 +205,34 @@ ferry_cmd_migrate (int argc, char **argv)
     { "no-tls", 0, 0, G_OPTION_ARG_NONE, &no_tls, "Send memory unencrypted (TLS is on by default)", NULL },
     { "detach", 0, 0, G_OPTION_ARG_NONE, &detach, "Return once the job started", NULL },
     { "verbose", 0, 0, G_OPTION_ARG_NONE, &verbose, "Print the job's event log at the end", NULL },
+    { "strategy", 0, 0, G_OPTION_ARG_STRING, &strategy,
+      "auto (default: measure, predict, choose) or manual", "auto|manual" },
+    { "estimate", 0, 0, G_OPTION_ARG_NONE, &estimate, "Predict time, downtime and bytes; do not migrate", NULL },
+    { "parallel-connections", 0, 0, G_OPTION_ARG_INT, &parallel, "multifd channels (2..16)", "N" },
+    { "compress", 0, 0, G_OPTION_ARG_STRING, &compress, "multifd compression", "zstd|zlib|none" },
+    { "xbzrle", 0, 0, G_OPTION_ARG_NONE, &xbzrle, "XBZRLE delta compression of re-sent pages", NULL },
+    { "auto-converge", 0, 0, G_OPTION_ARG_NONE, &auto_converge, "Throttle the guest's vCPUs until it converges", NULL },
+    { "postcopy", 0, 0, G_OPTION_ARG_NONE, &postcopy, "Allow switching to post-copy", NULL },
+    { "postcopy-after", 0, 0, G_OPTION_ARG_INT, &postcopy_after,
+      "Switch to post-copy after S seconds of pre-copy", "S" },
+    { "completion-timeout-per-gib", 0, 0, G_OPTION_ARG_INT, &completion_timeout,
+      "Time allowed per GiB of guest RAM (default 150)", "S" },
+    { "progress-timeout", 0, 0, G_OPTION_ARG_INT, &progress_timeout,
+      "Time allowed without remaining data shrinking (default 150)", "S" },
+    { "timeout-action", 0, 0, G_OPTION_ARG_STRING, &timeout_action,
+      "At a timeout: abort (default; the source keeps running) or postcopy", "abort|postcopy" },
     { NULL }
   };
   g_autoptr (GError) error = NULL;
 
+  if (argc >= 2 && (g_str_equal (argv[1], "set-max-downtime") || g_str_equal (argv[1], "set-speed")
+                    || g_str_equal (argv[1], "postcopy")))
+    {
+      if (!ferry_cli_parse ("set-max-downtime NAME MS | set-speed NAME MIBS | postcopy NAME",
+                            "Change a running migration.", NULL, &argc, &argv))
+        return 2;
+      return migrate_control (argc, argv);
+    }
   if (!ferry_cli_parse ("NAME DEST-URL --live|--offline", "Migrate a VM to another host.", entries,
                         &argc, &argv))
     return 2;
@@ -137,6 +261,20 @@ ferry_cmd_migrate (int argc, char **argv)
       g_printerr ("ferry migrate: --bandwidth, --max-downtime and --no-tls apply to --live only\n");
       return 2;
     }
+  if (parallel != -1 && (parallel < 1 || parallel > 16))
+    {
+      g_printerr ("ferry migrate: --parallel-connections must be between 1 and 16\n");
+      return 2;
+    }
+  if ((postcopy_after != -1 && (postcopy_after < 1 || postcopy_after > 86400))
+      || (completion_timeout != -1 && (completion_timeout < 1 || completion_timeout > 86400))
+      || (progress_timeout != -1 && (progress_timeout < 1 || progress_timeout > 86400)))
+    {
+      g_printerr ("ferry migrate: --postcopy-after, --completion-timeout-per-gib and --progress-timeout "
+                  "take 1..86400 seconds\n");
+      return 2;
+    }
+  gboolean tuned = parallel > 1 || compress != NULL || xbzrle || auto_converge || postcopy;
   g_autoptr (FerryClient) client = ferry_cli_client ();
   if (client == NULL)
     return 1;
@@ -151,6 +289,32 @@ ferry_cmd_migrate (int argc, char **argv)
     json_object_set_int_member (body, "bandwidth_mib", bandwidth);
   if (max_downtime > 0)
     json_object_set_int_member (body, "max_downtime_ms", max_downtime);
+  /* Tuning flags without --strategy mean the user chose: manual. The agent
+   * refuses --strategy auto together with them (it would override them). */
+  if (strategy != NULL)
+    json_object_set_string_member (body, "strategy", strategy);
+  else if (tuned && live)
+    json_object_set_string_member (body, "strategy", "manual");
+  if (parallel > 0)
+    json_object_set_int_member (body, "parallel_connections", parallel);
+  if (compress != NULL)
+    json_object_set_string_member (body, "compress", compress);
+  if (xbzrle)
+    json_object_set_boolean_member (body, "xbzrle", TRUE);
+  if (auto_converge)
+    json_object_set_boolean_member (body, "auto_converge", TRUE);
+  if (postcopy)
+    json_object_set_boolean_member (body, "postcopy", TRUE);
+  if (postcopy_after > 0)
+    json_object_set_int_member (body, "postcopy_after_s", postcopy_after);
+  if (completion_timeout > 0)
+    json_object_set_int_member (body, "completion_timeout_per_gib_s", completion_timeout);
+  if (progress_timeout > 0)
+    json_object_set_int_member (body, "progress_timeout_s", progress_timeout);
+  if (timeout_action != NULL)
+    json_object_set_string_member (body, "timeout_action", timeout_action);
+  if (estimate)
+    return migrate_estimate (client, argv[1], body);
 
   g_autofree char *escaped = ferry_client_escape (argv[1]);
   g_autofree char *path = g_strdup_printf ("/v1/vms/%s/migrate", escaped);

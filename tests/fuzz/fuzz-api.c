@@ -32,7 +32,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 
   g_autofree char *dest = NULL;
   FerryMigrateOptions options;
-  if (!ferry_api_parse_migrate_request (object, &dest, &options, &error))
+  if (!ferry_migrate_options_parse (object, &dest, &options, &error))
     {
       check_error (error);
       g_clear_error (&error);

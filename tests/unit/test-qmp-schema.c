@@ -227,14 +227,26 @@ check_ferry_commands (void)
   for (gsize i = 0; i < G_N_ELEMENTS (plain); i++)
     assert_built (plain[i], NULL);
 
-  assert_built ("migrate-set-capabilities", ferry_qmp_args_migrate_capabilities (TRUE));
-  assert_built ("migrate-set-capabilities", ferry_qmp_args_migrate_capabilities (FALSE));
-  /* With TLS and a limit, and without TLS ("" switches it off) and unlimited. */
-  assert_built ("migrate-set-parameters",
-                ferry_qmp_args_migrate_parameters (100 * 1024 * 1024, 300, "ferry-migration-tls",
-                                                   "hostb"));
-  assert_built ("migrate-set-parameters",
-                ferry_qmp_args_migrate_parameters (G_GINT64_CONSTANT (1) << 40, 0, NULL, NULL));
+  FerryQmpCapabilities none = { 0 };
+  FerryQmpCapabilities all = { TRUE, TRUE, TRUE, TRUE, TRUE };
+  assert_built ("migrate-set-capabilities", ferry_qmp_args_migrate_capabilities (&none));
+  assert_built ("migrate-set-capabilities", ferry_qmp_args_migrate_capabilities (&all));
+  /* With TLS, a limit and multifd; and without TLS ("" switches it off), unlimited. */
+  FerryQmpParameters tuned = {
+    .max_bandwidth_bytes = 100 * 1024 * 1024, .downtime_ms = 300,
+    .tls_creds = "ferry-migration-tls", .tls_hostname = "hostb",
+    .multifd_channels = 4, .multifd_compression = "zstd",
+  };
+  FerryQmpParameters unlimited = { .max_bandwidth_bytes = G_GINT64_CONSTANT (1) << 40 };
+  assert_built ("migrate-set-parameters", ferry_qmp_args_migrate_parameters (&tuned));
+  assert_built ("migrate-set-parameters", ferry_qmp_args_migrate_parameters (&unlimited));
+  tuned.multifd_compression = "zlib";
+  assert_built ("migrate-set-parameters", ferry_qmp_args_migrate_parameters (&tuned));
+  tuned.multifd_compression = "none";
+  assert_built ("migrate-set-parameters", ferry_qmp_args_migrate_parameters (&tuned));
+  assert_built ("migrate-set-parameters", ferry_qmp_args_migrate_parameter ("downtime-limit", 500));
+  assert_built ("migrate-set-parameters", ferry_qmp_args_migrate_parameter ("max-bandwidth", 1 << 20));
+  assert_built ("migrate-start-postcopy", NULL);
   assert_built ("object-add", ferry_qmp_args_tls_creds ("ferry-migration-tls", "/var/lib/ferry/qemu-tls", TRUE));
   assert_built ("object-add", ferry_qmp_args_tls_creds ("ferry-migration-tls", "/var/lib/ferry/qemu-tls", FALSE));
   JsonObject *del = json_object_new ();
@@ -251,7 +263,8 @@ static void
 test_builder_output_is_checked (void)
 {
   /* The check above would catch a builder that drifts from the schema. */
-  JsonObject *bad = ferry_qmp_args_migrate_parameters (1, 300, NULL, NULL);
+  FerryQmpParameters parameters = { .max_bandwidth_bytes = 1, .downtime_ms = 300 };
+  JsonObject *bad = ferry_qmp_args_migrate_parameters (&parameters);
   json_object_set_string_member (bad, "max-bandwidth", "lots");
   g_autofree char *wire = ferry_qmp_build_command ("migrate-set-parameters", bad, "7");
   json_object_unref (bad);

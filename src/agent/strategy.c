@@ -1,0 +1,309 @@
+/* ferry agent — the migration planner (see strategy.h) and the automatic
+ * strategy: measure, predict, choose, and say why. */
+#include "agent.h"
+#include "strategy.h"
+
+#include <math.h>
+
+#include "jsonutil.h"
+
+/* QEMU's per-migration setup and the device state at switchover. */
+#define SETUP_S 0.1
+#define DEVICE_STATE_BYTES (512 * 1024)
+#define PROBE_BYTES (32 * 1024 * 1024)
+
+void
+ferry_predict_precopy (const FerryPlanInputs *inputs, FerryPrediction *prediction)
+{
+  double link = MAX (inputs->link_bytes_per_s, 1.0);
+  double limit_s = inputs->downtime_limit_ms / 1000.0;
+  double to_send = (double) MAX (inputs->resident_bytes, 0);
+  double total_s = SETUP_S;
+  double bytes = 0;
+  gint64 max_passes = inputs->max_passes > 0 ? inputs->max_passes : 30;
+
+  *prediction = (FerryPrediction) { 0 };
+  for (gint64 pass = 1; pass <= max_passes; pass++)
+    {
+      double pass_s = to_send / link;
+      if (pass == 1)
+        prediction->first_pass_s = pass_s;
+      /* QEMU switches over once what is left fits in the downtime limit. */
+      if (pass > 1 && (to_send + DEVICE_STATE_BYTES) / link <= limit_s)
+        {
+          prediction->converges = TRUE;
+          prediction->passes = pass;
+          prediction->downtime_ms = (to_send + DEVICE_STATE_BYTES) / link * 1000.0;
+          prediction->total_s = total_s + prediction->downtime_ms / 1000.0;
+          prediction->bytes = (gint64) (bytes + to_send + DEVICE_STATE_BYTES);
+          return;
+        }
+      bytes += to_send;
+      total_s += pass_s;
+      /* What the guest dirtied meanwhile, never more than it has. */
+      to_send = MIN (inputs->dirty_bytes_per_s * pass_s, (double) inputs->ram_bytes);
+    }
+  prediction->converges = FALSE;
+  prediction->passes = max_passes;
+  prediction->total_s = INFINITY;
+  prediction->downtime_ms = (to_send + DEVICE_STATE_BYTES) / link * 1000.0;
+  prediction->bytes = (gint64) bytes;
+}
+
+void
+ferry_predict_postcopy (const FerryPlanInputs *inputs, double switch_after_s,
+                        FerryPrediction *prediction)
+{
+  double link = MAX (inputs->link_bytes_per_s, 1.0);
+  double first_pass_s = (double) MAX (inputs->resident_bytes, 0) / link;
+  double precopy_s = MIN (switch_after_s, first_pass_s);
+  /* After the switch, what the guest dirtied during pre-copy is sent
+   * once more, at most all of its memory. */
+  double rest = MIN (inputs->dirty_bytes_per_s * precopy_s, (double) inputs->resident_bytes);
+  if (precopy_s < first_pass_s)
+    rest += (first_pass_s - precopy_s) * link;
+  *prediction = (FerryPrediction) {
+    .converges = TRUE,
+    .passes = 1,
+    .first_pass_s = first_pass_s,
+    .downtime_ms = DEVICE_STATE_BYTES / link * 1000.0,
+    .total_s = SETUP_S + precopy_s + rest / link,
+    .bytes = (gint64) (precopy_s * link + rest + DEVICE_STATE_BYTES),
+  };
+}
+
+/* ---- measuring ---------------------------------------------------------------- */
+
+/* Pages of guest RAM the QEMU process has touched: the RSS of its largest
+ * anonymous mapping of about the guest's RAM size. Untouched guest pages
+ * are zero and cost QEMU almost nothing to send. */
+static gint64
+resident_guest_bytes (FerryVm *vm, gint64 ram_bytes)
+{
+  g_autofree char *path = g_strdup_printf ("/proc/%d/smaps", vm->pid);
+  g_autofree char *smaps = NULL;
+  if (vm->pid <= 0 || !g_file_get_contents (path, &smaps, NULL, NULL))
+    return ram_bytes;
+  gint64 best = -1;
+  gint64 size_kb = 0;
+  g_auto (GStrv) lines = g_strsplit (smaps, "\n", -1);
+  for (guint i = 0; lines[i] != NULL; i++)
+    {
+      if (g_str_has_prefix (lines[i], "Size:"))
+        size_kb = g_ascii_strtoll (lines[i] + 5, NULL, 10);
+      else if (g_str_has_prefix (lines[i], "Rss:"))
+        {
+          gint64 rss_kb = g_ascii_strtoll (lines[i] + 4, NULL, 10);
+          /* Guest RAM: at least its size, at most a few MiB more (alignment). */
+          if (size_kb * 1024 >= ram_bytes && size_kb * 1024 <= ram_bytes + 4 * 1024 * 1024)
+            best = MAX (best, rss_kb * 1024);
+        }
+    }
+  return best >= 0 ? best : ram_bytes;
+}
+
+typedef struct {
+  FerryAgent *agent;
+  char *vm_name;
+  char *dest_url;
+  FerryMigrateOptions options;
+  gint64 probe_started_us;
+  double link_bytes_per_s;
+  double dirty_bytes_per_s;
+} PlanData;
+
+static void
+plan_data_free (PlanData *data)
+{
+  g_free (data->vm_name);
+  g_free (data->dest_url);
+  g_free (data);
+}
+
+static JsonObject *
+prediction_json (const FerryPrediction *prediction)
+{
+  JsonObject *json = json_object_new ();
+  json_object_set_boolean_member (json, "converges", prediction->converges);
+  json_object_set_int_member (json, "passes", prediction->passes);
+  if (isfinite (prediction->total_s))
+    json_object_set_double_member (json, "total_s", prediction->total_s);
+  json_object_set_double_member (json, "downtime_ms", prediction->downtime_ms);
+  json_object_set_int_member (json, "bytes", prediction->bytes);
+  json_object_set_double_member (json, "first_pass_s", prediction->first_pass_s);
+  return json;
+}
+
+/* Chooses settings from a prediction and explains the choice. */
+static JsonObject *
+choose (PlanData *data, FerryVm *vm)
+{
+  FerryPlanInputs inputs = {
+    .ram_bytes = (gint64) vm->spec->memory_mib * 1024 * 1024,
+    .dirty_bytes_per_s = data->dirty_bytes_per_s,
+    .link_bytes_per_s = data->link_bytes_per_s,
+    .downtime_limit_ms = data->options.max_downtime_ms,
+    .max_passes = 30,
+  };
+  inputs.resident_bytes = resident_guest_bytes (vm, inputs.ram_bytes);
+  if (data->options.bandwidth_mib > 0)
+    inputs.link_bytes_per_s = MIN (inputs.link_bytes_per_s, data->options.bandwidth_mib * 1048576.0);
+
+  FerryPrediction precopy, chosen;
+  ferry_predict_precopy (&inputs, &precopy);
+  double limit_s = data->options.completion_timeout_per_gib_s * (inputs.ram_bytes / 1073741824.0);
+  FerryMigrateOptions *options = &data->options;
+  g_autofree char *reason = NULL;
+  const char *strategy;
+
+  if (options->strategy == FERRY_STRATEGY_MANUAL)
+    {
+      strategy = options->postcopy ? "manual (post-copy allowed)" : "manual";
+      chosen = precopy;
+      reason = g_strdup ("options given by the user");
+    }
+  else if (precopy.converges && precopy.total_s <= limit_s / 2)
+    {
+      strategy = "pre-copy";
+      chosen = precopy;
+      /* Post-copy stays available as the way out if the guest speeds up:
+       * the watchdogs switch instead of aborting. */
+      options->postcopy = TRUE;
+      options->timeout_action = FERRY_TIMEOUT_POSTCOPY;
+      options->postcopy_after_s = (gint64) ceil (precopy.total_s * 3 + 10);
+      reason = g_strdup_printf ("pre-copy converges in %" G_GINT64_FORMAT " passes (%.1f s, %.0f ms "
+                                "downtime); post-copy after %" G_GINT64_FORMAT " s if it does not",
+                                precopy.passes, precopy.total_s, precopy.downtime_ms,
+                                options->postcopy_after_s);
+    }
+  else
+    {
+      strategy = "post-copy";
+      options->postcopy = TRUE;
+      options->timeout_action = FERRY_TIMEOUT_POSTCOPY;
+      /* One full pass first: the destination then has most pages and the
+       * guest faults on few after the switch. */
+      options->postcopy_after_s = (gint64) ceil (precopy.first_pass_s * 1.1 + 1);
+      ferry_predict_postcopy (&inputs, options->postcopy_after_s, &chosen);
+      if (precopy.converges)
+        reason = g_strdup_printf ("pre-copy would take %.1f s, over half the completion limit of %.0f s; "
+                                  "post-copy after the first pass (%" G_GINT64_FORMAT " s)",
+                                  precopy.total_s, limit_s, options->postcopy_after_s);
+      else
+        reason = g_strdup_printf ("the guest dirties %.0f MiB/s, the link carries %.0f MiB/s: pre-copy "
+                                  "cannot converge; post-copy after the first pass (%" G_GINT64_FORMAT " s)",
+                                  inputs.dirty_bytes_per_s / 1048576.0, inputs.link_bytes_per_s / 1048576.0,
+                                  options->postcopy_after_s);
+    }
+
+  JsonObject *plan = json_object_new ();
+  JsonObject *measured = json_object_new ();
+  json_object_set_int_member (measured, "ram_bytes", inputs.ram_bytes);
+  json_object_set_int_member (measured, "resident_bytes", inputs.resident_bytes);
+  json_object_set_double_member (measured, "dirty_mib_s", inputs.dirty_bytes_per_s / 1048576.0);
+  json_object_set_double_member (measured, "link_mib_s", inputs.link_bytes_per_s / 1048576.0);
+  json_object_set_int_member (measured, "downtime_limit_ms", inputs.downtime_limit_ms);
+  json_object_set_object_member (plan, "measured", measured);
+  json_object_set_object_member (plan, "precopy", prediction_json (&precopy));
+  json_object_set_string_member (plan, "strategy", strategy);
+  json_object_set_object_member (plan, "prediction", prediction_json (&chosen));
+  json_object_set_string_member (plan, "reason", reason);
+  json_object_set_object_member (plan, "options", ferry_migrate_options_to_json (options));
+  return plan;
+}
+
+static void
+plan_fail (GTask *task, GError *error)
+{
+  g_task_return_error (task, error);
+  g_object_unref (task);
+}
+
+static FerryVm *
+plan_vm (GTask *task, GError **error)
+{
+  PlanData *data = g_task_get_task_data (task);
+  FerryVm *vm = ferry_vm_lookup (data->agent, data->vm_name, error);
+  if (vm != NULL && vm->qmp == NULL)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT, "VM '%s' stopped while planning",
+                   data->vm_name);
+      return NULL;
+    }
+  return vm;
+}
+
+static void
+on_dirty_rate (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  GTask *task = user_data;
+  PlanData *data = g_task_get_task_data (task);
+  GError *error = NULL;
+  g_autoptr (JsonObject) measurement = ferry_dirtyrate_measure_finish (result, &error);
+  FerryVm *vm = measurement ? plan_vm (task, &error) : NULL;
+  if (vm == NULL)
+    {
+      plan_fail (task, error);
+      return;
+    }
+  data->dirty_bytes_per_s = ferry_json_object_int (measurement, "dirty_rate_mib_s") * 1048576.0;
+  g_task_return_pointer (task, choose (data, vm), (GDestroyNotify) json_object_unref);
+  g_object_unref (task);
+}
+
+static void
+on_probed (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  GTask *task = user_data;
+  PlanData *data = g_task_get_task_data (task);
+  GError *error = NULL;
+  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
+  if (reply == NULL)
+    {
+      g_prefix_error (&error, "measuring the link to the destination: ");
+      plan_fail (task, error);
+      return;
+    }
+  double seconds = (g_get_monotonic_time () - data->probe_started_us) / 1e6;
+  data->link_bytes_per_s = ferry_json_object_int (reply, "bytes") / MAX (seconds, 1e-3);
+  FerryVm *vm = plan_vm (task, &error);
+  if (vm == NULL)
+    {
+      plan_fail (task, error);
+      return;
+    }
+  /* Two seconds: a one-second sample misses slow dirtiers. */
+  ferry_dirtyrate_measure_async (vm, 2, on_dirty_rate, task);
+}
+
+void
+ferry_plan_async (FerryVm *vm, const char *dest_url, const FerryMigrateOptions *options,
+                  GAsyncReadyCallback callback, gpointer user_data)
+{
+  GTask *task = g_task_new (NULL, NULL, callback, user_data);
+  PlanData *data = g_new0 (PlanData, 1);
+  data->agent = vm->agent;
+  data->vm_name = g_strdup (vm->name);
+  data->dest_url = g_strdup (dest_url);
+  data->options = *options;
+  g_task_set_task_data (task, data, (GDestroyNotify) plan_data_free);
+  if (!options->live || vm->qmp == NULL || (vm->state != FERRY_VM_RUNNING && vm->state != FERRY_VM_PAUSED))
+    {
+      g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_CONFLICT,
+                               "VM '%s' is %s; estimates are for live migrations of running VMs",
+                               vm->name, ferry_vm_state_to_string (vm->state));
+      g_object_unref (task);
+      return;
+    }
+  data->probe_started_us = g_get_monotonic_time ();
+  ferry_peer_probe_async (vm->agent, dest_url, PROBE_BYTES, on_probed, task);
+}
+
+JsonObject *
+ferry_plan_finish (GAsyncResult *result, FerryMigrateOptions *chosen, GError **error)
+{
+  JsonObject *plan = g_task_propagate_pointer (G_TASK (result), error);
+  if (plan != NULL && chosen != NULL)
+    *chosen = ((PlanData *) g_task_get_task_data (G_TASK (result)))->options;
+  return plan;
+}
