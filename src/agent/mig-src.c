@@ -729,6 +729,33 @@ on_parameters_read (GObject *source, GAsyncResult *result, gpointer user_data)
 }
 
 static void
+on_capabilities_read (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree JobRef *ref = user_data;
+  FerryJob *job = job_deref (ref);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
+  if (job == NULL || reply == NULL || !JSON_NODE_HOLDS_ARRAY (reply))
+    return;
+  JsonArray *list = json_node_get_array (reply);
+  JsonObject *enabled = json_object_new ();
+  g_autoptr (GString) names = g_string_new (NULL);
+  for (guint i = 0; i < json_array_get_length (list); i++)
+    {
+      JsonObject *capability = json_array_get_object_element (list, i);
+      const char *name = ferry_json_object_string (capability, "capability");
+      gboolean state = json_object_get_boolean_member_with_default (capability, "state", FALSE);
+      if (name == NULL)
+        continue;
+      json_object_set_boolean_member (enabled, name, state);
+      if (state)
+        g_string_append_printf (names, "%s%s", names->len ? ", " : "", name);
+    }
+  ferry_job_event (job, "info", "QEMU capabilities on: %s", names->str);
+  json_object_set_object_member (job->stats, "ferry-qemu-capabilities", enabled);
+}
+
+static void
 on_migrate_started (GObject *source, GAsyncResult *result, gpointer user_data)
 {
   g_autofree JobRef *ref = user_data;
@@ -754,8 +781,12 @@ on_migrate_started (GObject *source, GAsyncResult *result, gpointer user_data)
     }
   FerryVm *vm = job_vm (job);
   if (vm != NULL && vm->qmp != NULL)
-    ferry_qmp_execute_async (vm->qmp, "query-migrate-parameters", NULL, NULL, on_parameters_read,
-                             job_ref (job));
+    {
+      ferry_qmp_execute_async (vm->qmp, "query-migrate-parameters", NULL, NULL, on_parameters_read,
+                               job_ref (job));
+      ferry_qmp_execute_async (vm->qmp, "query-migrate-capabilities", NULL, NULL,
+                               on_capabilities_read, job_ref (job));
+    }
   job->peer_last_seen_us = g_get_monotonic_time ();
   job->perform_started_us = g_get_monotonic_time ();
   job->poll_timer = g_timeout_add (PROGRESS_POLL_MS, on_poll_timer, job);

@@ -225,8 +225,19 @@ ferry_cmd_migrate (int argc, char **argv)
   };
   g_autoptr (GError) error = NULL;
 
-  if (argc >= 2 && (g_str_equal (argv[1], "set-max-downtime") || g_str_equal (argv[1], "set-speed")
-                    || g_str_equal (argv[1], "postcopy")))
+  /* The first word that is not an option (nor an option's value)
+   * decides between "migrate NAME DEST" and the live controls. */
+  const char *first = NULL;
+  for (int i = 1; i < argc && first == NULL; i++)
+    {
+      if (g_str_equal (argv[i], "-c") || g_str_equal (argv[i], "--connect")
+          || g_str_equal (argv[i], "--tls-dir"))
+        i++;
+      else if (argv[i][0] != '-')
+        first = argv[i];
+    }
+  if (first != NULL && (g_str_equal (first, "set-max-downtime") || g_str_equal (first, "set-speed")
+                        || g_str_equal (first, "postcopy")))
     {
       if (!ferry_cli_parse ("set-max-downtime NAME MS | set-speed NAME MIBS | postcopy NAME",
                             "Change a running migration.", NULL, &argc, &argv))

@@ -247,6 +247,7 @@ check_ferry_commands (void)
   assert_built ("migrate-set-parameters", ferry_qmp_args_migrate_parameter ("downtime-limit", 500));
   assert_built ("migrate-set-parameters", ferry_qmp_args_migrate_parameter ("max-bandwidth", 1 << 20));
   assert_built ("migrate-start-postcopy", NULL);
+  assert_built ("query-migrate-capabilities", NULL);
   assert_built ("object-add", ferry_qmp_args_tls_creds ("ferry-migration-tls", "/var/lib/ferry/qemu-tls", TRUE));
   assert_built ("object-add", ferry_qmp_args_tls_creds ("ferry-migration-tls", "/var/lib/ferry/qemu-tls", FALSE));
   JsonObject *del = json_object_new ();

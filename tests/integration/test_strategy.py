@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Issue 3: live migration that always finishes. Every option reaches QEMU
+(read back with query-migrate-parameters / -capabilities), post-copy and
+the timeouts work, bad combinations are refused with a reason, and
+--strategy auto finishes a guest dirtying at its maximum over a 1 Gbit/s
+link."""
+
+import os
+import threading
+
+from ferrytest import (Cluster, ensure_guest, guest_spec, job, log, main,
+                       wait_for_console, wait_for_ticks, wait_job_done, wait_until)
+
+
+def expect_refused(host, args, fragment):
+    result = host.cli("migrate", "vm1", host.cluster.b.url, "--live", *args, check=False)
+    assert result.returncode != 0, f"{args} should be refused"
+    assert fragment in result.stderr, f"{args}: error should mention '{fragment}': {result.stderr}"
+    log(f"refused {' '.join(args)}: {result.stderr.strip()}")
+
+
+def migrate(source, destination, *args):
+    result = source.cli("migrate", "vm1", destination.url, "--live", *args)
+    assert "migration completed" in result.stdout, result.stdout + result.stderr
+    info = job(source, "vm1", completed=True)
+    log(f"{' '.join(args) or '(defaults)'}: {result.stdout.strip()}")
+    return info
+
+
+def test():
+    kernel, initrd = ensure_guest()
+    cluster = Cluster(need_netns=True, keepalive_timeout_ms=4000)
+    a, b = cluster.a, cluster.b
+    spec = guest_spec(os.path.join(cluster.workdir, "vm1.json"), "vm1", kernel, initrd,
+                      memory_mib=1024, dirty_mib=256, dirty_rate=20)
+    a.cli("vm", "define", spec)
+
+    log("conflicting and absurd options are refused before anything starts")
+    expect_refused(a, ["--parallel-connections", "4", "--postcopy"], "multifd")
+    expect_refused(a, ["--compress", "zstd"], "parallel_connections")
+    expect_refused(a, ["--postcopy-after", "5"], "needs postcopy")
+    expect_refused(a, ["--timeout-action", "postcopy"], "needs postcopy")
+    expect_refused(a, ["--strategy", "auto", "--xbzrle"], "strategy")
+    expect_refused(a, ["--compress", "lz4", "--parallel-connections", "2"], "compress")
+    expect_refused(a, ["--parallel-connections", "99"], "--parallel-connections")
+    expect_refused(a, ["--progress-timeout", "-3"], "--progress-timeout")
+    expect_refused(a, ["--completion-timeout-per-gib", "999999"], "--completion-timeout-per-gib")
+
+    a.cli("vm", "start", "vm1")
+    wait_for_console(a, "vm1", r"dirtier mib=256 rate=20")
+    tick, boot_id = wait_for_ticks(a, "vm1", beyond=1)
+
+    log("--estimate predicts without migrating")
+    estimate = a.cli("migrate", "vm1", b.url, "--live", "--estimate", json_output=True)
+    assert estimate["strategy"] in ("pre-copy", "post-copy"), estimate
+    assert estimate["measured"]["link_mib_s"] > 0 and estimate["prediction"]["bytes"] > 0, estimate
+    assert "vm1" not in b.vms(), "an estimate must not migrate"
+    human = a.cli("migrate", "vm1", b.url, "--live", "--estimate").stdout
+    assert "Prediction:" in human and "Strategy:" in human, human
+
+    log("each option reaches QEMU")
+    info = migrate(a, b, "--parallel-connections", "2", "--compress", "zstd")
+    assert info["stats"]["ferry-qemu-capabilities"]["multifd"], info["stats"]
+    assert info["stats"]["ferry-qemu-parameters"]["multifd-channels"] == 2
+    assert info["stats"]["ferry-qemu-parameters"]["multifd-compression"] == "zstd"
+    tick, _ = wait_for_ticks(b, "vm1", beyond=tick, boot_id=boot_id)
+
+    info = migrate(b, a, "--xbzrle", "--auto-converge")
+    capabilities = info["stats"]["ferry-qemu-capabilities"]
+    assert capabilities["xbzrle"] and capabilities["auto-converge"] and not capabilities["multifd"], capabilities
+    tick, _ = wait_for_ticks(a, "vm1", beyond=tick, boot_id=boot_id)
+
+    info = migrate(a, b, "--parallel-connections", "2", "--compress", "zlib", "--max-downtime", "700",
+                   "--bandwidth", "200")
+    assert info["stats"]["ferry-qemu-parameters"]["multifd-compression"] == "zlib"
+    assert info["stats"]["ferry-qemu-parameters"]["downtime-limit"] == 700
+    tick, _ = wait_for_ticks(b, "vm1", beyond=tick, boot_id=boot_id)
+
+    log("post-copy after a second of pre-copy")
+    info = migrate(b, a, "--postcopy", "--postcopy-after", "1", "--bandwidth", "40")
+    assert info["stats"]["ferry-qemu-capabilities"]["postcopy-ram"], info["stats"]
+    messages = [event["message"] for event in info["events"]]
+    assert any("switching to post-copy" in m for m in messages), messages
+    assert any("performing → postcopy" in m for m in messages), messages
+    assert info["stats"]["status"] == "completed"
+    tick, _ = wait_for_ticks(a, "vm1", beyond=tick, boot_id=boot_id)
+
+    log("live controls: set-speed, set-max-downtime, postcopy on demand")
+    a.cli("migrate", "vm1", b.url, "--live", "--postcopy", "--bandwidth", "8", "--detach")
+    wait_until("the migration to stream",
+               lambda: job(a, "vm1")["state"] == "performing"
+               and job(a, "vm1").get("stats", {}).get("ram", {}).get("transferred", 0) > 0, timeout=60)
+    a.cli("migrate", "set-speed", "vm1", "32")
+    a.cli("migrate", "set-max-downtime", "vm1", "900")
+    wait_until("QEMU to report the new settings",
+               lambda: job(a, "vm1")["stats"].get("ferry-qemu-parameters", {}).get("downtime-limit") == 900
+               and job(a, "vm1")["stats"]["ferry-qemu-parameters"]["max-bandwidth"] == 32 * 2**20, timeout=30)
+    a.cli("migrate", "postcopy", "vm1")
+    info = wait_job_done(a, "vm1", timeout=180)
+    assert info["state"] == "completed", info
+    assert any("postcopy" in e["message"] for e in info["events"]), info["events"]
+    tick, _ = wait_for_ticks(b, "vm1", beyond=tick, boot_id=boot_id)
+
+    log("completion timeout with action abort: the source keeps running")
+    result = b.cli("migrate", "vm1", a.url, "--live", "--strategy", "manual", "--bandwidth", "4",
+                   "--completion-timeout-per-gib", "4", check=False)
+    assert result.returncode != 0 and "completion timeout" in result.stderr, result.stderr
+    assert b.vms()["vm1"]["state"] == "running"
+    tick, _ = wait_for_ticks(b, "vm1", beyond=tick + 1, boot_id=boot_id)
+    # A had the guest before (an inactive definition): it keeps exactly that.
+    wait_until("A's incoming QEMU to go", lambda: not a.qemu_pids(), timeout=30)
+    assert a.vms()["vm1"]["state"] == "shutoff", "A keeps only its inactive definition"
+
+    log("strategy auto, guest dirtying at its maximum, link shaped to 1 Gbit/s")
+    b.cli("vm", "destroy", "vm1")
+    a.cli("vm", "undefine", "vm1")
+    busy = guest_spec(os.path.join(cluster.workdir, "busy.json"), "busy", kernel, initrd,
+                      memory_mib=1024, dirty_mib=256, dirty_rate=0)
+    a.cli("vm", "define", busy)
+    a.cli("vm", "start", "busy")
+    wait_for_console(a, "busy", r"dirtier mib=256 rate=0")
+    busy_tick, busy_boot = wait_for_ticks(a, "busy", beyond=1)
+    cluster.shape("1gbit")
+    result = a.cli("migrate", "busy", b.url, "--live")
+    log(result.stdout.strip())
+    assert "migration completed" in result.stdout, result.stdout + result.stderr
+    info = job(a, "busy", completed=True)
+    plan = info["stats"]["ferry-plan"]
+    log(f"plan: {plan['strategy']}: {plan['reason']}")
+    wait_for_ticks(b, "busy", beyond=busy_tick, boot_id=busy_boot)
+
+
+if __name__ == "__main__":
+    main(test)
