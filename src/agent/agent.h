@@ -240,6 +240,8 @@ struct _FerryJob {
   gint64 best_remaining;     /* least "remaining" seen: progress watchdog */
   gint64 progress_at_us;     /* monotonic time best_remaining last shrank */
   gboolean postcopy_requested;
+  double progress_percent;   /* never decreases (job.c, mig-src.c) */
+  double eta_s;              /* < 0: unknown */
   gint64 last_pass;          /* dirty-sync-count at the last poll */
   gint64 last_pass_remaining;/* "remaining" when that pass began */
   guint postcopy_timer;
@@ -262,6 +264,8 @@ gboolean ferry_job_transition (FerryJob *job, FerryJobState new_state, const cha
 /* Appends to the job's event log (persisted). */
 void ferry_job_event (FerryJob *job, const char *level, const char *format, ...) G_GNUC_PRINTF (3, 4);
 void ferry_job_set_stats (FerryJob *job, JsonObject *stats);
+/* Raises the job's progress (it never goes back) and sets the ETA. */
+void ferry_job_set_progress (FerryJob *job, double percent, double eta_s);
 /* Ends a job: terminal transition, detaches it from its VM, frees it. */
 void ferry_job_finish (FerryJob *job, FerryJobState terminal, const char *reason);
 FerryJob *ferry_job_lookup_uuid (FerryAgent *agent, const char *uuid, FerryJobRole role);

@@ -40,6 +40,8 @@ ferry_job_state_is_terminal (FerryJobState state)
   return state == FERRY_JOB_COMPLETED || state == FERRY_JOB_FAILED || state == FERRY_JOB_CANCELLED;
 }
 
+static double phase_floor (FerryJobState state);
+
 /* Allowed transitions. Rolling back (cancelling/failed/cancelled) is allowed
  * from every non-terminal state except once the destination runs the VM:
  * after FINISHING on the destination or CONFIRMING on the source the VM
@@ -124,6 +126,7 @@ ferry_job_new (FerryAgent *agent, const char *uuid, const char *vm_name, FerryJo
   job->started_us = g_get_monotonic_time ();
   job->created_wall_us = stored.created_us;
   job->cancellable = g_cancellable_new ();
+  job->eta_s = -1;
   g_hash_table_replace (agent->jobs, g_memdup2 (&job->id, sizeof job->id), job);
   ferry_job_event (job, "info", "%s job created (%s migration %s %s)",
                    stored.role, options->live ? "live" : "offline",
@@ -203,7 +206,34 @@ ferry_job_transition (FerryJob *job, FerryJobState new_state, const char *reason
                    ferry_job_state_to_string (job->state), ferry_job_state_to_string (new_state),
                    reason ? ": " : "", reason ? reason : "");
   job->state = new_state;
+  ferry_job_set_progress (job, phase_floor (new_state), new_state == FERRY_JOB_COMPLETED ? 0 : job->eta_s);
   return TRUE;
+}
+
+/* Where each phase starts on the 0–100 scale; the copy (performing,
+ * post-copy) fills most of it. */
+static double
+phase_floor (FerryJobState state)
+{
+  switch (state)
+    {
+    case FERRY_JOB_BEGIN: return 0;
+    case FERRY_JOB_PREPARING: return 2;
+    case FERRY_JOB_PREPARED: return 5;
+    case FERRY_JOB_PERFORMING: return 5;
+    case FERRY_JOB_POSTCOPY: return 50;
+    case FERRY_JOB_FINISHING: return 95;
+    case FERRY_JOB_CONFIRMING: return 98;
+    case FERRY_JOB_COMPLETED: return 100;
+    default: return 0;
+    }
+}
+
+void
+ferry_job_set_progress (FerryJob *job, double percent, double eta_s)
+{
+  job->progress_percent = CLAMP (MAX (job->progress_percent, percent), 0, 100);
+  job->eta_s = eta_s;
 }
 
 void
@@ -278,7 +308,15 @@ ferry_job_info_json (FerryAgent *agent, FerryStoreJob *stored, gboolean with_eve
         json_object_set_member (info, "options", g_steal_pointer (&node));
     }
   if (live != NULL)
-    json_object_set_object_member (info, "stats", json_object_ref (live->stats));
+    {
+      JsonObject *progress = json_object_new ();
+      json_object_set_double_member (progress, "percent", live->progress_percent);
+      if (live->eta_s >= 0)
+        json_object_set_double_member (progress, "eta_s", live->eta_s);
+      json_object_set_string_member (progress, "phase", ferry_job_state_to_string (live->state));
+      json_object_set_object_member (info, "progress", progress);
+      json_object_set_object_member (info, "stats", json_object_ref (live->stats));
+    }
   else if (stored->stats_json != NULL)
     {
       g_autoptr (JsonNode) node = json_from_string (stored->stats_json, NULL);

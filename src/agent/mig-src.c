@@ -74,6 +74,21 @@ update_stats (FerryJob *job, JsonObject *snapshot)
   json_object_set_int_member (snapshot, "bandwidth-limit-mib", job->options.bandwidth_mib);
   json_object_set_int_member (snapshot, "downtime-limit-ms", job->options.max_downtime_ms);
   ferry_job_set_stats (job, snapshot);
+
+  /* Progress of the copy: the share of memory sent against what is left,
+   * mapped onto the copy phase's part of the scale; pre-copy passes make
+   * "remaining" grow again, and ferry_job_set_progress keeps the maximum.
+   * ETA: what is left at the current rate. */
+  JsonNode *ram_node = json_object_get_member (snapshot, "ram");
+  JsonObject *ram = ram_node && JSON_NODE_HOLDS_OBJECT (ram_node) ? json_node_get_object (ram_node) : NULL;
+  if (ram == NULL)
+    return;
+  double transferred = ferry_json_object_int (ram, "transferred");
+  double remaining = ferry_json_object_int (ram, "remaining");
+  double rate = json_object_has_member (ram, "mbps") ? json_object_get_double_member (ram, "mbps") * 1e6 / 8 : 0;
+  double share = transferred + remaining > 0 ? transferred / (transferred + remaining) : 0;
+  double low = job->state == FERRY_JOB_POSTCOPY ? 50 : 5;
+  ferry_job_set_progress (job, low + share * (95 - low), rate > 0 ? remaining / rate : -1);
 }
 
 /* ---- rollback ------------------------------------------------------------- */

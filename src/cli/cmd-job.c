@@ -44,6 +44,26 @@ ferry_print_job (JsonObject *job)
   if (ferry_json_object_string (job, "peer"))
     g_print ("%-20s %s\n", "Peer:", ferry_json_object_string (job, "peer"));
   g_print ("%-20s %" G_GINT64_FORMAT " ms\n", "Time elapsed:", ferry_json_object_int (job, "elapsed_ms"));
+  JsonObject *progress = member_object (job, "progress");
+  if (progress != NULL)
+    {
+      g_print ("%-20s %.0f%% (%s)", "Progress:", json_object_get_double_member (progress, "percent"),
+               ferry_json_object_string (progress, "phase"));
+      if (json_object_has_member (progress, "eta_s"))
+        g_print (", about %.0f s left", json_object_get_double_member (progress, "eta_s"));
+      g_print ("\n");
+    }
+  JsonObject *plan = member_object (stats, "ferry-plan");
+  if (plan != NULL)
+    {
+      JsonObject *prediction = member_object (plan, "prediction");
+      g_print ("%-20s %s — %s\n", "Strategy:", ferry_json_object_string (plan, "strategy"),
+               ferry_json_object_string (plan, "reason"));
+      if (prediction != NULL && json_object_has_member (prediction, "total_s"))
+        g_print ("%-20s %.1f s total, %.0f ms downtime\n", "Predicted:",
+                 json_object_get_double_member (prediction, "total_s"),
+                 json_object_get_double_member (prediction, "downtime_ms"));
+    }
   if (ram != NULL)
     {
       gint64 transferred = ferry_json_object_int (ram, "transferred");

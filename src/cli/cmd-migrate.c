@@ -20,6 +20,12 @@ member_object (JsonObject *object, const char *member)
 static double
 progress_fraction (JsonObject *job, double previous)
 {
+  /* The agent's phase-aware progress when it has one. */
+  JsonObject *progress = member_object (job, "progress");
+  if (progress != NULL && json_object_has_member (progress, "percent"))
+    return MAX (previous, json_object_get_double_member (progress, "percent") / 100.0);
+  if (g_strcmp0 (ferry_json_object_string (job, "state"), "completed") == 0)
+    return 1.0;
   JsonObject *ram = member_object (member_object (job, "stats"), "ram");
   if (ram == NULL)
     return previous;
@@ -42,10 +48,14 @@ draw_progress (JsonObject *job, double fraction)
   g_autoptr (GString) bar = g_string_new (NULL);
   for (int i = 0; i < width; i++)
     g_string_append (bar, i < filled ? "#" : "-");
-  fprintf (stderr, "\r%-11s [%s] %3d%%  %10s  %7.1f MiB/s  iter %" G_GINT64_FORMAT "   ",
+  JsonObject *progress = member_object (job, "progress");
+  g_autofree char *eta = progress && json_object_has_member (progress, "eta_s")
+    ? g_strdup_printf ("ETA %3.0fs", json_object_get_double_member (progress, "eta_s"))
+    : g_strdup ("ETA    ?");
+  fprintf (stderr, "\r%-11s [%s] %3d%%  %10s  %7.1f MiB/s  pass %" G_GINT64_FORMAT "  %s   ",
            ferry_json_object_string (job, "state"), bar->str, (int) (fraction * 100), sent,
            mbps * 1e6 / 8 / (1024.0 * 1024.0),
-           ram ? ferry_json_object_int (ram, "dirty-sync-count") : 0);
+           ram ? ferry_json_object_int (ram, "dirty-sync-count") : 0, eta);
   fflush (stderr);
 }
 

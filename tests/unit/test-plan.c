@@ -1,0 +1,162 @@
+/* The prediction model and the option rules: what --estimate and
+ * --strategy auto decide from, and what ferry refuses. */
+#include <math.h>
+
+#include <glib.h>
+
+#include "agent.h"
+#include "jsonutil.h"
+#include "strategy.h"
+
+#define MiB (1024.0 * 1024.0)
+
+static FerryPlanInputs
+inputs (double resident_mib, double dirty_mib_s, double link_mib_s)
+{
+  return (FerryPlanInputs) {
+    .ram_bytes = 1024 * 1024 * 1024,
+    .resident_bytes = (gint64) (resident_mib * MiB),
+    .dirty_bytes_per_s = dirty_mib_s * MiB,
+    .link_bytes_per_s = link_mib_s * MiB,
+    .downtime_limit_ms = 300,
+    .max_passes = 30,
+  };
+}
+
+static void
+test_idle_guest_converges_in_two_passes (void)
+{
+  FerryPlanInputs in = inputs (200, 0, 100);
+  FerryPrediction p;
+  ferry_predict_precopy (&in, &p);
+  g_assert_true (p.converges);
+  g_assert_cmpint (p.passes, ==, 2);
+  /* 200 MiB at 100 MiB/s, plus setup and device state. */
+  g_assert_cmpfloat_with_epsilon (p.first_pass_s, 2.0, 1e-9);
+  g_assert_cmpfloat (p.total_s, >, 2.0);
+  g_assert_cmpfloat (p.total_s, <, 2.2);
+  g_assert_cmpfloat (p.downtime_ms, <=, 300);
+}
+
+static void
+test_moderate_dirtier_needs_more_passes (void)
+{
+  FerryPlanInputs in = inputs (200, 50, 100);
+  FerryPrediction p;
+  ferry_predict_precopy (&in, &p);
+  g_assert_true (p.converges);
+  /* 2 s, then 100 MiB in 1 s, 50 MiB in 0.5 s, 25 in .25 → 12.5 MiB fits 300 ms... */
+  g_assert_cmpint (p.passes, >=, 4);
+  g_assert_cmpfloat (p.total_s, >, 3.5);
+  g_assert_cmpint (p.bytes, >, (gint64) (350 * MiB));
+}
+
+static void
+test_dirtier_faster_than_link_never_converges (void)
+{
+  FerryPlanInputs in = inputs (300, 150, 100);
+  FerryPrediction p;
+  ferry_predict_precopy (&in, &p);
+  g_assert_false (p.converges);
+  g_assert_true (isinf (p.total_s));
+}
+
+static void
+test_lower_downtime_limit_costs_passes (void)
+{
+  FerryPlanInputs relaxed = inputs (200, 50, 100);
+  FerryPlanInputs strict = relaxed;
+  strict.downtime_limit_ms = 30;
+  FerryPrediction a, b;
+  ferry_predict_precopy (&relaxed, &a);
+  ferry_predict_precopy (&strict, &b);
+  g_assert_cmpint (b.passes, >, a.passes);
+  g_assert_cmpfloat (b.downtime_ms, <, a.downtime_ms);
+}
+
+static void
+test_postcopy_bounded_by_one_pass_and_the_rest (void)
+{
+  FerryPlanInputs in = inputs (300, 150, 100);
+  FerryPrediction p;
+  ferry_predict_postcopy (&in, 3.3, &p);
+  g_assert_true (p.converges);
+  /* 3 s first pass, then at most what was dirtied (≤ resident) once more. */
+  g_assert_cmpfloat (p.total_s, >, 3.0);
+  g_assert_cmpfloat (p.total_s, <, 6.5);
+  g_assert_cmpfloat (p.downtime_ms, <, 50);
+}
+
+static JsonObject *
+body (const char *json)
+{
+  g_autoptr (GError) error = NULL;
+  JsonObject *object = ferry_json_parse_object (json, strlen (json), 1 << 20, &error);
+  g_assert_no_error (error);
+  return object;
+}
+
+static void
+assert_refused (const char *json, const char *fragment)
+{
+  g_autoptr (JsonObject) request = body (json);
+  g_autofree char *dest = NULL;
+  g_autoptr (GError) error = NULL;
+  FerryMigrateOptions options;
+  g_assert_false (ferry_migrate_options_parse (request, &dest, &options, &error));
+  g_assert_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT);
+  if (strstr (error->message, fragment) == NULL)
+    g_error ("'%s' should mention '%s'", error->message, fragment);
+}
+
+static void
+test_option_defaults (void)
+{
+  g_autoptr (JsonObject) request = body ("{\"dest\": \"https://b:7711\", \"mode\": \"live\"}");
+  g_autofree char *dest = NULL;
+  g_autoptr (GError) error = NULL;
+  FerryMigrateOptions options;
+  g_assert_true (ferry_migrate_options_parse (request, &dest, &options, &error));
+  g_assert_true (options.live && options.tls);
+  g_assert_cmpint (options.strategy, ==, FERRY_STRATEGY_AUTO);
+  g_assert_cmpint (options.max_downtime_ms, ==, 300);
+  g_assert_cmpint (options.completion_timeout_per_gib_s, ==, 150);
+  g_assert_cmpint (options.progress_timeout_s, ==, 150);
+  g_assert_cmpint (options.timeout_action, ==, FERRY_TIMEOUT_ABORT);
+  g_assert_cmpint (options.bandwidth_mib, ==, 0);
+}
+
+static void
+test_option_conflicts_refused (void)
+{
+  assert_refused ("{\"dest\": \"x\", \"mode\": \"live\", \"strategy\": \"manual\", "
+                  "\"parallel_connections\": 4, \"postcopy\": true}", "multifd");
+  assert_refused ("{\"dest\": \"x\", \"mode\": \"live\", \"strategy\": \"manual\", \"compress\": \"zstd\"}",
+                  "parallel_connections");
+  assert_refused ("{\"dest\": \"x\", \"mode\": \"live\", \"strategy\": \"manual\", \"postcopy_after_s\": 5}",
+                  "postcopy_after_s");
+  assert_refused ("{\"dest\": \"x\", \"mode\": \"live\", \"timeout_action\": \"postcopy\"}", "timeout_action");
+  assert_refused ("{\"dest\": \"x\", \"mode\": \"live\", \"xbzrle\": true}", "strategy");
+  assert_refused ("{\"dest\": \"x\", \"mode\": \"offline\", \"persistent\": true, \"bandwidth_mib\": 5}",
+                  "live migration only");
+  assert_refused ("{\"dest\": \"x\", \"mode\": \"live\", \"parallel_connections\": -1}", "parallel_connections");
+  assert_refused ("{\"dest\": \"x\", \"mode\": \"live\", \"progress_timeout_s\": 0}", "progress_timeout_s");
+  assert_refused ("{\"dest\": \"x\", \"mode\": \"live\", \"compress\": \"lz4\"}", "compress");
+  assert_refused ("{\"dest\": \"x\", \"mode\": \"sideways\"}", "mode");
+  assert_refused ("{\"dest\": \"x\"}", "mode");
+  assert_refused ("{\"dest\": \"x\", \"mode\": \"live\", \"bogus\": 1}", "bogus");
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+  g_test_add_func ("/plan/idle-guest-converges-in-two-passes", test_idle_guest_converges_in_two_passes);
+  g_test_add_func ("/plan/moderate-dirtier-needs-more-passes", test_moderate_dirtier_needs_more_passes);
+  g_test_add_func ("/plan/dirtier-faster-than-link-never-converges", test_dirtier_faster_than_link_never_converges);
+  g_test_add_func ("/plan/lower-downtime-limit-costs-passes", test_lower_downtime_limit_costs_passes);
+  g_test_add_func ("/plan/postcopy-bounded", test_postcopy_bounded_by_one_pass_and_the_rest);
+  g_test_add_func ("/options/defaults", test_option_defaults);
+  g_test_add_func ("/options/conflicts-refused", test_option_conflicts_refused);
+  return g_test_run ();
+}
