@@ -245,10 +245,15 @@ struct _FerryJob {
   gint64 last_pass;          /* dirty-sync-count at the last poll */
   gint64 last_pass_remaining;/* "remaining" when that pass began */
   guint postcopy_timer;
+  guint recover_timer;       /* source: next post-copy recovery attempt */
+  guint recover_attempts;
+  gboolean recover_in_flight;
+  guint postcopy_watch;      /* destination: pauses a silent post-copy */
   /* destination */
   char *incoming_status;     /* from MIGRATION events */
   gboolean reused_definition;/* an inactive definition of this VM existed */
   GTask *pending_finish;     /* finish waiting for the stream to complete */
+  GTask *pending_recover;    /* recover waiting for postcopy-paused */
   guint lease_timer;
   gint64 lease_renewed_us;
   GCancellable *cancellable;
@@ -280,6 +285,8 @@ gboolean mig_src_abort (FerryVm *vm, GError **error);
 /* Live controls of a running outgoing migration. */
 gboolean mig_src_set_parameter (FerryVm *vm, const char *name, gint64 value, GError **error);
 gboolean mig_src_start_postcopy (FerryVm *vm, const char *why, GError **error);
+/* Resumes a post-copy whose link broke (also retried automatically). */
+gboolean mig_src_recover_postcopy (FerryVm *vm, GError **error);
 void mig_src_on_qmp_event (FerryJob *job, const char *name, JsonObject *data);
 /* After an agent restart: resolve a source job that was in flight. */
 void mig_src_recover (FerryAgent *agent, FerryStoreJob *stored);
@@ -300,6 +307,10 @@ void mig_dst_finish_async (FerryAgent *agent, const char *uuid, gboolean postcop
                            GAsyncReadyCallback callback, gpointer user_data);
 JsonObject *mig_dst_finish_finish (GAsyncResult *result, GError **error);
 gboolean mig_dst_abort (FerryAgent *agent, const char *uuid, const char *reason, GError **error);
+/* Post-copy recovery, destination side: pause if needed, listen again. */
+void mig_dst_recover_async (FerryAgent *agent, const char *uuid, const char *listen_address,
+                            GAsyncReadyCallback callback, gpointer user_data);
+JsonObject *mig_dst_recover_finish (GAsyncResult *result, GError **error);
 JsonObject *mig_dst_define_offline (FerryAgent *agent, JsonObject *request, GError **error);
 void mig_dst_on_vm_gone (FerryJob *job);
 void mig_dst_on_qmp_event (FerryJob *job, const char *name, JsonObject *data);
@@ -324,6 +335,7 @@ typedef struct {
   const char *tls_hostname;
   gint64 multifd_channels;     /* 0 = leave */
   const char *multifd_compression; /* NULL = leave */
+  gint64 max_postcopy_bandwidth_bytes; /* 0 = unlimited */
 } FerryQmpParameters;
 
 JsonObject *ferry_qmp_args_migrate_capabilities (const FerryQmpCapabilities *capabilities);
@@ -333,6 +345,10 @@ JsonObject *ferry_qmp_args_migrate_parameter (const char *name, gint64 value);
 JsonObject *ferry_qmp_args_tls_creds (const char *id, const char *dir, gboolean server);
 JsonObject *ferry_qmp_args_migrate_incoming (const char *uri);
 JsonObject *ferry_qmp_args_migrate (const char *uri);
+/* Resumes a paused post-copy on a new connection (source side). */
+JsonObject *ferry_qmp_args_migrate_resume (const char *uri);
+/* Listens for the resumed post-copy stream (destination side). */
+JsonObject *ferry_qmp_args_migrate_recover (const char *uri);
 JsonObject *ferry_qmp_args_calc_dirty_rate (gint64 period_s, gint64 sample_pages);
 
 /* Runs QMP commands one after another; stops at the first error. Each step

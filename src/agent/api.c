@@ -281,6 +281,8 @@ handle_job_control (SoupServerMessage *msg, FerryVm *vm, const char *action, GEr
 {
   if (g_str_equal (action, "postcopy"))
     return mig_src_start_postcopy (vm, "asked by the user", error);
+  if (g_str_equal (action, "recover"))
+    return mig_src_recover_postcopy (vm, error);
   if (!g_str_equal (action, "set"))
     {
       g_set_error (error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "unknown job action '%s'", action);
@@ -481,6 +483,14 @@ on_finished (GObject *source, GAsyncResult *result, gpointer user_data)
   finish_paused (user_data, reply, 200, error);
 }
 
+static void
+on_recover_ready (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) reply = mig_dst_recover_finish (result, &error);
+  finish_paused (user_data, reply, 200, error);
+}
+
 static char *
 local_address_string (SoupServerMessage *msg)
 {
@@ -540,6 +550,14 @@ handle_migrations (FerryAgent *agent, SoupServerMessage *msg, const char *method
         reply_ok (msg);
       else
         reply_error (msg, error);
+      return;
+    }
+  if (n == 4 && g_str_equal (parts[3], "recover") && g_str_equal (method, "POST"))
+    {
+      g_autofree char *local = local_address_string (msg);
+      soup_server_message_pause (msg);
+      mig_dst_recover_async (agent, parts[2], local ? local : "0.0.0.0", on_recover_ready,
+                             g_object_ref (msg));
       return;
     }
   if (n == 4 && g_str_equal (parts[3], "finish") && g_str_equal (method, "POST"))

@@ -143,6 +143,14 @@ job_free (FerryJob *job)
   g_clear_handle_id (&job->keepalive_timer, g_source_remove);
   g_clear_handle_id (&job->lease_timer, g_source_remove);
   g_clear_handle_id (&job->postcopy_timer, g_source_remove);
+  g_clear_handle_id (&job->recover_timer, g_source_remove);
+  g_clear_handle_id (&job->postcopy_watch, g_source_remove);
+  if (job->pending_recover != NULL)
+    {
+      g_task_return_new_error (job->pending_recover, FERRY_ERROR, FERRY_ERROR_FAILED,
+                               "the migration ended");
+      g_clear_object (&job->pending_recover);
+    }
   g_cancellable_cancel (job->cancellable);
   g_clear_object (&job->cancellable);
   g_free (job->uuid);

@@ -386,6 +386,9 @@ mig_dst_status (FerryAgent *agent, const char *uuid, GError **error)
 
 /* ---- finish ----------------------------------------------------------------- */
 
+static void recover_listen (GTask *task);
+static gboolean on_postcopy_watch (gpointer user_data);
+
 /* The VM is ours for good: make the definition what the migration asked. */
 static void
 adopt_vm (FerryJob *job)
@@ -461,7 +464,11 @@ finish_resume (GTask *task, FerryJob *job, gboolean postcopy)
   g_clear_handle_id (&job->lease_timer, g_source_remove);
   /* Persist before acting: from here a restarted agent keeps the VM. */
   if (postcopy)
-    ferry_job_transition (job, FERRY_JOB_POSTCOPY, "post-copy: device state here; resuming guest");
+    {
+      ferry_job_transition (job, FERRY_JOB_POSTCOPY, "post-copy: device state here; resuming guest");
+      job->lease_renewed_us = g_get_monotonic_time ();
+      job->postcopy_watch = g_timeout_add (500, on_postcopy_watch, job);
+    }
   else
     ferry_job_transition (job, FERRY_JOB_FINISHING, "migration stream complete; resuming guest");
   if (vm == NULL || vm->qmp == NULL)
@@ -501,8 +508,12 @@ mig_dst_on_qmp_event (FerryJob *job, const char *name, JsonObject *data)
           ferry_job_finish (job, FERRY_JOB_COMPLETED, NULL);
         }
       else if (g_str_equal (status, "postcopy-paused") || g_str_equal (status, "failed"))
-        ferry_job_event (job, "error", "post-copy stream %s: the guest waits for pages from the source",
-                         status);
+        {
+          ferry_job_event (job, "error", "post-copy stream %s: the guest waits for pages from the source",
+                           status);
+          if (job->pending_recover != NULL && g_str_equal (status, "postcopy-paused"))
+            recover_listen (g_steal_pointer (&job->pending_recover));
+        }
       return;
     }
   if (job->pending_finish == NULL)
@@ -555,6 +566,161 @@ JsonObject *
 mig_dst_finish_finish (GAsyncResult *result, GError **error)
 {
   return g_task_propagate_pointer (G_TASK (result), error);
+}
+
+/* ---- post-copy recovery ------------------------------------------------------- */
+
+typedef struct {
+  FerryAgent *agent;
+  gint64 job_id;
+  char *listen_address;
+  char *uri;
+} RecoverData;
+
+static void
+recover_data_free (RecoverData *data)
+{
+  g_free (data->listen_address);
+  g_free (data->uri);
+  g_free (data);
+}
+
+/* A port the kernel says is free now. Another process could take it before
+ * QEMU binds; the source then simply retries. */
+static guint16
+free_port (const char *address)
+{
+  g_autoptr (GInetAddress) inet = g_inet_address_new_from_string (address);
+  if (inet == NULL)
+    return 0;
+  g_autoptr (GSocket) socket = g_socket_new (g_inet_address_get_family (inet), G_SOCKET_TYPE_STREAM,
+                                             G_SOCKET_PROTOCOL_TCP, NULL);
+  g_autoptr (GSocketAddress) any = g_inet_socket_address_new (inet, 0);
+  if (socket == NULL || !g_socket_bind (socket, any, TRUE, NULL))
+    return 0;
+  g_autoptr (GSocketAddress) bound = g_socket_get_local_address (socket, NULL);
+  return bound ? g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (bound)) : 0;
+}
+
+static void
+on_recover_listening (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (GTask) task = user_data;
+  RecoverData *data = g_task_get_task_data (task);
+  GError *error = NULL;
+  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
+  FerryJob *job = g_hash_table_lookup (data->agent->jobs, &data->job_id);
+  if (reply == NULL)
+    {
+      g_prefix_error (&error, "destination: cannot listen for the resumed stream: ");
+      g_task_return_error (task, error);
+      return;
+    }
+  if (job != NULL)
+    ferry_job_event (job, "info", "waiting for the resumed post-copy stream on %s", data->uri);
+  JsonObject *answer = json_object_new ();
+  json_object_set_string_member (answer, "uri", data->uri);
+  g_task_return_pointer (task, answer, (GDestroyNotify) json_object_unref);
+}
+
+static void
+recover_listen (GTask *task)
+{
+  RecoverData *data = g_task_get_task_data (task);
+  FerryJob *job = g_hash_table_lookup (data->agent->jobs, &data->job_id);
+  FerryVm *vm = job ? g_hash_table_lookup (data->agent->vms, job->vm_name) : NULL;
+  guint16 port = free_port (data->listen_address);
+  if (vm == NULL || vm->qmp == NULL || port == 0)
+    {
+      g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_FAILED,
+                               "destination: cannot set up post-copy recovery");
+      g_object_unref (task);
+      return;
+    }
+  gboolean ipv6 = strchr (data->listen_address, ':') != NULL;
+  data->uri = g_strdup_printf ("tcp:%s%s%s:%u", ipv6 ? "[" : "", data->listen_address, ipv6 ? "]" : "",
+                               port);
+  g_autoptr (JsonObject) arguments = ferry_qmp_args_migrate_recover (data->uri);
+  ferry_qmp_execute_oob_async (vm->qmp, "migrate-recover", arguments, NULL, on_recover_listening, task);
+}
+
+static void
+on_paused_for_recovery (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
+  /* Either way the MIGRATION event "postcopy-paused" continues (or the
+   * recover request times out on the source, which retries). */
+}
+
+void
+mig_dst_recover_async (FerryAgent *agent, const char *uuid, const char *listen_address,
+                       GAsyncReadyCallback callback, gpointer user_data)
+{
+  GTask *task = g_task_new (NULL, NULL, callback, user_data);
+  FerryJob *job = ferry_job_lookup_uuid (agent, uuid, FERRY_JOB_ROLE_DESTINATION);
+  FerryVm *vm = job ? g_hash_table_lookup (agent->vms, job->vm_name) : NULL;
+  if (job == NULL || job->state != FERRY_JOB_POSTCOPY || vm == NULL || vm->qmp == NULL)
+    {
+      g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_CONFLICT,
+                               "destination: migration %s is not in post-copy here", uuid);
+      g_object_unref (task);
+      return;
+    }
+  RecoverData *data = g_new0 (RecoverData, 1);
+  data->agent = agent;
+  data->job_id = job->id;
+  data->listen_address = g_strdup (listen_address);
+  g_task_set_task_data (task, data, (GDestroyNotify) recover_data_free);
+  if (g_strcmp0 (job->incoming_status, "postcopy-paused") == 0)
+    {
+      recover_listen (task);
+      return;
+    }
+  /* Our end of the broken stream may not have noticed yet: pause it. */
+  if (job->pending_recover != NULL)
+    {
+      g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_CONFLICT,
+                               "destination: a recovery is already being prepared");
+      g_object_unref (task);
+      return;
+    }
+  job->pending_recover = task;
+  ferry_qmp_execute_oob_async (vm->qmp, "migrate-pause", NULL, NULL, on_paused_for_recovery, NULL);
+}
+
+JsonObject *
+mig_dst_recover_finish (GAsyncResult *result, GError **error)
+{
+  return g_task_propagate_pointer (G_TASK (result), error);
+}
+
+static void
+on_postcopy_watch_paused (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
+}
+
+/* In post-copy the source's heartbeat stopping means a dead link; pause our
+ * end so that recovery can begin as soon as the source is back. */
+static gboolean
+on_postcopy_watch (gpointer user_data)
+{
+  FerryJob *job = user_data;
+  gint64 silent_ms = (g_get_monotonic_time () - job->lease_renewed_us) / 1000;
+  if (silent_ms < job->agent->config.keepalive_timeout_ms
+      || g_strcmp0 (job->incoming_status, "postcopy-active") != 0)
+    return G_SOURCE_CONTINUE;
+  FerryVm *vm = g_hash_table_lookup (job->agent->vms, job->vm_name);
+  if (vm != NULL && vm->qmp != NULL)
+    {
+      ferry_job_event (job, "warning", "source silent for %" G_GINT64_FORMAT
+                       " ms during post-copy; pausing the stream for recovery", silent_ms);
+      ferry_qmp_execute_oob_async (vm->qmp, "migrate-pause", NULL, NULL, on_postcopy_watch_paused, NULL);
+    }
+  job->lease_renewed_us = g_get_monotonic_time (); /* once per silence */
+  return G_SOURCE_CONTINUE;
 }
 
 /* ---- abort and failures ------------------------------------------------------ */

@@ -57,6 +57,7 @@ stop_timers (FerryJob *job)
   g_clear_handle_id (&job->poll_timer, g_source_remove);
   g_clear_handle_id (&job->keepalive_timer, g_source_remove);
   g_clear_handle_id (&job->postcopy_timer, g_source_remove);
+  g_clear_handle_id (&job->recover_timer, g_source_remove);
 }
 
 /* A new query-migrate snapshot becomes the job's statistics; ferry's own
@@ -515,6 +516,137 @@ mig_src_postcopy_switched (FerryJob *job)
                             on_postcopy_resumed, job_ref (job));
 }
 
+/* ---- post-copy recovery -------------------------------------------------------- */
+
+/* A broken link in post-copy pauses the guest on the destination (it waits
+ * for pages) and both QEMUs enter postcopy-paused. Neither side may resume
+ * on its own; the stream is resumed on a new connection: the destination
+ * listens again (migrate-recover), the source reconnects (migrate resume).
+ * ferry retries with backoff until the link is back. */
+#define RECOVER_FIRST_DELAY_S 1
+#define RECOVER_MAX_DELAY_S 30
+
+static void attempt_recovery (FerryJob *job);
+
+static gboolean
+on_recover_timer (gpointer user_data)
+{
+  FerryJob *job = user_data;
+  job->recover_timer = 0;
+  attempt_recovery (job);
+  return G_SOURCE_REMOVE;
+}
+
+static void
+schedule_recovery (FerryJob *job)
+{
+  if (job->recover_timer != 0 || job->recover_in_flight)
+    return;
+  guint delay = MIN (RECOVER_FIRST_DELAY_S << MIN (job->recover_attempts, 5), RECOVER_MAX_DELAY_S);
+  if (job->recover_attempts == 0)
+    ferry_job_event (job, "warning", "post-copy paused (link broken): the guest waits on the "
+                     "destination; recovering");
+  job->recover_timer = g_timeout_add_seconds (delay, on_recover_timer, job);
+}
+
+static void
+on_resumed_stream (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree JobRef *ref = user_data;
+  FerryJob *job = job_deref (ref);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
+  if (job == NULL)
+    return;
+  job->recover_in_flight = FALSE;
+  if (reply == NULL)
+    {
+      ferry_job_event (job, "warning", "post-copy resume refused by QEMU: %s", error->message);
+      schedule_recovery (job);
+      return;
+    }
+  ferry_job_event (job, "info", "post-copy resumed after %u attempt(s)", job->recover_attempts);
+  job->recover_attempts = 0;
+}
+
+static void
+on_destination_listening (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree JobRef *ref = user_data;
+  FerryJob *job = job_deref (ref);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
+  if (job == NULL)
+    return;
+  FerryVm *vm = job_vm (job);
+  const char *uri = ferry_json_object_string (reply, "uri");
+  if (reply == NULL || uri == NULL || vm == NULL || vm->qmp == NULL)
+    {
+      job->recover_in_flight = FALSE;
+      ferry_job_event (job, "info", "recovery attempt %u: %s", job->recover_attempts,
+                       error ? error->message : "no usable reply");
+      schedule_recovery (job);
+      return;
+    }
+  g_free (job->incoming_uri);
+  job->incoming_uri = g_strdup (uri);
+  g_autoptr (JsonObject) arguments = ferry_qmp_args_migrate_resume (uri);
+  ferry_qmp_execute_async (vm->qmp, "migrate", arguments, NULL, on_resumed_stream, job_ref (job));
+}
+
+static void
+attempt_recovery (FerryJob *job)
+{
+  if (job->state != FERRY_JOB_POSTCOPY || job->recover_in_flight)
+    return;
+  job->recover_in_flight = TRUE;
+  job->recover_attempts++;
+  g_autofree char *path = incoming_path (job, "/recover");
+  g_autoptr (JsonObject) body = json_object_new ();
+  ferry_peer_request_async (job->agent, job->peer_url, "POST", path, body, 30, NULL,
+                            on_destination_listening, job_ref (job));
+}
+
+static void
+on_paused_here (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree JobRef *ref = user_data;
+  FerryJob *job = job_deref (ref);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
+  if (job != NULL && reply == NULL)
+    ferry_job_event (job, "warning", "migrate-pause: %s", error->message);
+}
+
+/* The destination agent went silent during post-copy: the stream is most
+ * likely stuck in a dead TCP connection that QEMU would wait on for
+ * minutes. Pausing breaks it now, so that recovery can start. */
+static void
+pause_stuck_postcopy (FerryJob *job)
+{
+  FerryVm *vm = job_vm (job);
+  if (vm == NULL || vm->qmp == NULL || job->recover_attempts > 0 || job->recover_timer != 0)
+    return;
+  ferry_job_event (job, "warning", "destination unreachable during post-copy; pausing the stream");
+  ferry_qmp_execute_oob_async (vm->qmp, "migrate-pause", NULL, NULL, on_paused_here, job_ref (job));
+}
+
+gboolean
+mig_src_recover_postcopy (FerryVm *vm, GError **error)
+{
+  FerryJob *job = vm->job;
+  if (job == NULL || job->role != FERRY_JOB_ROLE_SOURCE || job->state != FERRY_JOB_POSTCOPY)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
+                   "VM '%s' has no post-copy migration to recover", vm->name);
+      return FALSE;
+    }
+  g_clear_handle_id (&job->recover_timer, g_source_remove);
+  ferry_job_event (job, "info", "recovery requested by the user");
+  attempt_recovery (job);
+  return TRUE;
+}
+
 /* ---- watchdogs -------------------------------------------------------------- */
 
 /* KubeVirt's two limits: the whole migration may take completion timeout
@@ -614,13 +746,14 @@ on_progress (GObject *source, GAsyncResult *result, gpointer user_data)
     }
   else if (job->state == FERRY_JOB_PERFORMING && g_str_equal (status, "postcopy-active"))
     mig_src_postcopy_switched (job);
-  else if (job->state == FERRY_JOB_POSTCOPY
-           && (g_str_equal (status, "failed") || g_str_equal (status, "postcopy-paused")))
+  else if (job->state == FERRY_JOB_POSTCOPY && g_str_equal (status, "postcopy-paused"))
+    schedule_recovery (job);
+  else if (job->state == FERRY_JOB_POSTCOPY && g_str_equal (status, "failed"))
     {
       stop_timers (job);
       ferry_job_finish (job, FERRY_JOB_FAILED,
-                        "post-copy interrupted: the guest is paused on the destination with part of "
-                        "its memory still here; both QEMUs keep their state for recovery");
+                        "post-copy failed in QEMU: the guest is paused on the destination with part "
+                        "of its memory still here");
     }
   else if (g_str_equal (status, "failed") || g_str_equal (status, "cancelled"))
     {
@@ -666,6 +799,10 @@ on_keepalive_replied (GObject *source, GAsyncResult *result, gpointer user_data)
     {
       if (reply != NULL)
         job->peer_last_seen_us = g_get_monotonic_time ();
+      else if (job->state == FERRY_JOB_POSTCOPY
+               && (g_get_monotonic_time () - job->peer_last_seen_us) / 1000
+                  >= job->agent->config.keepalive_timeout_ms)
+        pause_stuck_postcopy (job);
       return;
     }
   if (reply != NULL)
@@ -698,6 +835,9 @@ static gboolean
 on_keepalive_timer (gpointer user_data)
 {
   FerryJob *job = user_data;
+  if (job->keepalive_in_flight && job->state == FERRY_JOB_POSTCOPY
+      && (g_get_monotonic_time () - job->peer_last_seen_us) / 1000 >= job->agent->config.keepalive_timeout_ms)
+    pause_stuck_postcopy (job);
   if (job->keepalive_in_flight && job->state == FERRY_JOB_PERFORMING)
     {
       /* A request hung (link cut): judge silence without waiting for it. */
@@ -848,6 +988,7 @@ mig_src_perform (FerryJob *job)
     .tls_hostname = job->options.tls ? job->tls_hostname : NULL,
     .multifd_channels = capabilities.multifd ? job->options.parallel_connections : 0,
     .multifd_compression = capabilities.multifd ? ferry_compress_to_string (job->options.compress) : NULL,
+    .max_postcopy_bandwidth_bytes = job->options.bandwidth_mib > 0 ? bandwidth : 0,
   };
   steps[n++] = (FerryQmpStep) { "migrate-set-capabilities", ferry_qmp_args_migrate_capabilities (&capabilities) };
   steps[n++] = (FerryQmpStep) { "migrate-set-parameters", ferry_qmp_args_migrate_parameters (&parameters) };
@@ -1138,6 +1279,8 @@ mig_src_set_parameter (FerryVm *vm, const char *name, gint64 value, GError **err
     job->options.bandwidth_mib = value / (1024 * 1024);
   ferry_job_event (job, "info", "%s set to %" G_GINT64_FORMAT " while migrating", name, value);
   g_autoptr (JsonObject) arguments = ferry_qmp_args_migrate_parameter (name, value);
+  if (g_str_equal (name, "max-bandwidth"))
+    json_object_set_int_member (arguments, "max-postcopy-bandwidth", value);
   ferry_qmp_execute_async (vm->qmp, "migrate-set-parameters", arguments, NULL, on_parameter_set,
                            job_ref (job));
   /* Read back what QEMU now uses, for the job log and the tests. */

@@ -43,6 +43,8 @@ ferry_qmp_args_migrate_parameters (const FerryQmpParameters *parameters)
     json_object_set_int_member (args, "multifd-channels", parameters->multifd_channels);
   if (parameters->multifd_compression != NULL)
     json_object_set_string_member (args, "multifd-compression", parameters->multifd_compression);
+  /* Post-copy has its own limit; keep it equal to the pre-copy one. */
+  json_object_set_int_member (args, "max-postcopy-bandwidth", parameters->max_postcopy_bandwidth_bytes);
   return args;
 }
 
@@ -77,6 +79,23 @@ ferry_qmp_args_migrate_incoming (const char *uri)
 
 JsonObject *
 ferry_qmp_args_migrate (const char *uri)
+{
+  JsonObject *args = json_object_new ();
+  json_object_set_string_member (args, "uri", uri);
+  return args;
+}
+
+JsonObject *
+ferry_qmp_args_migrate_resume (const char *uri)
+{
+  JsonObject *args = json_object_new ();
+  json_object_set_string_member (args, "uri", uri);
+  json_object_set_boolean_member (args, "resume", TRUE);
+  return args;
+}
+
+JsonObject *
+ferry_qmp_args_migrate_recover (const char *uri)
 {
   JsonObject *args = json_object_new ();
   json_object_set_string_member (args, "uri", uri);

@@ -134,6 +134,73 @@ migrate_estimate (FerryClient *client, const char *name, JsonObject *body)
   return 0;
 }
 
+/* Follows a job to its end with a progress bar on a terminal, then prints
+ * the summary. Exit status 0 only when it completed. */
+static int
+wait_for_job (FerryClient *client, const char *escaped, gint64 job_id, gboolean verbose)
+{
+  g_autoptr (GError) error = NULL;
+  gboolean tty = isatty (STDERR_FILENO) && !ferry_global.json;
+  g_autofree char *job_path = g_strdup_printf ("/v1/vms/%s/job", escaped);
+  g_autoptr (JsonObject) job = NULL;
+  double fraction = 0;
+  for (;;)
+    {
+      g_clear_pointer (&job, json_object_unref);
+      job = ferry_client_call (client, "GET", job_path, NULL, &error);
+      if (job == NULL)
+        return ferry_cli_fail (error);
+      if (ferry_json_object_int (job, "id") != job_id)
+        {
+          g_printerr ("ferry migrate: job %" G_GINT64_FORMAT " vanished\n", job_id);
+          return 1;
+        }
+      fraction = progress_fraction (job, fraction);
+      if (tty)
+        draw_progress (job, fraction);
+      if (!json_object_get_boolean_member_with_default (job, "active", FALSE))
+        break;
+      g_usleep (POLL_MS * 1000);
+    }
+  if (tty)
+    fprintf (stderr, "\n");
+  gboolean ok = g_strcmp0 (ferry_json_object_string (job, "state"), "completed") == 0;
+  if (ferry_global.json)
+    ferry_cli_print_json (job);
+  else
+    {
+      print_summary (job);
+      if (verbose)
+        {
+          g_print ("\n");
+          ferry_print_job (job);
+        }
+    }
+  return ok ? 0 : 1;
+}
+
+static int
+migrate_recover (const char *name, gboolean verbose)
+{
+  g_autoptr (FerryClient) client = ferry_cli_client ();
+  if (client == NULL)
+    return 1;
+  g_autoptr (GError) error = NULL;
+  g_autofree char *escaped = ferry_client_escape (name);
+  g_autofree char *path = g_strdup_printf ("/v1/vms/%s/job/recover", escaped);
+  g_autoptr (JsonObject) body = json_object_new ();
+  g_autoptr (JsonObject) reply = ferry_client_call (client, "POST", path, body, &error);
+  if (reply == NULL)
+    return ferry_cli_fail (error);
+  g_autofree char *job_path = g_strdup_printf ("/v1/vms/%s/job", escaped);
+  g_autoptr (JsonObject) job = ferry_client_call (client, "GET", job_path, NULL, &error);
+  if (job == NULL)
+    return ferry_cli_fail (error);
+  if (!ferry_global.json)
+    g_printerr ("recovering the post-copy migration of %s\n", name);
+  return wait_for_job (client, escaped, ferry_json_object_int (job, "id"), verbose);
+}
+
 static int
 migrate_control (int argc, char **argv)
 {
@@ -192,6 +259,7 @@ ferry_cmd_migrate (int argc, char **argv)
   gboolean detach = FALSE;
   gboolean verbose = FALSE;
   gboolean estimate = FALSE;
+  gboolean recover = FALSE;
   gboolean xbzrle = FALSE;
   gboolean auto_converge = FALSE;
   gboolean postcopy = FALSE;
@@ -218,6 +286,8 @@ ferry_cmd_migrate (int argc, char **argv)
     { "strategy", 0, 0, G_OPTION_ARG_STRING, &strategy,
       "auto (default: measure, predict, choose) or manual", "auto|manual" },
     { "estimate", 0, 0, G_OPTION_ARG_NONE, &estimate, "Predict time, downtime and bytes; do not migrate", NULL },
+    { "recover", 0, 0, G_OPTION_ARG_NONE, &recover,
+      "Resume a post-copy migration whose link broke (ferry migrate NAME --recover)", NULL },
     { "parallel-connections", 0, 0, G_OPTION_ARG_INT, &parallel, "multifd channels (2..16)", "N" },
     { "compress", 0, 0, G_OPTION_ARG_STRING, &compress, "multifd compression", "zstd|zlib|none" },
     { "xbzrle", 0, 0, G_OPTION_ARG_NONE, &xbzrle, "XBZRLE delta compression of re-sent pages", NULL },
@@ -257,6 +327,15 @@ ferry_cmd_migrate (int argc, char **argv)
   if (!ferry_cli_parse ("NAME DEST-URL --live|--offline", "Migrate a VM to another host.", entries,
                         &argc, &argv))
     return 2;
+  if (recover)
+    {
+      if (argc != 2)
+        {
+          g_printerr ("ferry migrate: usage: migrate NAME --recover\n");
+          return 2;
+        }
+      return migrate_recover (argv[1], verbose);
+    }
   if (argc != 3)
     {
       g_printerr ("ferry migrate: usage: migrate NAME DEST-URL --live|--offline [options]\n");
@@ -352,41 +431,5 @@ ferry_cmd_migrate (int argc, char **argv)
       return 0;
     }
 
-  gboolean tty = isatty (STDERR_FILENO) && !ferry_global.json;
-  g_autofree char *job_path = g_strdup_printf ("/v1/vms/%s/job", escaped);
-  g_autoptr (JsonObject) job = NULL;
-  double fraction = 0;
-  for (;;)
-    {
-      g_clear_pointer (&job, json_object_unref);
-      job = ferry_client_call (client, "GET", job_path, NULL, &error);
-      if (job == NULL)
-        return ferry_cli_fail (error);
-      if (ferry_json_object_int (job, "id") != job_id)
-        {
-          g_printerr ("ferry migrate: job %" G_GINT64_FORMAT " vanished\n", job_id);
-          return 1;
-        }
-      fraction = progress_fraction (job, fraction);
-      if (tty)
-        draw_progress (job, fraction);
-      if (!json_object_get_boolean_member_with_default (job, "active", FALSE))
-        break;
-      g_usleep (POLL_MS * 1000);
-    }
-  if (tty)
-    fprintf (stderr, "\n");
-  gboolean ok = g_strcmp0 (ferry_json_object_string (job, "state"), "completed") == 0;
-  if (ferry_global.json)
-    ferry_cli_print_json (job);
-  else
-    {
-      print_summary (job);
-      if (verbose)
-        {
-          g_print ("\n");
-          ferry_print_job (job);
-        }
-    }
-  return ok ? 0 : 1;
+  return wait_for_job (client, escaped, job_id, verbose);
 }

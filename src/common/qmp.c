@@ -61,6 +61,7 @@ struct _FerryQmp {
 
   GHashTable *pending;      /* id -> QmpPending *, owned */
   guint64 next_id;
+  gboolean oob;             /* out-of-band execution negotiated */
 
   GTask *connect_task;
   GSource *connect_cancel_source;
@@ -337,8 +338,8 @@ qmp_schedule_write (FerryQmp *self)
 
 /* ---- commands ----------------------------------------------------------- */
 
-char *
-ferry_qmp_build_command (const char *command, JsonObject *arguments, const char *id)
+static char *
+qmp_build (const char *key, const char *command, JsonObject *arguments, const char *id)
 {
   g_autoptr(JsonObject) object = json_object_new ();
   g_autoptr(JsonNode) root = json_node_new (JSON_NODE_OBJECT);
@@ -346,7 +347,7 @@ ferry_qmp_build_command (const char *command, JsonObject *arguments, const char 
 
   g_return_val_if_fail (command != NULL, NULL);
 
-  json_object_set_string_member (object, "execute", command);
+  json_object_set_string_member (object, key, command);
   if (arguments != NULL)
     json_object_set_object_member (object, "arguments", json_object_ref (arguments));
   if (id != NULL)
@@ -355,6 +356,12 @@ ferry_qmp_build_command (const char *command, JsonObject *arguments, const char 
   json_node_set_object (root, object);
   json_generator_set_root (generator, root);
   return json_generator_to_data (generator, NULL);
+}
+
+char *
+ferry_qmp_build_command (const char *command, JsonObject *arguments, const char *id)
+{
+  return qmp_build ("execute", command, arguments, id);
 }
 
 static gboolean
@@ -384,6 +391,7 @@ static void
 qmp_execute_internal (FerryQmp *self,
                       const char *command,
                       JsonObject *arguments,
+                      gboolean out_of_band,
                       GCancellable *cancellable,
                       GAsyncReadyCallback callback,
                       gpointer user_data)
@@ -407,7 +415,7 @@ qmp_execute_internal (FerryQmp *self,
   p->qmp = self;
   p->id = g_strdup_printf ("%" G_GUINT64_FORMAT, self->next_id++);
   p->command = g_strdup (command);
-  json = ferry_qmp_build_command (command, arguments, p->id);
+  json = qmp_build (out_of_band && self->oob ? "exec-oob" : "execute", command, arguments, p->id);
   p->wire = g_bytes_new_take (g_strconcat (json, "\n", NULL), strlen (json) + 1);
   p->task = g_steal_pointer (&task);
 
@@ -436,7 +444,20 @@ ferry_qmp_execute_async (FerryQmp *qmp,
   g_return_if_fail (command != NULL);
   g_return_if_fail (cancellable == NULL || G_IS_CANCELLABLE (cancellable));
 
-  qmp_execute_internal (qmp, command, arguments, cancellable, callback, user_data);
+  qmp_execute_internal (qmp, command, arguments, FALSE, cancellable, callback, user_data);
+}
+
+void
+ferry_qmp_execute_oob_async (FerryQmp *qmp,
+                             const char *command,
+                             JsonObject *arguments,
+                             GCancellable *cancellable,
+                             GAsyncReadyCallback callback,
+                             gpointer user_data)
+{
+  g_return_if_fail (FERRY_IS_QMP (qmp));
+  g_return_if_fail (command != NULL);
+  qmp_execute_internal (qmp, command, arguments, TRUE, cancellable, callback, user_data);
 }
 
 JsonNode *
@@ -563,7 +584,27 @@ qmp_handle_greeting (FerryQmp *self, JsonObject *message)
       return;
     }
   self->state = QMP_STATE_NEGOTIATING;
-  qmp_execute_internal (self, "qmp_capabilities", NULL, NULL, qmp_on_capabilities, NULL);
+  /* Out-of-band execution when QEMU offers it: commands such as
+   * migrate-pause and migrate-recover must get through while a vCPU holds
+   * QEMU's big lock waiting for a post-copy page that will not come. */
+  JsonObject *qmp = json_object_get_object_member (message, "QMP");
+  JsonNode *caps_node = qmp ? json_object_get_member (qmp, "capabilities") : NULL;
+  JsonArray *caps = caps_node && JSON_NODE_HOLDS_ARRAY (caps_node) ? json_node_get_array (caps_node) : NULL;
+  g_autoptr(JsonObject) arguments = NULL;
+  for (guint i = 0; caps != NULL && i < json_array_get_length (caps); i++)
+    {
+      JsonNode *cap = json_array_get_element (caps, i);
+      if (JSON_NODE_HOLDS_VALUE (cap) && json_node_get_value_type (cap) == G_TYPE_STRING
+          && g_str_equal (json_node_get_string (cap), "oob"))
+        {
+          JsonArray *enable = json_array_new ();
+          json_array_add_string_element (enable, "oob");
+          arguments = json_object_new ();
+          json_object_set_array_member (arguments, "enable", enable);
+          self->oob = TRUE;
+        }
+    }
+  qmp_execute_internal (self, "qmp_capabilities", arguments, FALSE, NULL, qmp_on_capabilities, NULL);
 }
 
 static void

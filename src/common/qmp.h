@@ -45,6 +45,18 @@ void ferry_qmp_execute_async (FerryQmp *qmp,
                               gpointer user_data);
 JsonNode *ferry_qmp_execute_finish (FerryQmp *qmp, GAsyncResult *result, GError **error);
 
+/* As ferry_qmp_execute_async, sent with "exec-oob" when QEMU offered the
+ * "oob" capability (negotiated on connect): runs even while the main loop
+ * is blocked (post-copy waiting for a page). Only for commands QEMU marks
+ * allow-oob (migrate-pause, migrate-recover). Finish with
+ * ferry_qmp_execute_finish. */
+void ferry_qmp_execute_oob_async (FerryQmp *qmp,
+                                  const char *command,
+                                  JsonObject *arguments,
+                                  GCancellable *cancellable,
+                                  GAsyncReadyCallback callback,
+                                  gpointer user_data);
+
 /* Blocking convenience for simple call sites and tests: iterates the
  * thread-default main context until the reply arrives or timeout_ms passes. */
 JsonNode *ferry_qmp_execute_sync (FerryQmp *qmp,

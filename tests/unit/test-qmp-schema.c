@@ -248,6 +248,9 @@ check_ferry_commands (void)
   assert_built ("migrate-set-parameters", ferry_qmp_args_migrate_parameter ("max-bandwidth", 1 << 20));
   assert_built ("migrate-start-postcopy", NULL);
   assert_built ("query-migrate-capabilities", NULL);
+  assert_built ("migrate", ferry_qmp_args_migrate_resume ("tcp:10.0.0.2:49153"));
+  assert_built ("migrate-recover", ferry_qmp_args_migrate_recover ("tcp:10.0.0.2:49153"));
+  assert_built ("migrate-pause", NULL);
   assert_built ("object-add", ferry_qmp_args_tls_creds ("ferry-migration-tls", "/var/lib/ferry/qemu-tls", TRUE));
   assert_built ("object-add", ferry_qmp_args_tls_creds ("ferry-migration-tls", "/var/lib/ferry/qemu-tls", FALSE));
   JsonObject *del = json_object_new ();

@@ -28,7 +28,7 @@
 #define GREETING "< {\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}, " \
   "\"package\": \"Debian 1:7.2+dfsg-7+deb12u18+b3\"}, \"capabilities\": [\"oob\"]}}\n"
 #define NEGOTIATION GREETING \
-  "> {\"execute\": \"qmp_capabilities\", \"id\": \"r0\"}\n" \
+  "> {\"execute\": \"qmp_capabilities\", \"arguments\": {\"enable\": [\"oob\"]}, \"id\": \"r0\"}\n" \
   "< {\"return\": {}, \"id\": \"r0\"}\n"
 #define QUERY_STATUS_REPLY_R1 \
   "< {\"return\": {\"status\": \"prelaunch\", \"singlestep\": false, \"running\": false}, \"id\": \"r1\"}\n"
@@ -240,6 +240,8 @@ server_expect (FakeServer *s, const char *expected_text)
   ga = json_object_get_member (got, "arguments");
   if (g_strcmp0 (json_object_get_string_member_with_default (expected, "execute", NULL),
                  json_object_get_string_member_with_default (got, "execute", NULL)) != 0 ||
+      g_strcmp0 (json_object_get_string_member_with_default (expected, "exec-oob", NULL),
+                 json_object_get_string_member_with_default (got, "exec-oob", NULL)) != 0 ||
       (ea == NULL) != (ga == NULL) || (ea != NULL && !json_node_equal (ea, ga)) ||
       !json_object_has_member (got, "id"))
     {
@@ -682,7 +684,7 @@ test_connect_capabilities_rejected (void)
   fixture_init (&f);
   fixture_connect (&f, transcript_parse (
     GREETING
-    "> {\"execute\": \"qmp_capabilities\", \"id\": \"r0\"}\n"
+    "> {\"execute\": \"qmp_capabilities\", \"arguments\": {\"enable\": [\"oob\"]}, \"id\": \"r0\"}\n"
     "< {\"id\": \"r0\", \"error\": {\"class\": \"CommandNotFound\", "
     "\"desc\": \"Capabilities negotiation is already complete, command ignored\"}}\n"),
     NULL, &r);
@@ -1414,6 +1416,48 @@ test_real_qemu (void)
   fixture_finish (&f);
 }
 
+#define GREETING_NO_OOB "< {\"QMP\": {\"version\": {\"qemu\": {\"micro\": 0, \"minor\": 0, \"major\": 6}, " \
+  "\"package\": \"\"}, \"capabilities\": []}}\n"
+
+/* A QEMU that offers no "oob" gets a plain qmp_capabilities, and
+ * out-of-band requests fall back to ordinary execution. */
+static void
+test_connect_without_oob (void)
+{
+  Fixture f;
+  fixture_init (&f);
+  fixture_start_inline (&f,
+    GREETING_NO_OOB
+    "> {\"execute\": \"qmp_capabilities\", \"id\": \"r0\"}\n"
+    "< {\"return\": {}, \"id\": \"r0\"}\n"
+    "> {\"execute\": \"migrate-pause\", \"id\": \"r1\"}\n"
+    "< {\"return\": {}, \"id\": \"r1\"}\n");
+  Reply pause = { .f = &f };
+  ferry_qmp_execute_oob_async (f.qmp, "migrate-pause", NULL, NULL, on_reply, &pause);
+  WAIT_UNTIL (&f, pause.done);
+  g_assert_no_error (pause.error);
+  g_clear_pointer (&pause.result, json_node_unref);
+  fixture_finish (&f);
+}
+
+/* With "oob" negotiated, out-of-band requests go as exec-oob. */
+static void
+test_oob_command_uses_exec_oob (void)
+{
+  Fixture f;
+  fixture_init (&f);
+  fixture_start_inline (&f,
+    NEGOTIATION
+    "> {\"exec-oob\": \"migrate-pause\", \"id\": \"r1\"}\n"
+    "< {\"return\": {}, \"id\": \"r1\"}\n");
+  Reply pause = { .f = &f };
+  ferry_qmp_execute_oob_async (f.qmp, "migrate-pause", NULL, NULL, on_reply, &pause);
+  WAIT_UNTIL (&f, pause.done);
+  g_assert_no_error (pause.error);
+  g_clear_pointer (&pause.result, json_node_unref);
+  fixture_finish (&f);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1426,6 +1470,8 @@ main (int argc, char **argv)
   g_test_init (&argc, &argv, NULL);
 
   g_test_add_func ("/qmp/connect/negotiates", test_connect_negotiates);
+  g_test_add_func ("/qmp/connect/without-oob", test_connect_without_oob);
+  g_test_add_func ("/qmp/execute/oob-uses-exec-oob", test_oob_command_uses_exec_oob);
   g_test_add_func ("/qmp/connect/unix-socket", test_connect_unix_socket);
   g_test_add_func ("/qmp/connect/no-socket", test_connect_no_socket);
   g_test_add_func ("/qmp/connect/eof-before-greeting", test_connect_eof_before_greeting);
