@@ -70,10 +70,12 @@ def test():
     assert capabilities["xbzrle"] and capabilities["auto-converge"] and not capabilities["multifd"], capabilities
     tick, _ = wait_for_ticks(a, "vm1", beyond=tick, boot_id=boot_id)
 
-    info = migrate(a, b, "--parallel-connections", "2", "--compress", "zlib", "--max-downtime", "700",
+    # zlib is CPU-bound under TCG (~35 MiB/s on 2 cores): a generous
+    # downtime limit lets it converge while the guest keeps dirtying.
+    info = migrate(a, b, "--parallel-connections", "2", "--compress", "zlib", "--max-downtime", "5000",
                    "--bandwidth", "200")
     assert info["stats"]["ferry-qemu-parameters"]["multifd-compression"] == "zlib"
-    assert info["stats"]["ferry-qemu-parameters"]["downtime-limit"] == 700
+    assert info["stats"]["ferry-qemu-parameters"]["downtime-limit"] == 5000
     tick, _ = wait_for_ticks(b, "vm1", beyond=tick, boot_id=boot_id)
 
     log("post-copy after a second of pre-copy")
