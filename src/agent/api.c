@@ -215,22 +215,18 @@ handle_vm_action (FerryAgent *agent, SoupServerMessage *msg, FerryVm *vm, const 
 static void
 handle_console (FerryVm *vm, SoupServerMessage *msg)
 {
-  GHashTable *query = soup_server_message_get_uri (msg) ? NULL : NULL;
   const char *query_text = g_uri_get_query (soup_server_message_get_uri (msg));
   gint64 bytes = CONSOLE_DEFAULT_BYTES;
   if (query_text != NULL)
     {
-      query = g_uri_parse_params (query_text, -1, "&", G_URI_PARAMS_NONE, NULL);
+      g_autoptr (GHashTable) query = g_uri_parse_params (query_text, -1, "&", G_URI_PARAMS_NONE, NULL);
       const char *value = query ? g_hash_table_lookup (query, "bytes") : NULL;
-      if (value != NULL && (!g_ascii_string_to_signed (value, 10, 1, CONSOLE_MAX_BYTES, &bytes, NULL)))
+      if (value != NULL && !g_ascii_string_to_signed (value, 10, 1, CONSOLE_MAX_BYTES, &bytes, NULL))
         {
-          g_hash_table_unref (query);
           reply_error_literal (msg, FERRY_ERROR_INVALID_ARGUMENT,
                                "bytes: must be an integer between 1 and 1048576");
           return;
         }
-      if (query)
-        g_hash_table_unref (query);
     }
   int fd = open (vm->console_log, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
@@ -248,8 +244,12 @@ handle_console (FerryVm *vm, SoupServerMessage *msg)
   soup_server_message_set_response (msg, "text/plain", SOUP_MEMORY_COPY, buffer, n > 0 ? n : 0);
 }
 
+static void on_estimated (GObject *source, GAsyncResult *result, gpointer user_data);
+
+/* POST …/migrate starts a job; POST …/estimate (estimate_only) answers
+ * with the plan the same body would get. */
 static void
-handle_migrate (FerryAgent *agent, SoupServerMessage *msg, FerryVm *vm)
+handle_migrate (FerryAgent *agent, SoupServerMessage *msg, FerryVm *vm, gboolean estimate_only)
 {
   g_autoptr (JsonObject) request = request_object (msg);
   g_autoptr (GError) error = NULL;
@@ -261,6 +261,12 @@ handle_migrate (FerryAgent *agent, SoupServerMessage *msg, FerryVm *vm)
   if (!ferry_migrate_options_parse (request, &dest, &options, &error))
     {
       reply_error (msg, error);
+      return;
+    }
+  if (estimate_only)
+    {
+      soup_server_message_pause (msg);
+      ferry_plan_async (vm, dest, &options, on_estimated, g_object_ref (msg));
       return;
     }
   FerryJob *job = mig_src_begin (vm, dest, &options, &error);
@@ -315,24 +321,6 @@ on_estimated (GObject *source, GAsyncResult *result, gpointer user_data)
   finish_paused (user_data, plan, 200, error);
 }
 
-static void
-handle_estimate (FerryAgent *agent, SoupServerMessage *msg, FerryVm *vm)
-{
-  g_autoptr (JsonObject) request = request_object (msg);
-  g_autoptr (GError) error = NULL;
-  g_autofree char *dest = NULL;
-  FerryMigrateOptions options;
-
-  if (request == NULL)
-    return;
-  if (!ferry_migrate_options_parse (request, &dest, &options, &error))
-    {
-      reply_error (msg, error);
-      return;
-    }
-  soup_server_message_pause (msg);
-  ferry_plan_async (vm, dest, &options, on_estimated, g_object_ref (msg));
-}
 
 static void
 handle_job (FerryAgent *agent, SoupServerMessage *msg, const char *vm_name, const char *action)
@@ -449,12 +437,12 @@ handle_vms (FerryAgent *agent, SoupServerMessage *msg, const char *method, char 
     }
   if (n == 3 && g_str_equal (parts[2], "migrate") && g_str_equal (method, "POST"))
     {
-      handle_migrate (agent, msg, vm);
+      handle_migrate (agent, msg, vm, FALSE);
       return;
     }
   if (n == 3 && g_str_equal (parts[2], "estimate") && g_str_equal (method, "POST"))
     {
-      handle_estimate (agent, msg, vm);
+      handle_migrate (agent, msg, vm, TRUE);
       return;
     }
   if (n == 3 && g_str_equal (method, "POST"))
