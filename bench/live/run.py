@@ -404,7 +404,7 @@ def markdown(report):
         "N s of job time); setup = QEMU's `setup-time`, part of total (dominated by the first dirty-bitmap "
         "sync); wall = the `ferry migrate` command end to end (also ferry's ~3 s of measuring and the "
         "destination's set-up); downtime = QEMU's `downtime`; paused = ferry's guest pause, source stop → "
-        "destination resume (n/r = ferry does not record it for post-copy); link = the link rate ferry "
+        "destination resume (n/r = ferry recorded none; happens in some post-copy runs); link = the link rate ferry "
         "measured for that run (its 32 MiB probe); stream = what QEMU's pre-copy stream actually reached, "
         "sent / (total − setup − downtime); wire = sent / link; predicted = `--estimate`'s total.",
         "",
@@ -511,6 +511,18 @@ def notes(runs):
             f"{span([r['setup_ms'] / 1000 for r in ferry_busy], '{:.1f}')} s (ferry) for the dirtying ones, "
             f"varying a lot between runs of the same guest; ferry's model counts 0.1 s for it. This is the "
             f"TCG 8 KiB-padding side effect (slow bitmap sync with many dirty pages).")
+        by = {(r["tool"], r["scenario"], r["link"]): r for r in busy}
+        pairs = [(by[("qemu-defaults", r["scenario"], r["link"])], r) for r in ferry_busy
+                 if ("qemu-defaults", r["scenario"], r["link"]) in by
+                 and by[("qemu-defaults", r["scenario"], r["link"])]["setup_ms"]]
+        longer = [f"{f['scenario']}/{f['link']} {f['setup_ms'] / 1000:.1f} vs {d['setup_ms'] / 1000:.1f} s"
+                  for d, f in pairs if f["setup_ms"] > d["setup_ms"]]
+        if pairs:
+            out[-1] += (f" ferry's set-up was longer than the defaults' in {len(longer)} of {len(pairs)} dirtying "
+                        f"cells" + (f" ({'; '.join(longer)})" if longer else "")
+                        + "; what differs between the two runs of a cell: ferry-auto turns on postcopy-ram "
+                        "(its fallback), runs second and right after `--estimate`. One run per cell does not "
+                        "say which matters.")
         excl = [(r, (r["total_ms"] - (r["setup_ms"] or 0)) / 1000 / r["wire_time_s"]) for r in ferry
                 if r["wire_time_s"]]
         missed = [(r, ratio) for r, ratio in excl if not r["checks"]["total_le_1.5x_wire"]]
