@@ -240,6 +240,8 @@ struct _FerryJob {
   gint64 best_remaining;     /* least "remaining" seen: progress watchdog */
   gint64 progress_at_us;     /* monotonic time best_remaining last shrank */
   gboolean postcopy_requested;
+  gboolean postcopy_dest_running; /* destination confirmed it resumed the guest */
+  gboolean stream_completed;      /* QEMU reported "completed" */
   double progress_percent;   /* never decreases (job.c, mig-src.c) */
   double eta_s;              /* < 0: unknown */
   gint64 last_pass;          /* dirty-sync-count at the last poll */

@@ -677,13 +677,14 @@ mig_dst_recover_async (FerryAgent *agent, const char *uuid, const char *listen_a
       recover_listen (task);
       return;
     }
-  /* Our end of the broken stream may not have noticed yet: pause it. */
+  /* Our end of the broken stream may not have noticed yet: pause it. A
+   * newer request replaces an older one still waiting (its source gave up
+   * on it), so a pause that never took effect cannot wedge recovery. */
   if (job->pending_recover != NULL)
     {
-      g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_CONFLICT,
-                               "destination: a recovery is already being prepared");
-      g_object_unref (task);
-      return;
+      g_task_return_new_error (job->pending_recover, FERRY_ERROR, FERRY_ERROR_CONFLICT,
+                               "destination: superseded by a newer recovery request");
+      g_clear_object (&job->pending_recover);
     }
   job->pending_recover = task;
   ferry_qmp_execute_oob_async (vm->qmp, "migrate-pause", NULL, NULL, on_paused_for_recovery, NULL);

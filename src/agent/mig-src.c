@@ -489,6 +489,9 @@ on_postcopy_resumed (GObject *source, GAsyncResult *result, gpointer user_data)
         json_object_set_int_member (job->stats, "ferry-guest-downtime-ms",
                                     (resumed_us - job->guest_stopped_us) / 1000);
       ferry_job_event (job, "info", "guest runs on the destination; remaining pages follow on demand");
+      job->postcopy_dest_running = TRUE;
+      if (job->stream_completed)
+        mig_src_confirm (job);
       return;
     }
   /* Neither side runs the guest now: the source gave its state away and
@@ -739,7 +742,11 @@ on_progress (GObject *source, GAsyncResult *result, gpointer user_data)
       if (job->state == FERRY_JOB_POSTCOPY)
         {
           stop_timers (job);
-          mig_src_confirm (job);
+          job->stream_completed = TRUE;
+          /* A short post-copy can end before the destination has answered
+           * that it resumed the guest: confirm only once both are true. */
+          if (job->postcopy_dest_running)
+            mig_src_confirm (job);
         }
       else
         mig_src_finish (job);
