@@ -258,7 +258,6 @@ struct _FerryJob {
   GTask *pending_recover;    /* recover waiting for postcopy-paused */
   guint lease_timer;
   gint64 lease_renewed_us;
-  GCancellable *cancellable;
 };
 
 /* Creates and persists a job in state initial. */

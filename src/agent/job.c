@@ -125,7 +125,6 @@ ferry_job_new (FerryAgent *agent, const char *uuid, const char *vm_name, FerryJo
   job->stats = json_object_new ();
   job->started_us = g_get_monotonic_time ();
   job->created_wall_us = stored.created_us;
-  job->cancellable = g_cancellable_new ();
   job->eta_s = -1;
   g_hash_table_replace (agent->jobs, g_memdup2 (&job->id, sizeof job->id), job);
   ferry_job_event (job, "info", "%s job created (%s migration %s %s)",
@@ -151,8 +150,6 @@ job_free (FerryJob *job)
                                "the migration ended");
       g_clear_object (&job->pending_recover);
     }
-  g_cancellable_cancel (job->cancellable);
-  g_clear_object (&job->cancellable);
   g_free (job->uuid);
   g_free (job->vm_name);
   g_free (job->peer_url);

@@ -51,6 +51,13 @@ incoming_path (FerryJob *job, const char *suffix)
   return g_strdup_printf ("/v1/migrations/incoming/%s%s", job->uuid, suffix ? suffix : "");
 }
 
+/* How long the destination agent has not answered a heartbeat. */
+static gint64
+peer_silent_ms (FerryJob *job)
+{
+  return (g_get_monotonic_time () - job->peer_last_seen_us) / 1000;
+}
+
 static void
 stop_timers (FerryJob *job)
 {
@@ -807,8 +814,7 @@ on_keepalive_replied (GObject *source, GAsyncResult *result, gpointer user_data)
       if (reply != NULL)
         job->peer_last_seen_us = g_get_monotonic_time ();
       else if (job->state == FERRY_JOB_POSTCOPY
-               && (g_get_monotonic_time () - job->peer_last_seen_us) / 1000
-                  >= job->agent->config.keepalive_timeout_ms)
+               && peer_silent_ms (job) >= job->agent->config.keepalive_timeout_ms)
         pause_stuck_postcopy (job);
       return;
     }
@@ -829,7 +835,7 @@ on_keepalive_replied (GObject *source, GAsyncResult *result, gpointer user_data)
       mig_src_rollback (job, "destination no longer knows this migration");
       return;
     }
-  gint64 silent_ms = (g_get_monotonic_time () - job->peer_last_seen_us) / 1000;
+  gint64 silent_ms = peer_silent_ms (job);
   if (silent_ms >= job->agent->config.keepalive_timeout_ms)
     {
       g_autofree char *reason = g_strdup_printf ("destination agent unreachable for %" G_GINT64_FORMAT
@@ -842,14 +848,14 @@ static gboolean
 on_keepalive_timer (gpointer user_data)
 {
   FerryJob *job = user_data;
-  if (job->keepalive_in_flight && job->state == FERRY_JOB_POSTCOPY
-      && (g_get_monotonic_time () - job->peer_last_seen_us) / 1000 >= job->agent->config.keepalive_timeout_ms)
+  gint64 silent_ms = peer_silent_ms (job);
+  gboolean silent = silent_ms >= job->agent->config.keepalive_timeout_ms;
+  if (job->keepalive_in_flight && job->state == FERRY_JOB_POSTCOPY && silent)
     pause_stuck_postcopy (job);
   if (job->keepalive_in_flight && job->state == FERRY_JOB_PERFORMING)
     {
       /* A request hung (link cut): judge silence without waiting for it. */
-      gint64 silent_ms = (g_get_monotonic_time () - job->peer_last_seen_us) / 1000;
-      if (silent_ms >= job->agent->config.keepalive_timeout_ms)
+      if (silent)
         {
           g_autofree char *reason = g_strdup_printf ("destination agent unreachable for %"
                                                      G_GINT64_FORMAT " ms", silent_ms);

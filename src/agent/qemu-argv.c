@@ -103,13 +103,11 @@ ferry_qemu_argv_build (const FerryVmSpec *spec, const FerryQemuLaunch *launch)
       const FerryDiskSpec *disk = g_ptr_array_index (spec->disks, i);
       g_autofree char *path = escape_commas (disk->path);
       gboolean direct = disk->cache == NULL || g_str_equal (disk->cache, "none");
-      gboolean no_flush = FALSE;
       /* Node names are stable (disk0, disk0-file…) so later block jobs
        * (mirror, bitmaps) can address them on both ends. */
       add (b, "-blockdev");
-      addf (b, "driver=file,filename=%s,node-name=disk%u-file,cache.direct=%s,cache.no-flush=%s,"
-               "read-only=%s",
-            path, i, direct ? "on" : "off", no_flush ? "on" : "off", disk->readonly ? "on" : "off");
+      addf (b, "driver=file,filename=%s,node-name=disk%u-file,cache.direct=%s,read-only=%s",
+            path, i, direct ? "on" : "off", disk->readonly ? "on" : "off");
       add (b, "-blockdev");
       addf (b, "driver=%s,file=disk%u-file,node-name=disk%u,read-only=%s",
             ferry_disk_format_to_string (disk->format), i, i, disk->readonly ? "on" : "off");

@@ -69,27 +69,31 @@ ferry_qmp_args_tls_creds (const char *id, const char *dir, gboolean server)
   return args;
 }
 
-JsonObject *
-ferry_qmp_args_migrate_incoming (const char *uri)
+/* migrate, migrate-incoming and migrate-recover all take just a URI. */
+static JsonObject *
+uri_args (const char *uri)
 {
   JsonObject *args = json_object_new ();
   json_object_set_string_member (args, "uri", uri);
   return args;
+}
+
+JsonObject *
+ferry_qmp_args_migrate_incoming (const char *uri)
+{
+  return uri_args (uri);
 }
 
 JsonObject *
 ferry_qmp_args_migrate (const char *uri)
 {
-  JsonObject *args = json_object_new ();
-  json_object_set_string_member (args, "uri", uri);
-  return args;
+  return uri_args (uri);
 }
 
 JsonObject *
 ferry_qmp_args_migrate_resume (const char *uri)
 {
-  JsonObject *args = json_object_new ();
-  json_object_set_string_member (args, "uri", uri);
+  JsonObject *args = uri_args (uri);
   json_object_set_boolean_member (args, "resume", TRUE);
   return args;
 }
@@ -97,9 +101,7 @@ ferry_qmp_args_migrate_resume (const char *uri)
 JsonObject *
 ferry_qmp_args_migrate_recover (const char *uri)
 {
-  JsonObject *args = json_object_new ();
-  json_object_set_string_member (args, "uri", uri);
-  return args;
+  return uri_args (uri);
 }
 
 JsonObject *

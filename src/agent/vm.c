@@ -365,18 +365,6 @@ task_vm (GTask *task)
   return g_object_get_data (G_OBJECT (task), "vm");
 }
 
-typedef struct {
-  FerryVmStartOptions options;
-  char *stderr_text;
-} StartData;
-
-static void
-start_data_free (StartData *data)
-{
-  g_free (data->stderr_text);
-  g_free (data);
-}
-
 static void
 start_fail (GTask *task, GError *error)
 {
@@ -470,7 +458,6 @@ ferry_vm_start_async (FerryVm *vm, const FerryVmStartOptions *options, GCancella
 {
   g_autoptr (GTask) task = g_task_new (NULL, cancellable, callback, user_data);
   g_task_set_source_tag (task, ferry_vm_start_async);
-  g_task_set_task_data (task, g_new0 (StartData, 1), (GDestroyNotify) start_data_free);
   g_object_set_data (G_OBJECT (task), "vm", vm);
   GError *error = NULL;
 
