@@ -16,6 +16,7 @@ static const struct {
   { FERRY_ERROR_PERMISSION, "permission", 403 },
   { FERRY_ERROR_TIMEOUT, "timeout", 504 },
   { FERRY_ERROR_QEMU, "qemu", 502 },
+  { FERRY_ERROR_NO_SPACE, "no-space", 507 },
 };
 
 guint

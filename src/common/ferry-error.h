@@ -23,6 +23,7 @@ typedef enum {
   FERRY_ERROR_PERMISSION,       /* certificate or access refused, 403 */
   FERRY_ERROR_TIMEOUT,          /* a deadline passed, 504 */
   FERRY_ERROR_QEMU,             /* QEMU answered with an error, 502 */
+  FERRY_ERROR_NO_SPACE,         /* a pool or disk is out of space, 507 */
 } FerryErrorCode;
 
 guint ferry_error_http_status (const GError *error);

@@ -1,0 +1,756 @@
+/* ferry — disk copy engine (see nbd-copy.h). */
+#include "nbd-copy.h"
+
+#include <errno.h>
+#include <gnutls/crypto.h>
+#include <libnbd.h>
+#include <string.h>
+
+#include "ferry-error.h"
+
+#define DEFAULT_CONNECTIONS 4
+#define DEFAULT_IN_FLIGHT   8
+#define DEFAULT_STALL_S     30
+#define POLL_SLICE_MS       500
+
+/* ---- rate limit ----------------------------------------------------------- */
+
+struct _FerryRateLimit {
+  GMutex lock;
+  guint64 bytes_per_s;
+  double tokens;
+  gint64 refilled_us;
+};
+
+FerryRateLimit *
+ferry_rate_limit_new (guint64 bytes_per_s)
+{
+  FerryRateLimit *limit = g_new0 (FerryRateLimit, 1);
+  g_mutex_init (&limit->lock);
+  limit->bytes_per_s = bytes_per_s;
+  limit->refilled_us = g_get_monotonic_time ();
+  return limit;
+}
+
+void
+ferry_rate_limit_set (FerryRateLimit *limit, guint64 bytes_per_s)
+{
+  g_mutex_lock (&limit->lock);
+  limit->bytes_per_s = bytes_per_s;
+  g_mutex_unlock (&limit->lock);
+}
+
+void
+ferry_rate_limit_free (FerryRateLimit *limit)
+{
+  if (limit == NULL)
+    return;
+  g_mutex_clear (&limit->lock);
+  g_free (limit);
+}
+
+gboolean
+ferry_rate_limit_acquire (FerryRateLimit *limit, guint64 bytes, GCancellable *cancellable)
+{
+  if (limit == NULL)
+    return !g_cancellable_is_cancelled (cancellable);
+  for (;;)
+    {
+      if (g_cancellable_is_cancelled (cancellable))
+        return FALSE;
+      gint64 wait_us;
+      g_mutex_lock (&limit->lock);
+      if (limit->bytes_per_s == 0)
+        {
+          g_mutex_unlock (&limit->lock);
+          return TRUE;
+        }
+      gint64 now = g_get_monotonic_time ();
+      /* At most a quarter second of burst, so a limit holds over short
+       * windows too; a request larger than that may borrow (go negative). */
+      double burst = MAX ((double) limit->bytes_per_s / 4, 1.0);
+      limit->tokens = MIN (burst, limit->tokens + (double) (now - limit->refilled_us)
+                                                    * (double) limit->bytes_per_s / 1e6);
+      limit->refilled_us = now;
+      if (limit->tokens > 0)
+        {
+          limit->tokens -= (double) bytes;
+          g_mutex_unlock (&limit->lock);
+          return TRUE;
+        }
+      wait_us = (gint64) (-limit->tokens * 1e6 / (double) limit->bytes_per_s) + 1000;
+      g_mutex_unlock (&limit->lock);
+      /* Pacing, not waiting for an event: sleep in slices so that
+       * cancellation and a raised limit take effect quickly. */
+      g_usleep (MIN (wait_us, 100000));
+    }
+}
+
+/* ---- libnbd plumbing --------------------------------------------------------- */
+
+static void
+set_nbd_error (GError **error, const char *what)
+{
+  int errnum = nbd_get_errno ();
+  const char *message = nbd_get_error ();
+  FerryErrorCode code = FERRY_ERROR_UNAVAILABLE;
+  if (errnum == ENOSPC || errnum == EDQUOT)
+    code = FERRY_ERROR_NO_SPACE;
+  g_set_error (error, FERRY_ERROR, code, "%s: %s", what, message ? message : g_strerror (errnum));
+}
+
+/* Completion of one command: remembers the first failure of a batch. */
+typedef struct {
+  int first_errno;
+} Batch;
+
+static int
+on_command_done (void *user_data, int *error)
+{
+  Batch *batch = user_data;
+  if (*error != 0 && batch->first_errno == 0)
+    batch->first_errno = *error;
+  return 1; /* retire the command */
+}
+
+static gboolean
+batch_check (Batch *batch, const char *what, GError **error)
+{
+  if (batch->first_errno == 0)
+    return TRUE;
+  FerryErrorCode code = batch->first_errno == ENOSPC || batch->first_errno == EDQUOT
+                          ? FERRY_ERROR_NO_SPACE : FERRY_ERROR_FAILED;
+  g_set_error (error, FERRY_ERROR, code, "%s: %s", what, g_strerror (batch->first_errno));
+  return FALSE;
+}
+
+/* Runs the handle until at most max_in_flight commands remain. A handle
+ * that makes no progress for stall_s fails: a cut link would otherwise
+ * leave TCP retransmitting for minutes. */
+static gboolean
+drain (struct nbd_handle *h, int max_in_flight, guint stall_s, GCancellable *cancellable,
+       const char *what, GError **error)
+{
+  gint64 deadline = g_get_monotonic_time () + (gint64) stall_s * G_USEC_PER_SEC;
+  while (nbd_aio_in_flight (h) > max_in_flight)
+    {
+      int r = nbd_poll (h, POLL_SLICE_MS);
+      if (r == -1)
+        {
+          set_nbd_error (error, what);
+          return FALSE;
+        }
+      if (r == 1)
+        deadline = g_get_monotonic_time () + (gint64) stall_s * G_USEC_PER_SEC;
+      if (g_cancellable_set_error_if_cancelled (cancellable, error))
+        return FALSE;
+      if (g_get_monotonic_time () > deadline)
+        {
+          g_set_error (error, FERRY_ERROR, FERRY_ERROR_TIMEOUT, "%s: no answer for %u s", what, stall_s);
+          return FALSE;
+        }
+    }
+  return TRUE;
+}
+
+static void
+close_handle (struct nbd_handle *h)
+{
+  if (h == NULL)
+    return;
+  /* A polite disconnect when the connection still works; nbd_close
+   * alone tears TLS down mid-stream and the server logs an error. */
+  if (nbd_aio_is_ready (h))
+    nbd_shutdown (h, 0);
+  nbd_close (h);
+}
+
+static struct nbd_handle *
+connect_uri (const char *uri, guint stall_s, GCancellable *cancellable, GError **error)
+{
+  struct nbd_handle *h = nbd_create ();
+  if (h == NULL)
+    {
+      set_nbd_error (error, "cannot create an NBD handle");
+      return NULL;
+    }
+  if (nbd_add_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1
+      || nbd_set_uri_allow_local_file (h, true) == -1
+      || nbd_aio_connect_uri (h, uri) == -1)
+    {
+      g_autofree char *what = g_strdup_printf ("cannot connect to %s", uri);
+      set_nbd_error (error, what);
+      nbd_close (h);
+      return NULL;
+    }
+  gint64 deadline = g_get_monotonic_time () + (gint64) stall_s * G_USEC_PER_SEC;
+  while (nbd_aio_is_connecting (h))
+    {
+      if (nbd_poll (h, POLL_SLICE_MS) == -1 || g_get_monotonic_time () > deadline
+          || g_cancellable_is_cancelled (cancellable))
+        break;
+    }
+  if (!nbd_aio_is_ready (h))
+    {
+      g_autofree char *what = g_strdup_printf ("cannot connect to %s", uri);
+      if (g_cancellable_is_cancelled (cancellable))
+        g_cancellable_set_error_if_cancelled (cancellable, error);
+      else if (nbd_aio_is_connecting (h))
+        g_set_error (error, FERRY_ERROR, FERRY_ERROR_TIMEOUT, "%s: no answer for %u s", what, stall_s);
+      else
+        set_nbd_error (error, what);
+      nbd_close (h);
+      return NULL;
+    }
+  return h;
+}
+
+/* ---- extents --------------------------------------------------------------- */
+
+typedef struct {
+  guint64 offset;
+  guint64 length;
+} Range;
+
+typedef struct {
+  GArray *data;        /* of Range: extents that are not known zero */
+  guint64 covered_to;  /* absolute end of what the replies described */
+} ExtentScan;
+
+static int
+on_extents (void *user_data, const char *metacontext, uint64_t offset, uint32_t *entries,
+            size_t n_entries, int *error)
+{
+  ExtentScan *scan = user_data;
+  if (strcmp (metacontext, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0)
+    return 0;
+  guint64 position = offset;
+  for (size_t i = 0; i + 1 < n_entries; i += 2)
+    {
+      guint64 length = entries[i];
+      if (!(entries[i + 1] & LIBNBD_STATE_ZERO) && length > 0)
+        {
+          Range *last = scan->data->len ? &g_array_index (scan->data, Range, scan->data->len - 1) : NULL;
+          if (last != NULL && last->offset + last->length == position)
+            last->length += length;
+          else
+            g_array_append_val (scan->data, ((Range) { position, length }));
+        }
+      position += length;
+    }
+  scan->covered_to = MAX (scan->covered_to, position);
+  return 0;
+}
+
+/* The data (not known-zero) ranges of [offset, offset+length), clipped. */
+static GArray *
+data_ranges (struct nbd_handle *h, guint64 offset, guint64 length, guint stall_s,
+             GCancellable *cancellable, GError **error)
+{
+  g_autoptr (GArray) data = g_array_new (FALSE, FALSE, sizeof (Range));
+  guint64 end = offset + length;
+  guint64 position = offset;
+
+  if (!nbd_can_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION))
+    {
+      /* No block status: everything is data (still zero-detected). */
+      g_array_append_val (data, ((Range) { offset, length }));
+      return g_steal_pointer (&data);
+    }
+  while (position < end)
+    {
+      ExtentScan scan = { .data = data, .covered_to = position };
+      Batch batch = { 0 };
+      if (nbd_aio_block_status (h, end - position, position,
+                                (nbd_extent_callback) { .callback = on_extents, .user_data = &scan },
+                                (nbd_completion_callback) { .callback = on_command_done, .user_data = &batch },
+                                0) == -1)
+        {
+          set_nbd_error (error, "block status");
+          return NULL;
+        }
+      if (!drain (h, 0, stall_s, cancellable, "block status", error)
+          || !batch_check (&batch, "block status", error))
+        return NULL;
+      if (scan.covered_to <= position)
+        {
+          g_set_error (error, FERRY_ERROR, FERRY_ERROR_FAILED,
+                       "block status at %" G_GUINT64_FORMAT " described nothing", position);
+          return NULL;
+        }
+      position = scan.covered_to;
+    }
+  /* Replies may run past the range asked for. */
+  for (guint i = 0; i < data->len; i++)
+    {
+      Range *range = &g_array_index (data, Range, i);
+      guint64 range_end = MIN (range->offset + range->length, end);
+      range->offset = MAX (range->offset, offset);
+      range->length = range_end > range->offset ? range_end - range->offset : 0;
+    }
+  return g_steal_pointer (&data);
+}
+
+/* Reads the ranges into buf (buf[0] is absolute offset `base`), several
+ * requests in flight. */
+static gboolean
+read_ranges (struct nbd_handle *h, guint8 *buf, guint64 base, GArray *ranges, guint in_flight,
+             FerryRateLimit *limit, guint stall_s, GCancellable *cancellable, guint64 *bytes_read,
+             GError **error)
+{
+  Batch batch = { 0 };
+  for (guint i = 0; i < ranges->len; i++)
+    {
+      const Range *range = &g_array_index (ranges, Range, i);
+      for (guint64 done = 0; done < range->length;)
+        {
+          guint64 count = MIN (range->length - done, FERRY_COPY_MAX_REQUEST);
+          guint64 offset = range->offset + done;
+          if (!ferry_rate_limit_acquire (limit, count, cancellable))
+            return !g_cancellable_set_error_if_cancelled (cancellable, error);
+          if (!drain (h, (int) in_flight - 1, stall_s, cancellable, "read", error))
+            return FALSE;
+          if (nbd_aio_pread (h, buf + (offset - base), count, offset,
+                             (nbd_completion_callback) { .callback = on_command_done, .user_data = &batch },
+                             0) == -1)
+            {
+              set_nbd_error (error, "read");
+              return FALSE;
+            }
+          done += count;
+          if (bytes_read)
+            *bytes_read += count;
+        }
+    }
+  return drain (h, 0, stall_s, cancellable, "read", error) && batch_check (&batch, "read", error);
+}
+
+static gboolean
+block_is_zero (const guint8 *block, gsize length)
+{
+  /* memcmp against itself shifted by one word: zero iff the first word is
+   * zero and every word equals its neighbour. */
+  if (length < sizeof (guint64))
+    {
+      for (gsize i = 0; i < length; i++)
+        if (block[i])
+          return FALSE;
+      return TRUE;
+    }
+  guint64 first;
+  memcpy (&first, block, sizeof first);
+  return first == 0 && memcmp (block, block + sizeof first, length - sizeof first) == 0;
+}
+
+/* The digest over a chunk held in buf (see nbd-copy.h). */
+static void
+digest_buffer (const guint8 *buf, guint64 length, char out[FERRY_COPY_DIGEST_LEN])
+{
+  gnutls_hash_hd_t hash;
+  guint8 raw[32];
+  gnutls_hash_init (&hash, GNUTLS_DIG_SHA256);
+  for (guint64 block = 0; block * FERRY_COPY_DIGEST_BLOCK < length; block++)
+    {
+      guint64 start = block * FERRY_COPY_DIGEST_BLOCK;
+      guint64 size = MIN (FERRY_COPY_DIGEST_BLOCK, length - start);
+      if (block_is_zero (buf + start, size))
+        continue;
+      guint64 index_le = GUINT64_TO_LE (block);
+      gnutls_hash (hash, &index_le, sizeof index_le);
+      gnutls_hash (hash, buf + start, size);
+    }
+  gnutls_hash_deinit (hash, raw);
+  for (guint i = 0; i < sizeof raw; i++)
+    g_snprintf (out + 2 * i, 3, "%02x", raw[i]);
+}
+
+/* Reads a chunk of h into buf (holes as zeroes) and digests it. */
+static gboolean
+digest_chunk (struct nbd_handle *h, guint64 offset, guint64 length, guint8 *buf, guint in_flight,
+              guint stall_s, GCancellable *cancellable, char out[FERRY_COPY_DIGEST_LEN],
+              GError **error)
+{
+  g_autoptr (GArray) ranges = data_ranges (h, offset, length, stall_s, cancellable, error);
+  if (ranges == NULL)
+    return FALSE;
+  memset (buf, 0, length);
+  if (!read_ranges (h, buf, offset, ranges, in_flight, NULL, stall_s, cancellable, NULL, error))
+    return FALSE;
+  digest_buffer (buf, length, out);
+  return TRUE;
+}
+
+guint64
+ferry_copy_chunk_count (guint64 size)
+{
+  return (size + FERRY_COPY_CHUNK_BYTES - 1) / FERRY_COPY_CHUNK_BYTES;
+}
+
+/* ---- the copy ----------------------------------------------------------------- */
+
+struct _FerryNbdCopy {
+  char *source_uri;
+  char *destination_uri;
+  FerryNbdCopyOptions options;
+  GArray *selected;            /* guint64 chunk indexes; NULL = all */
+  FerryCopyChunkDone chunk_done;
+  gpointer chunk_done_data;
+
+  GMutex lock;                 /* guards everything below */
+  guint64 next_position;       /* into the work list */
+  guint64 n_work;
+  GError *first_error;
+  GCancellable *stop;          /* cancelled on the first error or by the caller */
+  FerryNbdCopyProgress progress;
+};
+
+FerryNbdCopy *
+ferry_nbd_copy_new (const char *source_uri, const char *destination_uri,
+                    const FerryNbdCopyOptions *options)
+{
+  FerryNbdCopy *copy = g_new0 (FerryNbdCopy, 1);
+  copy->source_uri = g_strdup (source_uri);
+  copy->destination_uri = g_strdup (destination_uri);
+  if (options)
+    copy->options = *options;
+  if (copy->options.connections == 0)
+    copy->options.connections = DEFAULT_CONNECTIONS;
+  copy->options.connections = MIN (copy->options.connections, FERRY_COPY_MAX_CONNECTIONS);
+  if (copy->options.requests_in_flight == 0)
+    copy->options.requests_in_flight = DEFAULT_IN_FLIGHT;
+  copy->options.requests_in_flight = MIN (copy->options.requests_in_flight, FERRY_COPY_MAX_IN_FLIGHT);
+  if (copy->options.stall_timeout_s == 0)
+    copy->options.stall_timeout_s = DEFAULT_STALL_S;
+  g_mutex_init (&copy->lock);
+  return copy;
+}
+
+void
+ferry_nbd_copy_free (FerryNbdCopy *copy)
+{
+  if (copy == NULL)
+    return;
+  g_free (copy->source_uri);
+  g_free (copy->destination_uri);
+  if (copy->selected)
+    g_array_unref (copy->selected);
+  g_clear_error (&copy->first_error);
+  g_clear_object (&copy->stop);
+  g_mutex_clear (&copy->lock);
+  g_free (copy);
+}
+
+void
+ferry_nbd_copy_select_chunks (FerryNbdCopy *copy, const guint64 *indexes, guint n_indexes)
+{
+  if (copy->selected)
+    g_array_unref (copy->selected);
+  copy->selected = g_array_sized_new (FALSE, FALSE, sizeof (guint64), n_indexes);
+  g_array_append_vals (copy->selected, indexes, n_indexes);
+}
+
+void
+ferry_nbd_copy_set_chunk_done (FerryNbdCopy *copy, FerryCopyChunkDone callback, gpointer user_data)
+{
+  copy->chunk_done = callback;
+  copy->chunk_done_data = user_data;
+}
+
+void
+ferry_nbd_copy_get_progress (FerryNbdCopy *copy, FerryNbdCopyProgress *progress)
+{
+  g_mutex_lock (&copy->lock);
+  *progress = copy->progress;
+  g_mutex_unlock (&copy->lock);
+}
+
+/* Next chunk index to copy, or FALSE when the work is out (or stopped). */
+static gboolean
+take_chunk (FerryNbdCopy *copy, guint64 *index)
+{
+  gboolean found = FALSE;
+  g_mutex_lock (&copy->lock);
+  while (copy->next_position < copy->n_work && !g_cancellable_is_cancelled (copy->stop))
+    {
+      guint64 position = copy->next_position++;
+      *index = copy->selected ? g_array_index (copy->selected, guint64, position) : position;
+      if (*index < ferry_copy_chunk_count (copy->progress.size))
+        {
+          found = TRUE;
+          break;
+        }
+    }
+  g_mutex_unlock (&copy->lock);
+  return found;
+}
+
+static void
+record_failure (FerryNbdCopy *copy, GError *error)
+{
+  g_mutex_lock (&copy->lock);
+  if (copy->first_error == NULL && !g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
+    copy->first_error = g_error_copy (error);
+  g_mutex_unlock (&copy->lock);
+  g_cancellable_cancel (copy->stop);
+}
+
+/* Writes the non-zero blocks of buf (absolute offset base) as requests of
+ * up to FERRY_COPY_MAX_REQUEST; zero blocks are skipped, which keeps a
+ * fresh destination sparse. */
+static gboolean
+write_nonzero (FerryNbdCopy *copy, struct nbd_handle *h, const guint8 *buf, guint64 base,
+               guint64 length, guint64 *bytes_written, GError **error)
+{
+  Batch batch = { 0 };
+  guint stall_s = copy->options.stall_timeout_s;
+  guint64 run_start = 0, run_length = 0;
+
+  /* One pass past the end (size 0) sends the last run. */
+  for (guint64 position = 0; position < length + FERRY_COPY_DIGEST_BLOCK; position += FERRY_COPY_DIGEST_BLOCK)
+    {
+      guint64 size = position < length ? MIN (FERRY_COPY_DIGEST_BLOCK, length - position) : 0;
+      gboolean data = size > 0 && !block_is_zero (buf + position, size);
+      if (data && run_length == 0)
+        run_start = position;
+      if (data)
+        run_length += size;
+      if (run_length > 0 && (!data || run_length >= FERRY_COPY_MAX_REQUEST))
+        {
+          if (!drain (h, (int) copy->options.requests_in_flight - 1, stall_s, copy->stop, "write", error))
+            return FALSE;
+          if (nbd_aio_pwrite (h, buf + run_start, run_length, base + run_start,
+                              (nbd_completion_callback) { .callback = on_command_done, .user_data = &batch },
+                              0) == -1)
+            {
+              set_nbd_error (error, "write");
+              return FALSE;
+            }
+          *bytes_written += run_length;
+          run_length = 0;
+        }
+    }
+  if (!drain (h, 0, stall_s, copy->stop, "write", error) || !batch_check (&batch, "write", error))
+    return FALSE;
+  if (nbd_aio_flush (h, (nbd_completion_callback) { .callback = on_command_done, .user_data = &batch },
+                     0) == -1)
+    {
+      set_nbd_error (error, "flush");
+      return FALSE;
+    }
+  return drain (h, 0, stall_s, copy->stop, "flush", error) && batch_check (&batch, "flush", error);
+}
+
+static gboolean
+copy_chunk (FerryNbdCopy *copy, struct nbd_handle *src, struct nbd_handle *dst, guint64 index,
+            guint8 *buf, guint8 *readback, GError **error)
+{
+  guint64 size = copy->progress.size; /* set before the workers start */
+  FerryCopyChunk chunk = { .index = index, .offset = index * FERRY_COPY_CHUNK_BYTES };
+  chunk.length = MIN ((guint64) FERRY_COPY_CHUNK_BYTES, size - chunk.offset);
+  guint stall_s = copy->options.stall_timeout_s;
+  char sent[FERRY_COPY_DIGEST_LEN];
+
+  g_autoptr (GArray) ranges = data_ranges (src, chunk.offset, chunk.length, stall_s, copy->stop, error);
+  if (ranges == NULL)
+    return FALSE;
+  memset (buf, 0, chunk.length);
+  if (!read_ranges (src, buf, chunk.offset, ranges, copy->options.requests_in_flight,
+                    copy->options.rate_limit, stall_s, copy->stop, &chunk.bytes_read, error))
+    return FALSE;
+  digest_buffer (buf, chunk.length, sent);
+  if (!write_nonzero (copy, dst, buf, chunk.offset, chunk.length, &chunk.bytes_written, error))
+    return FALSE;
+  /* What the destination holds now, read back through its export: this
+   * is the digest the source's own is compared with. */
+  if (!digest_chunk (dst, chunk.offset, chunk.length, readback, copy->options.requests_in_flight,
+                     stall_s, copy->stop, chunk.digest, error))
+    return FALSE;
+  if (strcmp (sent, chunk.digest) != 0)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_FAILED,
+                   "chunk %" G_GUINT64_FORMAT " (offset %" G_GUINT64_FORMAT
+                   "): the destination holds other data than was written", index, chunk.offset);
+      return FALSE;
+    }
+  g_mutex_lock (&copy->lock);
+  copy->progress.chunks_done++;
+  copy->progress.bytes_done += chunk.length;
+  copy->progress.bytes_read += chunk.bytes_read;
+  copy->progress.bytes_written += chunk.bytes_written;
+  g_mutex_unlock (&copy->lock);
+  if (copy->chunk_done)
+    copy->chunk_done (&chunk, copy->chunk_done_data);
+  return TRUE;
+}
+
+typedef struct {
+  FerryNbdCopy *copy;
+  struct nbd_handle *src;   /* may be pre-connected (worker 0) */
+  struct nbd_handle *dst;
+} Worker;
+
+static gpointer
+worker_run (gpointer user_data)
+{
+  Worker *worker = user_data;
+  FerryNbdCopy *copy = worker->copy;
+  g_autoptr (GError) error = NULL;
+  g_autofree guint8 *buf = NULL;
+  g_autofree guint8 *readback = NULL;
+  guint64 index;
+
+  if (worker->src == NULL)
+    worker->src = connect_uri (copy->source_uri, copy->options.stall_timeout_s, copy->stop, &error);
+  if (worker->src != NULL && worker->dst == NULL)
+    worker->dst = connect_uri (copy->destination_uri, copy->options.stall_timeout_s, copy->stop, &error);
+  if (worker->dst != NULL)
+    {
+      buf = g_malloc (FERRY_COPY_CHUNK_BYTES);
+      readback = g_malloc (FERRY_COPY_CHUNK_BYTES);
+      while (take_chunk (copy, &index))
+        if (!copy_chunk (copy, worker->src, worker->dst, index, buf, readback, &error))
+          break;
+    }
+  if (error != NULL)
+    record_failure (copy, error);
+  g_clear_pointer (&worker->src, close_handle);
+  g_clear_pointer (&worker->dst, close_handle);
+  return NULL;
+}
+
+static gboolean
+export_size (struct nbd_handle *h, const char *uri, guint64 *size, GError **error)
+{
+  int64_t value = nbd_get_size (h);
+  if (value < 0)
+    {
+      g_autofree char *what = g_strdup_printf ("size of %s", uri);
+      set_nbd_error (error, what);
+      return FALSE;
+    }
+  *size = (guint64) value;
+  return TRUE;
+}
+
+/* Worker 0 runs in the calling thread on the connections already open. */
+static void
+run_workers (FerryNbdCopy *copy, struct nbd_handle *src, struct nbd_handle *dst)
+{
+  guint n_workers = (guint) MIN ((guint64) copy->options.connections, MAX (copy->progress.chunks_total, 1));
+  g_autofree Worker *workers = g_new0 (Worker, n_workers);
+  g_autofree GThread **threads = g_new0 (GThread *, n_workers);
+  workers[0] = (Worker) { copy, src, dst };
+  for (guint i = 1; i < n_workers; i++)
+    {
+      workers[i] = (Worker) { copy, NULL, NULL };
+      threads[i] = g_thread_new ("ferry-copy", worker_run, &workers[i]);
+    }
+  worker_run (&workers[0]);
+  for (guint i = 1; i < n_workers; i++)
+    g_thread_join (threads[i]);
+}
+
+gboolean
+ferry_nbd_copy_run (FerryNbdCopy *copy, GCancellable *cancellable, GError **error)
+{
+  guint stall_s = copy->options.stall_timeout_s;
+  guint64 source_size, destination_size;
+
+  g_clear_object (&copy->stop);
+  copy->stop = g_cancellable_new ();
+  gulong forward = 0;
+  if (cancellable)
+    forward = g_cancellable_connect (cancellable, G_CALLBACK (g_cancellable_cancel),
+                                     g_object_ref (copy->stop), g_object_unref);
+
+  struct nbd_handle *src = connect_uri (copy->source_uri, stall_s, copy->stop, error);
+  struct nbd_handle *dst = src ? connect_uri (copy->destination_uri, stall_s, copy->stop, error) : NULL;
+  if (dst == NULL || !export_size (src, "the source", &source_size, error)
+      || !export_size (dst, "the destination", &destination_size, error))
+    goto failed;
+  if (source_size != destination_size)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_FAILED,
+                   "the source has %" G_GUINT64_FORMAT " bytes but the destination %" G_GUINT64_FORMAT,
+                   source_size, destination_size);
+      goto failed;
+    }
+
+  guint64 n_chunks = ferry_copy_chunk_count (source_size);
+  g_mutex_lock (&copy->lock);
+  copy->progress = (FerryNbdCopyProgress) { .size = source_size };
+  copy->n_work = copy->selected ? copy->selected->len : n_chunks;
+  copy->next_position = 0;
+  for (guint64 position = 0; position < copy->n_work; position++)
+    {
+      guint64 index = copy->selected ? g_array_index (copy->selected, guint64, position) : position;
+      if (index >= n_chunks)
+        continue;
+      copy->progress.chunks_total++;
+      copy->progress.bytes_total += MIN ((guint64) FERRY_COPY_CHUNK_BYTES,
+                                         source_size - index * FERRY_COPY_CHUNK_BYTES);
+    }
+  g_mutex_unlock (&copy->lock);
+
+  run_workers (copy, src, dst);
+  src = dst = NULL;
+
+  if (forward)
+    g_cancellable_disconnect (cancellable, forward);
+  if (copy->first_error)
+    {
+      g_propagate_error (error, g_steal_pointer (&copy->first_error));
+      return FALSE;
+    }
+  if (g_cancellable_set_error_if_cancelled (cancellable, error))
+    return FALSE;
+  return TRUE;
+
+failed:
+  if (forward)
+    g_cancellable_disconnect (cancellable, forward);
+  close_handle (src);
+  close_handle (dst);
+  return FALSE;
+}
+
+/* ---- standalone helpers ---------------------------------------------------------- */
+
+gboolean
+ferry_nbd_uri_size (const char *uri, guint64 *size, GError **error)
+{
+  struct nbd_handle *h = connect_uri (uri, DEFAULT_STALL_S, NULL, error);
+  if (h == NULL)
+    return FALSE;
+  gboolean ok = export_size (h, uri, size, error);
+  close_handle (h);
+  return ok;
+}
+
+gboolean
+ferry_nbd_chunk_digests (const char *uri, const guint64 *indexes, guint n_indexes, char *digests,
+                         GCancellable *cancellable, GError **error)
+{
+  guint64 size;
+  struct nbd_handle *h = connect_uri (uri, DEFAULT_STALL_S, cancellable, error);
+  if (h == NULL)
+    return FALSE;
+  gboolean ok = export_size (h, uri, &size, error);
+  g_autofree guint8 *buf = ok ? g_malloc (FERRY_COPY_CHUNK_BYTES) : NULL;
+  for (guint i = 0; ok && i < n_indexes; i++)
+    {
+      guint64 offset = indexes[i] * FERRY_COPY_CHUNK_BYTES;
+      if (indexes[i] >= ferry_copy_chunk_count (size))
+        {
+          g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                       "chunks[%u]: %" G_GUINT64_FORMAT " is past the end of the disk", i, indexes[i]);
+          ok = FALSE;
+          break;
+        }
+      ok = digest_chunk (h, offset, MIN ((guint64) FERRY_COPY_CHUNK_BYTES, size - offset), buf,
+                         DEFAULT_IN_FLIGHT, DEFAULT_STALL_S, cancellable,
+                         digests + (gsize) i * FERRY_COPY_DIGEST_LEN, error);
+    }
+  close_handle (h);
+  return ok;
+}

@@ -1,0 +1,110 @@
+/* ferry — disk copy engine: one NBD export to another, sparse, parallel,
+ * verified and resumable.
+ *
+ * The disk is cut into fixed chunks (FERRY_COPY_CHUNK_BYTES). Chunks are the
+ * unit of work, of resumption and of verification: a worker thread takes the
+ * next chunk, asks the source for its block status, reads only the data
+ * extents (several requests in flight on its own connection), writes only the
+ * blocks that are not all zeroes (so a fresh destination stays sparse),
+ * flushes, reads the chunk back from the destination and computes its digest.
+ * A chunk is reported done only after all of that; a resumed copy skips the
+ * chunks reported done before.
+ *
+ * The digest of a chunk is defined on its content alone, so both hosts can
+ * compute it independently from their own storage (ferry_nbd_chunk_digest):
+ * SHA-256 over, for every FERRY_COPY_DIGEST_BLOCK-sized block that is not
+ * all zeroes, its index within the chunk (64-bit little endian) followed by
+ * its bytes. Holes, zero extents and zero-filled data all hash the same.
+ *
+ * The engine is blocking: run it in a thread. Its callbacks come from worker
+ * threads.
+ */
+#pragma once
+
+#include <gio/gio.h>
+
+G_BEGIN_DECLS
+
+#define FERRY_COPY_CHUNK_BYTES     (16 * 1024 * 1024)
+#define FERRY_COPY_DIGEST_BLOCK    (64 * 1024)
+#define FERRY_COPY_MAX_REQUEST     (4 * 1024 * 1024)
+#define FERRY_COPY_MAX_CONNECTIONS 16
+#define FERRY_COPY_MAX_IN_FLIGHT   64
+/* hex SHA-256 plus NUL */
+#define FERRY_COPY_DIGEST_LEN      65
+
+/* A token bucket shared by every worker of every disk of one job, so
+ * --bandwidth bounds the job as a whole. Thread-safe. */
+typedef struct _FerryRateLimit FerryRateLimit;
+/* bytes_per_s 0 = unlimited. */
+FerryRateLimit *ferry_rate_limit_new (guint64 bytes_per_s);
+void ferry_rate_limit_set (FerryRateLimit *limit, guint64 bytes_per_s);
+/* Blocks until `bytes` may be sent; FALSE when cancelled. */
+gboolean ferry_rate_limit_acquire (FerryRateLimit *limit, guint64 bytes, GCancellable *cancellable);
+void ferry_rate_limit_free (FerryRateLimit *limit);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (FerryRateLimit, ferry_rate_limit_free)
+
+typedef struct {
+  guint connections;          /* per side; 0 = 4 */
+  guint requests_in_flight;   /* per connection; 0 = 8 */
+  FerryRateLimit *rate_limit; /* NULL = unlimited; not owned */
+  /* A connection that makes no progress this long fails the copy (a cut
+   * link otherwise blocks TCP for minutes). 0 = 30 s. */
+  guint stall_timeout_s;
+} FerryNbdCopyOptions;
+
+typedef struct {
+  guint64 index;
+  guint64 offset;
+  guint64 length;
+  guint64 bytes_read;         /* data bytes read from the source */
+  guint64 bytes_written;      /* non-zero bytes written to the destination */
+  char digest[FERRY_COPY_DIGEST_LEN]; /* of the destination's content, read back */
+} FerryCopyChunk;
+
+/* Called from a worker thread for each chunk copied, flushed and read back. */
+typedef void (*FerryCopyChunkDone) (const FerryCopyChunk *chunk, gpointer user_data);
+
+typedef struct _FerryNbdCopy FerryNbdCopy;
+
+/* URIs as libnbd takes them: "nbds://HOST:PORT/EXPORT?tls-certificates=DIR",
+ * "nbd+unix:///EXPORT?socket=PATH". */
+FerryNbdCopy *ferry_nbd_copy_new (const char *source_uri, const char *destination_uri,
+                                  const FerryNbdCopyOptions *options);
+void ferry_nbd_copy_free (FerryNbdCopy *copy);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (FerryNbdCopy, ferry_nbd_copy_free)
+
+/* Only these chunks are copied (a resumed copy, or chunks whose digests
+ * disagreed). Without a call, all chunks are. */
+void ferry_nbd_copy_select_chunks (FerryNbdCopy *copy, const guint64 *indexes, guint n_indexes);
+void ferry_nbd_copy_set_chunk_done (FerryNbdCopy *copy, FerryCopyChunkDone callback, gpointer user_data);
+
+/* Copies. Both exports must have the same size. Blocking. */
+gboolean ferry_nbd_copy_run (FerryNbdCopy *copy, GCancellable *cancellable, GError **error);
+
+typedef struct {
+  guint64 size;               /* export size (0 until connected) */
+  guint64 chunks_total;       /* selected chunks */
+  guint64 chunks_done;
+  guint64 bytes_total;        /* selected chunks' bytes, virtual */
+  guint64 bytes_done;         /* virtual bytes of chunks done */
+  guint64 bytes_read;         /* data bytes read from the source (≈ on the wire) */
+  guint64 bytes_written;
+} FerryNbdCopyProgress;
+
+/* Thread-safe snapshot. */
+void ferry_nbd_copy_get_progress (FerryNbdCopy *copy, FerryNbdCopyProgress *progress);
+
+/* Export size of an NBD URI (connects briefly). */
+gboolean ferry_nbd_uri_size (const char *uri, guint64 *size, GError **error);
+
+/* Digests of the given chunks of an export, computed from its content
+ * (see above). digests gets n_indexes strings (char[FERRY_COPY_DIGEST_LEN]
+ * each, consecutive). Blocking. */
+gboolean ferry_nbd_chunk_digests (const char *uri, const guint64 *indexes, guint n_indexes,
+                                  char *digests, GCancellable *cancellable, GError **error);
+
+/* Number of chunks of a disk of `size` bytes. */
+guint64 ferry_copy_chunk_count (guint64 size);
+
+G_END_DECLS

@@ -1,0 +1,46 @@
+/* ferry — a disk image served over NBD by qemu-nbd.
+ *
+ * ferry binds the listening socket itself (so a TCP port is known before
+ * the server runs, and can be asked for again after an agent restart) and
+ * hands it to qemu-nbd by systemd-style socket activation. TCP exports
+ * require TLS with client certificates; unix-socket exports are local to
+ * the host and serve the copy engine's own side.
+ *
+ * The server gets SIGTERM when the thread that started it exits (so that
+ * no export outlives its agent): start exports from the main thread.
+ */
+#pragma once
+
+#include <gio/gio.h>
+
+G_BEGIN_DECLS
+
+typedef struct {
+  const char *image;
+  const char *format;          /* "raw" | "qcow2" */
+  const char *export_name;
+  gboolean writable;
+  /* Exactly one of: */
+  const char *tcp_host;        /* with tcp_port (0 = any free port) and TLS */
+  guint16 tcp_port;
+  const char *unix_socket;
+  /* QEMU's layout: ca-cert.pem, server-cert.pem, server-key.pem; the
+   * client must present a certificate from the same CA. Required for TCP. */
+  const char *tls_creds_dir;
+  guint max_connections;       /* 0 = 16 */
+  const char *qemu_nbd;        /* NULL = "qemu-nbd" from PATH */
+} FerryNbdExportOptions;
+
+typedef struct _FerryNbdExport FerryNbdExport;
+
+FerryNbdExport *ferry_nbd_export_start (const FerryNbdExportOptions *options, GError **error);
+guint16 ferry_nbd_export_get_port (FerryNbdExport *export);
+GPid ferry_nbd_export_get_pid (FerryNbdExport *export);
+/* The URI a client uses: nbds://HOST:PORT/NAME?tls-certificates=DIR for
+ * TCP (host as given: the address the peer reaches), nbd+unix otherwise. */
+char *ferry_nbd_export_uri (FerryNbdExport *export, const char *host, const char *client_tls_dir);
+/* Stops the server (SIGTERM, and waits for it). */
+void ferry_nbd_export_free (FerryNbdExport *export);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (FerryNbdExport, ferry_nbd_export_free)
+
+G_END_DECLS
