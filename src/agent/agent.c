@@ -22,6 +22,9 @@ ferry_agent_new (const FerryAgentConfig *config, GError **error)
   agent->config.host_name = g_strdup (config->host_name);
   agent->config.qemu_binary = g_strdup (config->qemu_binary ? config->qemu_binary : FERRY_QEMU_BINARY);
   agent->config.accel = g_strdup (config->accel ? config->accel : "auto");
+  agent->config.pools = g_strdupv (config->pools);
+  agent->pools = g_hash_table_new_full (g_str_hash, g_str_equal, NULL,
+                                        (GDestroyNotify) ferry_pool_free);
   agent->vms = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, ferry_vm_table_free);
   agent->jobs = g_hash_table_new_full (g_int64_hash, g_int64_equal, g_free, ferry_job_table_free);
 
@@ -47,6 +50,8 @@ ferry_agent_new (const FerryAgentConfig *config, GError **error)
                    agent->config.state_dir, g_strerror (errno));
       return NULL;
     }
+  if (!ferry_pools_init (agent, error))
+    return NULL;
   agent->tls = ferry_tls_load (agent->config.tls_dir, error);
   if (agent->tls == NULL)
     return NULL;
@@ -92,6 +97,7 @@ ferry_agent_free (FerryAgent *agent)
   g_clear_object (&agent->peer_session);
   g_clear_pointer (&agent->jobs, g_hash_table_unref);
   g_clear_pointer (&agent->vms, g_hash_table_unref);
+  g_clear_pointer (&agent->pools, g_hash_table_unref);
   ferry_store_free (agent->store);
   ferry_tls_free (agent->tls);
   g_free (agent->config.state_dir);
@@ -100,6 +106,7 @@ ferry_agent_free (FerryAgent *agent)
   g_free (agent->config.host_name);
   g_free (agent->config.qemu_binary);
   g_free (agent->config.accel);
+  g_strfreev (agent->config.pools);
   g_free (agent);
 }
 

@@ -37,6 +37,7 @@ typedef struct {
   guint keepalive_interval_ms; /* source → destination heartbeat */
   guint keepalive_timeout_ms;  /* peer silent this long: migration fails */
   guint shutdown_timeout_s;    /* ACPI shutdown before forcing */
+  char **pools;                /* "NAME=DIR" from --pool; NULL-terminated, may be NULL */
 } FerryAgentConfig;
 
 struct _FerryAgent {
@@ -47,6 +48,7 @@ struct _FerryAgent {
   FerryTls *tls;
   GHashTable *vms;             /* name → FerryVm* (owned) */
   GHashTable *jobs;            /* GINT64 id → FerryJob* (owned), active jobs only */
+  GHashTable *pools;           /* name → FerryPool* (owned), fixed after startup */
   SoupServer *server;
   SoupSession *peer_session;
 };
@@ -145,7 +147,8 @@ JsonObject *ferry_dirtyrate_measure_finish (GAsyncResult *result, GError **error
 typedef enum {
   FERRY_JOB_BEGIN,          /* source: checks done, job recorded */
   FERRY_JOB_PREPARING,      /* source: asking the destination to prepare; destination: starting QEMU */
-  FERRY_JOB_PREPARED,       /* destination: QEMU waits for the stream */
+  FERRY_JOB_PREPARED,       /* destination: QEMU waits for the stream; disks copied and verified */
+  FERRY_JOB_COPYING,        /* both: disks are copied (cold migration with storage) */
   FERRY_JOB_PERFORMING,     /* source: QEMU is sending state */
   FERRY_JOB_POSTCOPY,       /* both: the guest runs on the destination, pages still arrive */
   FERRY_JOB_FINISHING,      /* source: asked destination to finish; destination: resuming the VM */
@@ -182,6 +185,9 @@ typedef enum {
   FERRY_STRATEGY_MANUAL,      /* exactly the options given */
 } FerryStrategy;
 
+#define FERRY_MAX_STORAGE_MAP 16
+#define FERRY_MAX_PARALLEL_DISKS 8
+
 typedef struct {
   gboolean live;
   gboolean persistent;
@@ -199,6 +205,15 @@ typedef struct {
   gint64 completion_timeout_per_gib_s;
   gint64 progress_timeout_s;
   FerryTimeoutAction timeout_action;
+  /* offline migration */
+  gboolean copy_storage;      /* copy the VM's pool volumes to the destination */
+  gboolean start;             /* start the VM on the destination afterwards */
+  gboolean delete_source_disks; /* after the destination confirmed (needs undefine_source) */
+  gboolean force_stop;        /* a running VM that ignores ACPI is powered off */
+  gint64 parallel_disks;      /* disks copied at once */
+  guint n_storage_map;        /* SRCPOOL=DSTPOOL pairs; unmapped pools keep their name */
+  char storage_map_from[FERRY_MAX_STORAGE_MAP][FERRY_SPEC_MAX_NAME + 1];
+  char storage_map_to[FERRY_MAX_STORAGE_MAP][FERRY_SPEC_MAX_NAME + 1];
 } FerryMigrateOptions;
 
 /* migrate-options.c: defaults, validation, JSON. */
@@ -212,6 +227,8 @@ gboolean ferry_migrate_options_validate (const FerryMigrateOptions *options, GEr
 JsonObject *ferry_migrate_options_to_json (const FerryMigrateOptions *options);
 const char *ferry_compress_to_string (FerryCompress compress);
 gboolean ferry_migrate_options_multifd (const FerryMigrateOptions *options);
+/* The destination pool of a source pool under the storage map. */
+const char *ferry_migrate_options_map_pool (const FerryMigrateOptions *options, const char *pool);
 
 
 struct _FerryJob {
@@ -258,7 +275,19 @@ struct _FerryJob {
   GTask *pending_recover;    /* recover waiting for postcopy-paused */
   guint lease_timer;
   gint64 lease_renewed_us;
+  /* either side of a disk copy (mig-cold-src.c, mig-cold-dst.c) */
+  gpointer cold;
+  GDestroyNotify cold_free;
 };
+
+/* A job outlives no callback: callbacks hold a reference by id and find
+ * the job again (NULL when it ended meanwhile). */
+typedef struct {
+  FerryAgent *agent;
+  gint64 job_id;
+} FerryJobRef;
+FerryJobRef *ferry_job_ref_new (FerryJob *job);
+FerryJob *ferry_job_ref_get (const FerryJobRef *ref);
 
 /* Creates and persists a job in state initial. */
 FerryJob *ferry_job_new (FerryAgent *agent, const char *uuid, const char *vm_name,
@@ -316,6 +345,35 @@ JsonObject *mig_dst_define_offline (FerryAgent *agent, JsonObject *request, GErr
 void mig_dst_on_vm_gone (FerryJob *job);
 void mig_dst_on_qmp_event (FerryJob *job, const char *name, JsonObject *data);
 void mig_dst_recover (FerryAgent *agent, FerryStoreJob *stored);
+
+/* ---- cold migration with disks (mig-cold-src.c, mig-cold-dst.c) ----------
+ *
+ * The source shuts the guest down, exports each volume read-only over NBD
+ * with TLS and asks the destination to prepare; the destination checks its
+ * pools, creates the volumes and pulls them with the copy engine
+ * (nbd-copy.h), persisting each finished chunk; it then compares every
+ * chunk's digest with the one the source computes from its own storage.
+ * On finish it defines (and optionally starts) the VM; only then does the
+ * source remove what it was asked to. */
+
+FerryJob *mig_cold_src_begin (FerryVm *vm, const char *dest_url, const FerryMigrateOptions *options,
+                              GError **error);
+void mig_cold_src_on_vm_state (FerryJob *job, FerryVmState state);
+gboolean mig_cold_src_abort (FerryJob *job, GError **error);
+/* POST /v1/migrations/outgoing/UUID/digests from the destination. */
+void mig_cold_src_digests_async (FerryAgent *agent, const char *uuid, JsonObject *request,
+                                 GAsyncReadyCallback callback, gpointer user_data);
+JsonObject *mig_cold_src_digests_finish (GAsyncResult *result, GError **error);
+void mig_cold_src_recover (FerryAgent *agent, FerryStoreJob *stored);
+
+/* POST /v1/migrations/offline with copy_storage; peer_address is where
+ * the request came from (the source's exports listen there). */
+JsonObject *mig_cold_dst_prepare (FerryAgent *agent, JsonObject *request, const char *peer_address,
+                                  GError **error);
+JsonObject *mig_cold_dst_finish (FerryJob *job, GError **error);
+void mig_cold_dst_abort (FerryJob *job, const char *reason);
+void mig_cold_dst_recover (FerryAgent *agent, FerryStoreJob *stored);
+JsonObject *mig_cold_dst_status (FerryJob *job);
 
 /* ---- QMP argument builders (qemu-cmds.c) ---------------------------------- */
 
@@ -391,5 +449,76 @@ JsonObject *ferry_peer_request_finish (GAsyncResult *result, gboolean *maybe_del
 void ferry_peer_probe_async (FerryAgent *agent, const char *base_url, gsize bytes,
                              GAsyncReadyCallback callback, gpointer user_data);
 #define FERRY_PROBE_MAX_BODY (64 * 1024 * 1024)
+
+/* ---- storage pools (pool.c) ----------------------------------------------- */
+
+/* A pool is a directory of disk images on this host (--pool NAME=DIR;
+ * "default" is STATE_DIR/pools/default unless given). A volume is a
+ * regular file in it named by ferry_volume_name_is_valid(); other files
+ * and symlinks are not volumes. Formats are always probed from the
+ * content (qemu-img, synchronous, bounded output and time), never taken
+ * from a name or a spec. */
+typedef struct {
+  char *name;
+  char *path;                  /* absolute, canonical */
+} FerryPool;
+
+#define FERRY_POOL_MAX_VOLUMES 4096                       /* listed per pool */
+#define FERRY_VOLUME_MIN_BYTES (G_GUINT64_CONSTANT (1) << 20)  /* 1 MiB */
+#define FERRY_VOLUME_MAX_BYTES (G_GUINT64_CONSTANT (1) << 46)  /* 64 TiB */
+
+/* Builds agent->pools from agent->config.pools, creating the default
+ * pool's directory (ferry_agent_new). Errors name the --pool entry. */
+gboolean ferry_pools_init (FerryAgent *agent, GError **error);
+void ferry_pool_free (FerryPool *pool);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (FerryPool, ferry_pool_free)
+
+/* FERRY_ERROR_NOT_FOUND "pool 'x' does not exist on host H". */
+FerryPool *ferry_pool_lookup (FerryAgent *agent, const char *name, GError **error);
+/* pool->path/volume once the volume name is valid (no '/', no leading '.'). */
+char *ferry_pool_volume_path (FerryPool *pool, const char *volume, GError **error);
+/* Bytes of the pool's file system, and how many are free (statvfs). */
+gboolean ferry_pool_space (FerryPool *pool, guint64 *capacity, guint64 *available, GError **error);
+
+typedef struct {
+  char *name;                  /* file name in the pool */
+  char *format;                /* as probed: "qcow2", "raw", …; "unknown" in a listing */
+  guint64 virtual_size;        /* what the guest sees */
+  guint64 allocated_bytes;     /* what the file takes on the host (st_blocks) */
+} FerryVolumeInfo;
+
+void ferry_volume_info_free (FerryVolumeInfo *info);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (FerryVolumeInfo, ferry_volume_info_free)
+
+/* qemu-img info of any image file (also one a running QEMU holds). */
+FerryVolumeInfo *ferry_volume_inspect (const char *path, GError **error);
+/* The pool's volumes (FerryVolumeInfo*), sorted by name. An image
+ * qemu-img cannot read is listed with format "unknown" rather than
+ * hiding the rest; more than FERRY_POOL_MAX_VOLUMES is FERRY_ERROR_TOO_LARGE. */
+GPtrArray *ferry_pool_list_volumes (FerryPool *pool, GError **error);
+/* qemu-img create; format "qcow2" or "raw", size a multiple of 512 within
+ * FERRY_VOLUME_MIN/MAX_BYTES. An existing name is FERRY_ERROR_CONFLICT
+ * (the name is claimed with O_EXCL before qemu-img runs). */
+gboolean ferry_volume_create (FerryPool *pool, const char *name, const char *format,
+                              guint64 size_bytes, GError **error);
+/* FERRY_ERROR_CONFLICT naming the VM when a defined VM uses the volume
+ * (as a volume disk or by its path). */
+gboolean ferry_volume_delete (FerryAgent *agent, FerryPool *pool, const char *name, GError **error);
+
+/* The image file a disk refers to: disk->path, or its pool volume's path
+ * (not checked to exist). */
+char *ferry_disk_resolve_path (FerryAgent *agent, const FerryDiskSpec *disk, GError **error);
+/* For every volume disk: the pool and the volume exist, the probed format
+ * equals disk->format, and the image names no backing or data file; no
+ * two disks resolve to one file. Errors name the field, e.g.
+ * "disks[1].format: volume 'default/x.qcow2' claims qcow2 but its content is raw".
+ * Path disks are otherwise used as given. Runs qemu-img once per volume. */
+gboolean ferry_spec_check_disks (FerryAgent *agent, const FerryVmSpec *spec, GError **error);
+
+/* API objects: {name, format, virtual_size, allocated_bytes}, and
+ * {name, path, capacity_bytes, available_bytes, volumes (a count)} plus
+ * "volume_list" when with_volumes. */
+JsonObject *ferry_volume_info_to_json (const FerryVolumeInfo *info);
+JsonObject *ferry_pool_to_json (FerryPool *pool, gboolean with_volumes, GError **error);
 
 G_END_DECLS

@@ -9,7 +9,10 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <glib/gstdio.h>
 
 #include "jsonutil.h"
 
@@ -103,6 +106,13 @@ handle_vm_define (FerryAgent *agent, SoupServerMessage *msg)
   g_autoptr (GError) error = NULL;
   g_autoptr (FerryVmSpec) spec = ferry_vm_spec_parse (data ? data : "", length, &error);
   if (spec == NULL)
+    {
+      reply_error (msg, error);
+      return;
+    }
+  /* Refuse now what the start would refuse later: a missing pool or
+   * volume, or a volume whose content is not the format the spec says. */
+  if (!ferry_spec_check_disks (agent, spec, &error))
     {
       reply_error (msg, error);
       return;
@@ -453,6 +463,161 @@ handle_vms (FerryAgent *agent, SoupServerMessage *msg, const char *method, char 
   reply_error_literal (msg, FERRY_ERROR_NOT_FOUND, "no such endpoint");
 }
 
+/* ---- storage pools ---------------------------------------------------------------- */
+
+static const char *const volume_create_fields[] = { "name", "format", "size_bytes", NULL };
+
+static void
+handle_pool_list (FerryAgent *agent, SoupServerMessage *msg)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) reply = json_object_new ();
+  JsonArray *array = json_array_new ();
+  json_object_set_array_member (reply, "pools", array);
+  g_autoptr (GList) names = g_hash_table_get_keys (agent->pools);
+  names = g_list_sort (names, (GCompareFunc) g_strcmp0);
+  for (GList *l = names; l != NULL; l = l->next)
+    {
+      JsonObject *pool = ferry_pool_to_json (g_hash_table_lookup (agent->pools, l->data), FALSE, &error);
+      if (pool == NULL)
+        {
+          reply_error (msg, error);
+          return;
+        }
+      json_array_add_object_element (array, pool);
+    }
+  reply_json (msg, 200, reply);
+}
+
+static void
+handle_volume_create (FerryPool *pool, SoupServerMessage *msg)
+{
+  g_autoptr (JsonObject) request = request_object (msg);
+  g_autoptr (GError) error = NULL;
+  g_autofree char *name = NULL;
+  g_autofree char *format = g_strdup ("qcow2");
+  gint64 size = 0;
+  if (request == NULL)
+    return;
+  if (!ferry_json_reject_unknown (request, volume_create_fields, &error)
+      || !ferry_json_get_string (request, "name", TRUE, &name, &error)
+      || !ferry_json_get_string (request, "format", FALSE, &format, &error)
+      || !ferry_json_get_int (request, "size_bytes", TRUE, FERRY_VOLUME_MIN_BYTES,
+                              FERRY_VOLUME_MAX_BYTES, &size, &error))
+    {
+      reply_error (msg, error);
+      return;
+    }
+  g_autofree char *path = ferry_pool_volume_path (pool, name, &error);
+  if (path == NULL || !ferry_volume_create (pool, name, format, (guint64) size, &error))
+    {
+      reply_error (msg, error);
+      return;
+    }
+  g_info ("pool %s: volume %s created (%s, %" G_GINT64_FORMAT " bytes)", pool->name, name, format, size);
+  g_autoptr (FerryVolumeInfo) info = ferry_volume_inspect (path, &error);
+  if (info == NULL)
+    {
+      reply_error (msg, error);
+      return;
+    }
+  g_autoptr (JsonObject) reply = ferry_volume_info_to_json (info);
+  reply_json (msg, 201, reply);
+}
+
+static void
+handle_pools (FerryAgent *agent, SoupServerMessage *msg, const char *method, char **parts)
+{
+  /* parts: ["pools", NAME?, "volumes"?, VOLUME?] */
+  g_autoptr (GError) error = NULL;
+  guint n = g_strv_length (parts);
+
+  if (n == 1)
+    {
+      if (g_str_equal (method, "GET"))
+        handle_pool_list (agent, msg);
+      else
+        soup_server_message_set_status (msg, 405, NULL);
+      return;
+    }
+  if (n > 4 || (n >= 3 && !g_str_equal (parts[2], "volumes")))
+    {
+      reply_error_literal (msg, FERRY_ERROR_NOT_FOUND, "no such endpoint");
+      return;
+    }
+  FerryPool *pool = ferry_pool_lookup (agent, parts[1], &error);
+  if (pool == NULL)
+    {
+      reply_error (msg, error);
+      return;
+    }
+  if (n == 2 && g_str_equal (method, "GET"))
+    {
+      g_autoptr (JsonObject) reply = ferry_pool_to_json (pool, TRUE, &error);
+      if (reply == NULL)
+        reply_error (msg, error);
+      else
+        reply_json (msg, 200, reply);
+      return;
+    }
+  if (n == 3 && g_str_equal (method, "GET"))
+    {
+      g_autoptr (GPtrArray) volumes = ferry_pool_list_volumes (pool, &error);
+      if (volumes == NULL)
+        {
+          reply_error (msg, error);
+          return;
+        }
+      g_autoptr (JsonObject) reply = json_object_new ();
+      JsonArray *array = json_array_new ();
+      for (guint i = 0; i < volumes->len; i++)
+        json_array_add_object_element (array, ferry_volume_info_to_json (g_ptr_array_index (volumes, i)));
+      json_object_set_array_member (reply, "volumes", array);
+      reply_json (msg, 200, reply);
+      return;
+    }
+  if (n == 3 && g_str_equal (method, "POST"))
+    {
+      handle_volume_create (pool, msg);
+      return;
+    }
+  if (n == 4 && g_str_equal (method, "GET"))
+    {
+      g_autofree char *path = ferry_pool_volume_path (pool, parts[3], &error);
+      g_autoptr (FerryVolumeInfo) info = NULL;
+      if (path != NULL)
+        {
+          GStatBuf st;
+          /* Only what the listing would show: no symlinks, no other files. */
+          if (g_lstat (path, &st) < 0 || !S_ISREG (st.st_mode))
+            g_set_error (&error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "volume '%s/%s' does not exist",
+                         pool->name, parts[3]);
+          else
+            info = ferry_volume_inspect (path, &error);
+        }
+      if (info == NULL)
+        {
+          reply_error (msg, error);
+          return;
+        }
+      g_autoptr (JsonObject) reply = ferry_volume_info_to_json (info);
+      reply_json (msg, 200, reply);
+      return;
+    }
+  if (n == 4 && g_str_equal (method, "DELETE"))
+    {
+      if (!ferry_volume_delete (agent, pool, parts[3], &error))
+        {
+          reply_error (msg, error);
+          return;
+        }
+      g_info ("pool %s: volume %s deleted", pool->name, parts[3]);
+      reply_ok (msg);
+      return;
+    }
+  soup_server_message_set_status (msg, 405, NULL);
+}
+
 /* ---- migrations (agent to agent) ------------------------------------------------ */
 
 static void
@@ -615,6 +780,8 @@ on_request (SoupServer *server, SoupServerMessage *msg, const char *path, GHashT
     }
   else if (g_str_equal (parts[0], "vms"))
     handle_vms (agent, msg, method, parts);
+  else if (g_str_equal (parts[0], "pools"))
+    handle_pools (agent, msg, method, parts);
   else if (g_str_equal (parts[0], "migrations"))
     handle_migrations (agent, msg, method, parts);
   else

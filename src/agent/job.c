@@ -7,6 +7,7 @@ static const char *const job_state_names[] = {
   [FERRY_JOB_BEGIN] = "begin",
   [FERRY_JOB_PREPARING] = "preparing",
   [FERRY_JOB_PREPARED] = "prepared",
+  [FERRY_JOB_COPYING] = "copying",
   [FERRY_JOB_PERFORMING] = "performing",
   [FERRY_JOB_POSTCOPY] = "postcopy",
   [FERRY_JOB_FINISHING] = "finishing",
@@ -66,8 +67,10 @@ transition_allowed (FerryJobRole role, FerryJobState from, FerryJobState to)
       case FERRY_JOB_BEGIN:
         return to == FERRY_JOB_PREPARING;
       case FERRY_JOB_PREPARING:
-        /* Offline migration has no perform phase. */
-        return to == FERRY_JOB_PERFORMING || to == FERRY_JOB_CONFIRMING;
+        /* Offline migration has no perform phase; with disks, it copies. */
+        return to == FERRY_JOB_PERFORMING || to == FERRY_JOB_CONFIRMING || to == FERRY_JOB_COPYING;
+      case FERRY_JOB_COPYING:
+        return to == FERRY_JOB_FINISHING;
       case FERRY_JOB_PERFORMING:
         return to == FERRY_JOB_FINISHING || to == FERRY_JOB_POSTCOPY;
       case FERRY_JOB_POSTCOPY:
@@ -82,7 +85,9 @@ transition_allowed (FerryJobRole role, FerryJobState from, FerryJobState to)
   switch (from)
     {
     case FERRY_JOB_PREPARING:
-      return to == FERRY_JOB_PREPARED || to == FERRY_JOB_COMPLETED;
+      return to == FERRY_JOB_PREPARED || to == FERRY_JOB_COMPLETED || to == FERRY_JOB_COPYING;
+    case FERRY_JOB_COPYING:
+      return to == FERRY_JOB_PREPARED;
     case FERRY_JOB_PREPARED:
       return to == FERRY_JOB_FINISHING || to == FERRY_JOB_POSTCOPY;
     case FERRY_JOB_FINISHING:
@@ -158,8 +163,25 @@ job_free (FerryJob *job)
   g_free (job->tls_hostname);
   g_free (job->incoming_status);
   g_clear_object (&job->pending_finish);
+  if (job->cold_free)
+    g_clear_pointer (&job->cold, job->cold_free);
   json_object_unref (job->stats);
   g_free (job);
+}
+
+FerryJobRef *
+ferry_job_ref_new (FerryJob *job)
+{
+  FerryJobRef *ref = g_new0 (FerryJobRef, 1);
+  ref->agent = job->agent;
+  ref->job_id = job->id;
+  return ref;
+}
+
+FerryJob *
+ferry_job_ref_get (const FerryJobRef *ref)
+{
+  return g_hash_table_lookup (ref->agent->jobs, &ref->job_id);
 }
 
 void ferry_job_table_free (gpointer data);
@@ -226,6 +248,7 @@ phase_floor (FerryJobState state)
     case FERRY_JOB_PREPARING: return 2;
     case FERRY_JOB_PREPARED: return 5;
     case FERRY_JOB_PERFORMING: return 5;
+    case FERRY_JOB_COPYING: return 5;
     case FERRY_JOB_POSTCOPY: return 50;
     case FERRY_JOB_FINISHING: return 95;
     case FERRY_JOB_CONFIRMING: return 98;

@@ -31,6 +31,7 @@ main (int argc, char **argv)
   g_autofree char *host_name = NULL;
   g_autofree char *qemu = NULL;
   g_autofree char *accel = NULL;
+  g_auto (GStrv) pools = NULL;
   int keepalive_interval_ms = 1000;
   int keepalive_timeout_ms = 10000;
   int shutdown_timeout_s = 60;
@@ -46,6 +47,9 @@ main (int argc, char **argv)
     { "name", 0, 0, G_OPTION_ARG_STRING, &host_name, "Host name (default: the certificate's CN)", "NAME" },
     { "qemu", 0, 0, G_OPTION_ARG_FILENAME, &qemu, "QEMU binary (default qemu-system-x86_64)", "PATH" },
     { "accel", 0, 0, G_OPTION_ARG_STRING, &accel, "auto (default), kvm or tcg", "ACCEL" },
+    { "pool", 0, 0, G_OPTION_ARG_STRING_ARRAY, &pools,
+      "Storage pool: a directory of disk images (repeatable; \"default\" is STATE-DIR/pools/default unless given)",
+      "NAME=DIR" },
     { "keepalive-interval-ms", 0, 0, G_OPTION_ARG_INT, &keepalive_interval_ms,
       "Heartbeat to a migration peer (default 1000)", "MS" },
     { "keepalive-timeout-ms", 0, 0, G_OPTION_ARG_INT, &keepalive_timeout_ms,
@@ -102,6 +106,7 @@ main (int argc, char **argv)
     .keepalive_interval_ms = keepalive_interval_ms,
     .keepalive_timeout_ms = keepalive_timeout_ms,
     .shutdown_timeout_s = shutdown_timeout_s,
+    .pools = pools,
   };
 
   g_autoptr (FerryAgent) agent = ferry_agent_new (&config, &error);

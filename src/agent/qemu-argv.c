@@ -101,6 +101,7 @@ ferry_qemu_argv_build (const FerryVmSpec *spec, const FerryQemuLaunch *launch)
   for (guint i = 0; spec->disks != NULL && i < spec->disks->len; i++)
     {
       const FerryDiskSpec *disk = g_ptr_array_index (spec->disks, i);
+      g_return_val_if_fail (disk->path != NULL, NULL);
       g_autofree char *path = escape_commas (disk->path);
       gboolean direct = disk->cache == NULL || g_str_equal (disk->cache, "none");
       /* Node names are stable (disk0, disk0-file…) so later block jobs

@@ -30,7 +30,8 @@ typedef struct {
   gboolean pad_ram_for_tcg_dirty_sync;
 } FerryQemuLaunch;
 
-/* NULL-terminated argv, element 0 is the binary. */
+/* NULL-terminated argv, element 0 is the binary. Every disk needs a path:
+ * the caller resolves volume disks first (ferry_disk_resolve_path). */
 GStrv ferry_qemu_argv_build (const FerryVmSpec *spec, const FerryQemuLaunch *launch);
 
 /* Resolves a machine alias ("q35", "pc") to the versioned machine type the

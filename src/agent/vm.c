@@ -358,6 +358,37 @@ apply_run_status (FerryVm *vm, JsonNode *reply)
 
 /* ---- start ------------------------------------------------------------------ */
 
+/* The spec QEMU gets: volume disks become paths on this host. The stored
+ * spec keeps the volume, so a migration destination resolves it in its
+ * own pool. */
+static FerryVmSpec *
+spec_with_resolved_disks (FerryVm *vm, GError **error)
+{
+  if (!ferry_spec_check_disks (vm->agent, vm->spec, error))
+    {
+      g_prefix_error (error, "VM '%s': ", vm->name);
+      return NULL;
+    }
+  g_autoptr (FerryVmSpec) resolved = ferry_vm_spec_copy (vm->spec);
+  for (guint i = 0; i < resolved->disks->len; i++)
+    {
+      FerryDiskSpec *disk = g_ptr_array_index (resolved->disks, i);
+      if (disk->volume == NULL)
+        continue;
+      g_autofree char *path = ferry_disk_resolve_path (vm->agent, disk, error);
+      if (path == NULL)
+        {
+          g_prefix_error (error, "VM '%s': disks[%u]: ", vm->name, i);
+          return NULL;
+        }
+      g_free (disk->path);
+      disk->path = g_steal_pointer (&path);
+      g_clear_pointer (&disk->pool, g_free);
+      g_clear_pointer (&disk->volume, g_free);
+    }
+  return g_steal_pointer (&resolved);
+}
+
 /* A GTask's source object must be a GObject; the VM rides in its data. */
 static FerryVm *
 task_vm (GTask *task)
@@ -486,6 +517,13 @@ ferry_vm_start_async (FerryVm *vm, const FerryVmStartOptions *options, GCancella
   g_free (vm->spec->machine);
   vm->spec->machine = g_steal_pointer (&machine);
 
+  g_autoptr (FerryVmSpec) launch_spec = spec_with_resolved_disks (vm, &error);
+  if (launch_spec == NULL)
+    {
+      g_task_return_error (task, error);
+      return;
+    }
+
   FerryQemuLaunch launch = {
     .qemu_binary = vm->agent->config.qemu_binary,
     .accel = vm->agent->accel,
@@ -496,7 +534,7 @@ ferry_vm_start_async (FerryVm *vm, const FerryVmStartOptions *options, GCancella
     .start_paused = options->paused || options->incoming,
     .pad_ram_for_tcg_dirty_sync = vm->agent->pad_ram_for_tcg,
   };
-  g_auto (GStrv) argv = ferry_qemu_argv_build (vm->spec, &launch);
+  g_auto (GStrv) argv = ferry_qemu_argv_build (launch_spec, &launch);
   g_autofree char *command_line = g_strjoinv (" ", argv);
   g_debug ("vm %s: %s", vm->name, command_line);
 

@@ -28,6 +28,8 @@ int ferry_cmd_vm (int argc, char **argv);
 int ferry_cmd_migrate (int argc, char **argv);
 int ferry_cmd_job (int argc, char **argv);
 int ferry_cmd_dirtyrate (int argc, char **argv);
+int ferry_cmd_pool (int argc, char **argv);
+int ferry_cmd_volume (int argc, char **argv);
 
 /* Human formats. */
 char *ferry_format_bytes (gint64 bytes);

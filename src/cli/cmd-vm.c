@@ -89,8 +89,13 @@ vm_info (FerryClient *client, const char *name)
       for (guint i = 0; disks != NULL && i < json_array_get_length (disks); i++)
         {
           JsonObject *disk = json_array_get_object_element (disks, i);
-          g_print ("Disk %u:      %s (%s)\n", i, ferry_json_object_string (disk, "path"),
-                   ferry_json_object_string (disk, "format"));
+          const char *volume = ferry_json_object_string (disk, "volume");
+          if (volume != NULL)
+            g_print ("Disk %u:      volume %s/%s (%s)\n", i, ferry_json_object_string (disk, "pool"),
+                     volume, ferry_json_object_string (disk, "format"));
+          else
+            g_print ("Disk %u:      %s (%s)\n", i, ferry_json_object_string (disk, "path"),
+                     ferry_json_object_string (disk, "format"));
         }
     }
   return 0;

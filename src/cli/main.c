@@ -89,6 +89,11 @@ usage (void)
     "  vm list | info NAME | start NAME | destroy NAME | undefine NAME\n"
     "  vm shutdown NAME [--timeout S] [--no-force] [--wait]\n"
     "  vm console-log NAME [--bytes N]\n"
+    "Storage:\n"
+    "  pool list | info NAME                     storage pools (directories of disk images)\n"
+    "  volume list POOL                          the pool's volumes\n"
+    "  volume create POOL NAME --size SIZE [--format qcow2|raw]\n"
+    "  volume delete POOL NAME                   refused while a defined VM uses it\n"
     "Migration:\n"
     "  dirtyrate NAME [--period S]               the guest's dirty-page rate (MiB/s)\n"
     "  migrate NAME DEST-URL --live|--offline [--persistent] [--undefine-source]\n"
@@ -149,6 +154,10 @@ main (int argc, char **argv)
     return ferry_cmd_job (sub_argc, sub_argv);
   if (g_str_equal (command, "dirtyrate"))
     return ferry_cmd_dirtyrate (sub_argc, sub_argv);
+  if (g_str_equal (command, "pool"))
+    return ferry_cmd_pool (sub_argc, sub_argv);
+  if (g_str_equal (command, "volume"))
+    return ferry_cmd_volume (sub_argc, sub_argv);
   g_printerr ("ferry: unknown command '%s'\n", command);
   usage ();
   return 2;

@@ -31,7 +31,7 @@ static const char *const boot_fields[] = {
   "kernel", "initrd", "cmdline", "firmware", NULL,
 };
 static const char *const disk_fields[] = {
-  "path", "format", "bus", "readonly", "cache", NULL,
+  "path", "pool", "volume", "format", "bus", "readonly", "cache", NULL,
 };
 static const char *const nic_fields[] = {
   "model", "mac", "network", "ifname", NULL,
@@ -670,6 +670,8 @@ ferry_disk_spec_free (FerryDiskSpec *disk)
   if (disk == NULL)
     return;
   g_free (disk->path);
+  g_free (disk->pool);
+  g_free (disk->volume);
   g_free (disk->cache);
   g_free (disk);
 }
@@ -756,6 +758,8 @@ ferry_vm_spec_copy (const FerryVmSpec *spec)
       FerryDiskSpec *d = g_new0 (FerryDiskSpec, 1);
 
       d->path = g_strdup (disk->path);
+      d->pool = g_strdup (disk->pool);
+      d->volume = g_strdup (disk->volume);
       d->format = disk->format;
       d->bus = disk->bus;
       d->readonly = disk->readonly;
@@ -808,7 +812,8 @@ ferry_vm_spec_equal (const FerryVmSpec *a, const FerryVmSpec *b)
       const FerryDiskSpec *x = g_ptr_array_index (a->disks, i);
       const FerryDiskSpec *y = g_ptr_array_index (b->disks, i);
 
-      if (g_strcmp0 (x->path, y->path) != 0 || x->format != y->format
+      if (g_strcmp0 (x->path, y->path) != 0 || g_strcmp0 (x->pool, y->pool) != 0
+          || g_strcmp0 (x->volume, y->volume) != 0 || x->format != y->format
           || x->bus != y->bus || !x->readonly != !y->readonly
           || g_strcmp0 (x->cache, y->cache) != 0)
         return FALSE;
@@ -825,20 +830,32 @@ ferry_vm_spec_equal (const FerryVmSpec *a, const FerryVmSpec *b)
   return TRUE;
 }
 
-gboolean
-ferry_vm_name_is_valid (const char *name)
+static gboolean
+name_is_valid (const char *name, gsize max_len)
 {
   gsize len;
 
   if (name == NULL || !g_ascii_isalnum (name[0]))
     return FALSE;
   len = strlen (name);
-  if (len > FERRY_SPEC_MAX_NAME)
+  if (len > max_len)
     return FALSE;
   for (gsize i = 1; i < len; i++)
     if (!g_ascii_isalnum (name[i]) && name[i] != '_' && name[i] != '.' && name[i] != '-')
       return FALSE;
   return TRUE;
+}
+
+gboolean
+ferry_vm_name_is_valid (const char *name)
+{
+  return name_is_valid (name, FERRY_SPEC_MAX_NAME);
+}
+
+gboolean
+ferry_volume_name_is_valid (const char *name)
+{
+  return name_is_valid (name, FERRY_SPEC_MAX_VOLUME_NAME);
 }
 
 static const char *
@@ -919,6 +936,31 @@ parse_boot (FerryVmSpec *spec, JsonObject *obj, GError **error)
   return TRUE;
 }
 
+/* A pool or volume name: it becomes a file name on the agent, so the
+ * character set keeps it inside the pool directory. */
+static gboolean
+read_name (JsonObject *obj, const char *key, gsize max_len, char **out, GError **error)
+{
+  const char *value = NULL;
+
+  if (!read_string (obj, key, FALSE, &value, error))
+    return FALSE;
+  if (value == NULL)
+    return TRUE;
+  if (!name_is_valid (value, max_len))
+    {
+      g_autofree char *shown = quote_for_message (value);
+
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                   "%s: must be 1 to %" G_GSIZE_FORMAT " characters from A-Z, a-z, 0-9, '_', '.', '-', "
+                   "starting with a letter or digit (got %s)", key, max_len, shown);
+      return FALSE;
+    }
+  g_free (*out);
+  *out = g_strdup (value);
+  return TRUE;
+}
+
 static gpointer
 parse_disk (JsonObject *obj, GError **error)
 {
@@ -926,7 +968,9 @@ parse_disk (JsonObject *obj, GError **error)
   int format = -1, bus = disk->bus;
 
   if (!check_fields (obj, disk_fields, error)
-      || !read_path (obj, "path", TRUE, &disk->path, error)
+      || !read_path (obj, "path", FALSE, &disk->path, error)
+      || !read_name (obj, "pool", FERRY_SPEC_MAX_NAME, &disk->pool, error)
+      || !read_name (obj, "volume", FERRY_SPEC_MAX_VOLUME_NAME, &disk->volume, error)
       || !read_enum (obj, "format", disk_format_names, &format, error)
       || !read_enum (obj, "bus", disk_bus_names, &bus, error)
       || !read_bool (obj, "readonly", &disk->readonly, error)
@@ -938,6 +982,14 @@ parse_disk (JsonObject *obj, GError **error)
       require_present (NULL, "format", error);
       return NULL;
     }
+  if (disk->pool != NULL && disk->volume == NULL)
+    {
+      g_set_error_literal (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                           "pool: only allowed together with volume");
+      return NULL;
+    }
+  if (disk->volume != NULL && disk->pool == NULL)
+    disk->pool = g_strdup (FERRY_DEFAULT_POOL);
   disk->format = format;
   disk->bus = bus;
   return g_steal_pointer (&disk);
@@ -1047,20 +1099,57 @@ parse_list (JsonObject *obj, const char *key, guint max, GPtrArray *out,
   return TRUE;
 }
 
+/* The error names the disk, not a field of it: the fault is the
+ * combination. (parse_disk's errors get "disks[i]." from parse_list.) */
+static gboolean
+check_disk_sources (FerryVmSpec *spec, GError **error)
+{
+  for (guint i = 0; i < spec->disks->len; i++)
+    {
+      const FerryDiskSpec *disk = g_ptr_array_index (spec->disks, i);
+
+      if (disk->path != NULL && disk->volume != NULL)
+        {
+          g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                       "disks[%u]: give either path or volume, not both", i);
+          return FALSE;
+        }
+      if (disk->path == NULL && disk->volume == NULL)
+        {
+          g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                       "disks[%u]: path or volume is required", i);
+          return FALSE;
+        }
+    }
+  return TRUE;
+}
+
 /* Two disks on one image corrupt it; two NICs with one MAC confuse every
- * switch. Both are mistakes, never intent. */
+ * switch. Both are mistakes, never intent. (A path and a volume that are
+ * the same file can only be seen by the agent: ferry_spec_check_disks.) */
 static gboolean
 check_unique (FerryVmSpec *spec, GError **error)
 {
   for (guint i = 0; i < spec->disks->len; i++)
     for (guint j = 0; j < i; j++)
-      if (g_str_equal (((FerryDiskSpec *) g_ptr_array_index (spec->disks, i))->path,
-                       ((FerryDiskSpec *) g_ptr_array_index (spec->disks, j))->path))
-        {
-          g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
-                       "disks[%u].path: same image as disks[%u]", i, j);
-          return FALSE;
-        }
+      {
+        const FerryDiskSpec *a = g_ptr_array_index (spec->disks, i);
+        const FerryDiskSpec *b = g_ptr_array_index (spec->disks, j);
+
+        if (a->path != NULL && b->path != NULL && g_str_equal (a->path, b->path))
+          {
+            g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                         "disks[%u].path: same image as disks[%u]", i, j);
+            return FALSE;
+          }
+        if (a->volume != NULL && b->volume != NULL && g_str_equal (a->volume, b->volume)
+            && g_str_equal (a->pool, b->pool))
+          {
+            g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                         "disks[%u].volume: same volume as disks[%u]", i, j);
+            return FALSE;
+          }
+      }
   for (guint i = 0; i < spec->nics->len; i++)
     for (guint j = 0; j < i; j++)
       {
@@ -1164,6 +1253,7 @@ ferry_vm_spec_from_json (JsonNode *node, GError **error)
 
   if (!parse_list (obj, "disks", FERRY_SPEC_MAX_DISKS, spec->disks,
                    parse_disk, error)
+      || !check_disk_sources (spec, error)
       || !parse_list (obj, "nics", FERRY_SPEC_MAX_NICS, spec->nics,
                       parse_nic, error)
       || !check_unique (spec, error)
@@ -1223,6 +1313,8 @@ ferry_vm_spec_to_json (const FerryVmSpec *spec)
       JsonObject *d = json_object_new ();
 
       set_string_if (d, "path", disk->path);
+      set_string_if (d, "pool", disk->pool);
+      set_string_if (d, "volume", disk->volume);
       set_string_if (d, "format", ferry_disk_format_to_string (disk->format));
       set_string_if (d, "bus", ferry_disk_bus_to_string (disk->bus));
       json_object_set_boolean_member (d, "readonly", disk->readonly);

@@ -21,6 +21,9 @@ G_BEGIN_DECLS
 #define FERRY_SPEC_MAX_NICS       8
 #define FERRY_SPEC_MAX_PATH       4096
 #define FERRY_SPEC_MAX_CMDLINE    4096
+#define FERRY_SPEC_MAX_VOLUME_NAME 128
+/* The pool a volume disk names when it gives none. */
+#define FERRY_DEFAULT_POOL        "default"
 
 typedef enum {
   FERRY_DISK_FORMAT_RAW,
@@ -32,8 +35,14 @@ typedef enum {
   FERRY_DISK_BUS_IDE,
 } FerryDiskBus;
 
+/* A disk is either a file (path) or a volume of an agent's storage pool
+ * (pool + volume); exactly one of path and volume is set, and pool is set
+ * whenever volume is. Only the agent knows where a pool lives, so a
+ * volume disk is resolved to a path there (ferry_disk_resolve_path). */
 typedef struct {
-  char *path;            /* absolute path to the image */
+  char *path;            /* absolute path to the image, or NULL */
+  char *pool;            /* pool name (FERRY_DEFAULT_POOL unless given), or NULL */
+  char *volume;          /* volume name within the pool, or NULL */
   FerryDiskFormat format;
   FerryDiskBus bus;
   gboolean readonly;
@@ -109,6 +118,10 @@ FerryVmSpec *ferry_vm_spec_copy (const FerryVmSpec *spec);
 gboolean ferry_vm_spec_equal (const FerryVmSpec *a, const FerryVmSpec *b);
 
 gboolean ferry_vm_name_is_valid (const char *name);
+/* Pool names follow the VM-name rule. Volume names too, but up to
+ * FERRY_SPEC_MAX_VOLUME_NAME characters: a letter or digit first (so
+ * never "." or ".."), then letters, digits, '_', '.', '-' (never '/'). */
+gboolean ferry_volume_name_is_valid (const char *name);
 const char *ferry_disk_format_to_string (FerryDiskFormat format);
 const char *ferry_disk_bus_to_string (FerryDiskBus bus);
 const char *ferry_nic_network_to_string (FerryNicNetwork network);

@@ -91,8 +91,10 @@ def ensure_guest():
 class Host:
     """One ferry host: a namespace (or a loopback address) and its ferryd."""
 
-    def __init__(self, cluster, name, address, netns, veth=None):
+    def __init__(self, cluster, name, address, netns, veth=None, agent_args=None):
         self.cluster = cluster
+        # More ferryd options (e.g. ["--pool", "fast=/dir"]); kept across restarts.
+        self.agent_args = list(agent_args or [])
         self.veth = veth
         self.name = name
         self.address = address
@@ -112,7 +114,7 @@ class Host:
                                 "--listen", f"{self.address}:{PORT}",
                                 "--keepalive-interval-ms", "500",
                                 "--keepalive-timeout-ms", str(self.cluster.keepalive_timeout_ms),
-                                "--shutdown-timeout", "20"]
+                                "--shutdown-timeout", "20"] + self.agent_args
         env = dict(os.environ, FERRY_ACCEL=self.cluster.accel)
         self.process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         wait_until(f"ferryd on {self.name} to answer",
@@ -125,7 +127,7 @@ class Host:
         log_file = open(self.log_path, "a")
         offset = os.path.getsize(self.log_path)
         argv = self.prefix() + [FERRYD, "--state-dir", self.state_dir, "--tls-dir", self.tls_dir,
-                                "--listen", f"{self.address}:{PORT}"]
+                                "--listen", f"{self.address}:{PORT}"] + self.agent_args
         env = dict(os.environ, FERRY_ACCEL=self.cluster.accel)
         self.process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env)
 
@@ -181,7 +183,9 @@ class Host:
 class Cluster:
     """Two hosts, A and B, with a CA, host and client certificates."""
 
-    def __init__(self, keepalive_timeout_ms=4000, need_netns=False):
+    def __init__(self, keepalive_timeout_ms=4000, need_netns=False, agent_args=None):
+        """agent_args: {"hosta": [...], "hostb": [...]}, more ferryd options
+        per host (a directory they name must exist before the Cluster)."""
         self.root = os.geteuid() == 0
         if need_netns and not self.root:
             log("SKIP: this test needs root for network namespaces")
@@ -203,8 +207,9 @@ class Cluster:
             addresses = ["127.0.0.1", "127.0.0.2"]
         self._make_pki(addresses)
         veths = self.veth if self.root else [None, None]
-        self.a = Host(self, "hosta", addresses[0], self.netns[0], veths[0])
-        self.b = Host(self, "hostb", addresses[1], self.netns[1], veths[1])
+        agent_args = agent_args or {}
+        self.a = Host(self, "hosta", addresses[0], self.netns[0], veths[0], agent_args.get("hosta"))
+        self.b = Host(self, "hostb", addresses[1], self.netns[1], veths[1], agent_args.get("hostb"))
         _cleanups.append(self._stop_everything)
         self.a.start_agent()
         self.b.start_agent()

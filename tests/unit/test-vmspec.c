@@ -543,7 +543,113 @@ test_error_missing_required (void)
 {
   assert_error_message ("vcpus: 2\n", "name: required");
   assert_error_message ("name: x\ndisks: [{path: /a}]\n", "disks[0].format: required");
-  assert_error_message ("name: x\ndisks: [{format: raw}]\n", "disks[0].path: required");
+  assert_error_message ("name: x\ndisks: [{format: raw}]\n", "disks[0]: path or volume is required");
+}
+
+/* ---- volume disks --------------------------------------------------------- */
+
+static void
+test_volume_disk_default_pool (void)
+{
+  g_autoptr (FerryVmSpec) spec = parse_ok ("name: v\ndisks:\n  - volume: v-root.qcow2\n    format: qcow2\n");
+  FerryDiskSpec *disk = disk_at (spec, 0);
+
+  g_assert_null (disk->path);
+  g_assert_cmpstr (disk->volume, ==, "v-root.qcow2");
+  g_assert_cmpstr (disk->pool, ==, FERRY_DEFAULT_POOL);
+  g_assert_cmpint (disk->format, ==, FERRY_DISK_FORMAT_QCOW2);
+}
+
+static void
+test_volume_disk_named_pool (void)
+{
+  g_autoptr (FerryVmSpec) spec =
+    parse_ok ("name: v\ndisks:\n  - {pool: fast, volume: data, format: raw}\n"
+              "  - {path: /images/extra.raw, format: raw}\n");
+
+  g_assert_cmpstr (disk_at (spec, 0)->pool, ==, "fast");
+  g_assert_cmpstr (disk_at (spec, 0)->volume, ==, "data");
+  g_assert_null (disk_at (spec, 0)->path);
+  g_assert_cmpstr (disk_at (spec, 1)->path, ==, "/images/extra.raw");
+  g_assert_null (disk_at (spec, 1)->pool);
+  g_assert_null (disk_at (spec, 1)->volume);
+}
+
+/* Canonical JSON names the pool even when the user left it to default,
+ * so the stored spec does not depend on what "default" means later; a
+ * path disk gets neither member. */
+static void
+test_volume_disk_round_trip (void)
+{
+  g_autoptr (FerryVmSpec) spec =
+    parse_ok ("name: v\ndisks:\n  - {volume: a, format: raw}\n  - {path: /b, format: raw}\n");
+  g_autoptr (JsonNode) node = ferry_vm_spec_to_json (spec);
+  JsonArray *disks = json_object_get_array_member (json_node_get_object (node), "disks");
+  JsonObject *volume = json_array_get_object_element (disks, 0);
+  JsonObject *path = json_array_get_object_element (disks, 1);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (FerryVmSpec) back = NULL;
+  g_autoptr (FerryVmSpec) copy = NULL;
+
+  g_assert_cmpstr (json_object_get_string_member (volume, "pool"), ==, "default");
+  g_assert_cmpstr (json_object_get_string_member (volume, "volume"), ==, "a");
+  g_assert_false (json_object_has_member (volume, "path"));
+  g_assert_false (json_object_has_member (path, "pool"));
+  g_assert_false (json_object_has_member (path, "volume"));
+
+  back = ferry_vm_spec_from_json (node, &error);
+  g_assert_no_error (error);
+  g_assert_true (ferry_vm_spec_equal (spec, back));
+  copy = ferry_vm_spec_copy (spec);
+  g_assert_true (ferry_vm_spec_equal (spec, copy));
+  g_assert_cmpstr (disk_at (copy, 0)->pool, ==, "default");
+  g_assert_cmpstr (disk_at (copy, 0)->volume, ==, "a");
+
+  /* Another pool is another disk. */
+  g_free (disk_at (copy, 0)->pool);
+  disk_at (copy, 0)->pool = g_strdup ("fast");
+  g_assert_false (ferry_vm_spec_equal (spec, copy));
+}
+
+static void
+test_volume_name_rule (void)
+{
+  g_autofree char *longest = g_strnfill (FERRY_SPEC_MAX_VOLUME_NAME, 'v');
+  g_autofree char *too_long = g_strnfill (FERRY_SPEC_MAX_VOLUME_NAME + 1, 'v');
+
+  g_assert_true (ferry_volume_name_is_valid ("web1-root.qcow2"));
+  g_assert_true (ferry_volume_name_is_valid (longest));
+  g_assert_false (ferry_volume_name_is_valid (too_long));
+  g_assert_false (ferry_volume_name_is_valid (".hidden"));
+  g_assert_false (ferry_volume_name_is_valid (".."));
+  g_assert_false (ferry_volume_name_is_valid ("a/b"));
+  g_assert_false (ferry_volume_name_is_valid (""));
+  g_assert_false (ferry_volume_name_is_valid (NULL));
+}
+
+static void
+test_error_volume_disk (void)
+{
+  assert_error_message ("name: x\ndisks: [{path: /a, volume: a, format: raw}]\n",
+                        "disks[0]: give either path or volume, not both");
+  assert_error_message ("name: x\ndisks: [{path: /a, format: raw}, {bus: ide, format: raw}]\n",
+                        "disks[1]: path or volume is required");
+  assert_error_message ("name: x\ndisks: [{pool: fast, format: raw}]\n",
+                        "disks[0].pool: only allowed together with volume");
+  assert_error_message ("name: x\ndisks: [{volume: a}]\n", "disks[0].format: required");
+  assert_parse_error ("name: x\ndisks: [{volume: ../etc/passwd, format: raw}]\n",
+                      "disks[0].volume: must be 1 to 128 characters", "(got \"../etc/passwd\")");
+  assert_parse_error ("name: x\ndisks: [{volume: .a, format: raw}]\n", "disks[0].volume: must be");
+  assert_parse_error ("name: x\ndisks: [{volume: a, pool: \"bad/pool\", format: raw}]\n",
+                      "disks[0].pool: must be 1 to 64 characters");
+  assert_parse_error ("name: x\ndisks: [{volume: 7, format: raw}]\n",
+                      "disks[0].volume: must be a string (got integer)");
+  assert_error_message ("name: x\ndisks: [{volume: a, format: raw}, {volume: a, pool: default, format: qcow2}]\n",
+                        "disks[1].volume: same volume as disks[0]");
+  /* The same volume name in two pools is two images. */
+  g_autoptr (FerryVmSpec) spec =
+    parse_ok ("name: x\ndisks: [{volume: a, format: raw}, {volume: a, pool: fast, format: raw}]\n");
+  g_assert_cmpuint (spec->disks->len, ==, 2);
 }
 
 static void
@@ -867,6 +973,11 @@ main (int argc, char **argv)
   g_test_add_func ("/vmspec/error/integer-overflow", test_error_integer_overflow);
   g_test_add_func ("/vmspec/error/bad-enum", test_error_bad_enum);
   g_test_add_func ("/vmspec/error/missing-required", test_error_missing_required);
+  g_test_add_func ("/vmspec/volume/default-pool", test_volume_disk_default_pool);
+  g_test_add_func ("/vmspec/volume/named-pool", test_volume_disk_named_pool);
+  g_test_add_func ("/vmspec/volume/round-trip", test_volume_disk_round_trip);
+  g_test_add_func ("/vmspec/volume/name-rule", test_volume_name_rule);
+  g_test_add_func ("/vmspec/error/volume-disk", test_error_volume_disk);
   g_test_add_func ("/vmspec/error/bad-name", test_error_bad_name);
   g_test_add_func ("/vmspec/error/bad-uuid", test_error_bad_uuid);
   g_test_add_func ("/vmspec/error/relative-path", test_error_relative_path);
