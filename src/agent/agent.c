@@ -165,10 +165,11 @@ ferry_agent_recover (FerryAgent *agent, GError **error)
       FerryStoreJob *stored = g_ptr_array_index (jobs, i);
       g_info ("job %" G_GINT64_FORMAT " (%s, %s) was %s when the agent stopped; resolving",
               stored->id, stored->vm_name, stored->role, stored->state);
+      gboolean cold = stored->options_json != NULL && strstr (stored->options_json, "\"copy_storage\":true");
       if (g_str_equal (stored->role, "source"))
-        mig_src_recover (agent, stored);
+        (cold ? mig_cold_src_recover : mig_src_recover) (agent, stored);
       else
-        mig_dst_recover (agent, stored);
+        (cold ? mig_cold_dst_recover : mig_dst_recover) (agent, stored);
     }
 
   /* Transient VMs whose QEMU is gone have no reason to exist. (Job

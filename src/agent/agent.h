@@ -287,6 +287,10 @@ typedef struct {
   gint64 job_id;
 } FerryJobRef;
 FerryJobRef *ferry_job_ref_new (FerryJob *job);
+/* An in-memory job again for a stored one, after an agent restart. */
+FerryJob *ferry_job_restore (FerryAgent *agent, FerryStoreJob *stored, const FerryMigrateOptions *options);
+/* Persists job->stats now (they are otherwise saved at transitions). */
+void ferry_job_save_stats (FerryJob *job);
 FerryJob *ferry_job_ref_get (const FerryJobRef *ref);
 
 /* Creates and persists a job in state initial. */

@@ -655,6 +655,14 @@ local_address_string (SoupServerMessage *msg)
 }
 
 static void
+on_digests (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) reply = mig_cold_src_digests_finish (result, &error);
+  finish_paused (user_data, reply, 200, error);
+}
+
+static void
 handle_migrations (FerryAgent *agent, SoupServerMessage *msg, const char *method, char **parts)
 {
   g_autoptr (GError) error = NULL;
@@ -665,11 +673,27 @@ handle_migrations (FerryAgent *agent, SoupServerMessage *msg, const char *method
       g_autoptr (JsonObject) request = request_object (msg);
       if (request == NULL)
         return;
-      g_autoptr (JsonObject) reply = mig_dst_define_offline (agent, request, &error);
+      /* With disks the destination pulls them from where the request came
+       * from: the source's exports listen on that address. */
+      const char *peer = soup_server_message_get_remote_host (msg);
+      g_autoptr (JsonObject) reply =
+        json_object_get_boolean_member_with_default (request, "copy_storage", FALSE)
+          ? mig_cold_dst_prepare (agent, request, peer ? peer : "127.0.0.1", &error)
+          : mig_dst_define_offline (agent, request, &error);
       if (reply == NULL)
         reply_error (msg, error);
       else
         reply_json (msg, 201, reply);
+      return;
+    }
+  if (n == 4 && g_str_equal (parts[1], "outgoing") && g_str_equal (parts[3], "digests")
+      && g_str_equal (method, "POST"))
+    {
+      g_autoptr (JsonObject) request = request_object (msg);
+      if (request == NULL)
+        return;
+      soup_server_message_pause (msg);
+      mig_cold_src_digests_async (agent, parts[2], request, on_digests, g_object_ref (msg));
       return;
     }
   if (n < 2 || !g_str_equal (parts[1], "incoming"))

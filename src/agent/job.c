@@ -179,6 +179,39 @@ ferry_job_ref_new (FerryJob *job)
 }
 
 FerryJob *
+ferry_job_restore (FerryAgent *agent, FerryStoreJob *stored, const FerryMigrateOptions *options)
+{
+  FerryJob *job = g_new0 (FerryJob, 1);
+  job->agent = agent;
+  job->id = stored->id;
+  job->uuid = g_strdup (stored->uuid);
+  job->vm_name = g_strdup (stored->vm_name);
+  job->role = g_strcmp0 (stored->role, "source") == 0 ? FERRY_JOB_ROLE_SOURCE : FERRY_JOB_ROLE_DESTINATION;
+  job->options = *options;
+  job->state = ferry_job_state_from_string (stored->state);
+  job->peer_url = g_strdup (stored->peer_url);
+  g_autoptr (JsonNode) stats = stored->stats_json ? json_from_string (stored->stats_json, NULL) : NULL;
+  job->stats = stats && JSON_NODE_HOLDS_OBJECT (stats) ? json_object_ref (json_node_get_object (stats))
+                                                       : json_object_new ();
+  job->started_us = g_get_monotonic_time ();
+  job->created_wall_us = stored->created_us;
+  job->eta_s = -1;
+  g_hash_table_replace (agent->jobs, g_memdup2 (&job->id, sizeof job->id), job);
+  ferry_job_event (job, "info", "agent restarted; job resumed in state %s", stored->state);
+  return job;
+}
+
+void
+ferry_job_save_stats (FerryJob *job)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree char *text = ferry_json_object_to_string (job->stats, FALSE);
+  if (!ferry_store_job_update (job->agent->store, job->id, ferry_job_state_to_string (job->state), NULL,
+                               text, &error))
+    g_warning ("job %" G_GINT64_FORMAT ": cannot persist statistics: %s", job->id, error->message);
+}
+
+FerryJob *
 ferry_job_ref_get (const FerryJobRef *ref)
 {
   return g_hash_table_lookup (ref->agent->jobs, &ref->job_id);

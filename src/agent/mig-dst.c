@@ -369,7 +369,10 @@ mig_dst_status (FerryAgent *agent, const char *uuid, GError **error)
   if (job != NULL)
     {
       job->lease_renewed_us = g_get_monotonic_time ();
-      return job_status_json (job);
+      JsonObject *reply = job_status_json (job);
+      if (job->cold != NULL)
+        json_object_set_object_member (reply, "copy", mig_cold_dst_status (job));
+      return reply;
     }
   g_autoptr (FerryStoreJob) stored = ferry_store_job_get_by_uuid (agent->store, uuid,
                                                                   "destination", error);
@@ -531,6 +534,17 @@ mig_dst_finish_async (FerryAgent *agent, const char *uuid, gboolean postcopy,
 {
   GTask *task = g_task_new (NULL, cancellable, callback, user_data);
   FerryJob *job = ferry_job_lookup_uuid (agent, uuid, FERRY_JOB_ROLE_DESTINATION);
+  if (job != NULL && job->cold != NULL)
+    {
+      GError *error = NULL;
+      JsonObject *reply = mig_cold_dst_finish (job, &error);
+      if (reply != NULL)
+        g_task_return_pointer (task, reply, (GDestroyNotify) json_object_unref);
+      else
+        g_task_return_error (task, error);
+      g_object_unref (task);
+      return;
+    }
   if (job == NULL || job->state != FERRY_JOB_PREPARED)
     {
       g_task_return_new_error (task, FERRY_ERROR, job ? FERRY_ERROR_CONFLICT : FERRY_ERROR_NOT_FOUND,
@@ -741,6 +755,11 @@ mig_dst_abort (FerryAgent *agent, const char *uuid, const char *reason, GError *
       g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
                    "destination: migration %s runs the guest here; too late to abort", uuid);
       return FALSE;
+    }
+  if (job->cold != NULL)
+    {
+      mig_cold_dst_abort (job, reason);
+      return TRUE;
     }
   mig_dst_teardown (job, FERRY_JOB_CANCELLED, reason ? reason : "aborted by the source");
   return TRUE;

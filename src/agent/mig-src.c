@@ -1184,6 +1184,8 @@ mig_src_begin (FerryVm *vm, const char *dest_url, const FerryMigrateOptions *opt
                    "VM '%s' is already migrating (job %" G_GINT64_FORMAT ")", vm->name, vm->job->id);
       return NULL;
     }
+  if (!options->live && options->copy_storage)
+    return mig_cold_src_begin (vm, dest_url, options, error);
   if (options->live && vm->state != FERRY_VM_RUNNING && vm->state != FERRY_VM_PAUSED)
     {
       g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
@@ -1244,6 +1246,8 @@ mig_src_abort (FerryVm *vm, GError **error)
                    "too late to abort: the destination is taking over VM '%s'", vm->name);
       return FALSE;
     }
+  if (job->cold != NULL)
+    return mig_cold_src_abort (job, error);
   job->abort_requested = TRUE;
   ferry_job_event (job, "warning", "abort requested");
   if (job->state == FERRY_JOB_PERFORMING)

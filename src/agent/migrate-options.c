@@ -32,7 +32,17 @@ ferry_migrate_options_init (FerryMigrateOptions *options)
     .completion_timeout_per_gib_s = 150,
     .progress_timeout_s = 150,
     .timeout_action = FERRY_TIMEOUT_ABORT,
+    .parallel_disks = 2,
   };
+}
+
+const char *
+ferry_migrate_options_map_pool (const FerryMigrateOptions *options, const char *pool)
+{
+  for (guint i = 0; i < options->n_storage_map; i++)
+    if (g_str_equal (options->storage_map_from[i], pool))
+      return options->storage_map_to[i];
+  return pool;
 }
 
 gboolean
@@ -53,9 +63,21 @@ ferry_migrate_options_validate (const FerryMigrateOptions *options, GError **err
 {
   gboolean tuned = options->parallel_connections > 1 || options->compress != FERRY_COMPRESS_NONE
                    || options->xbzrle || options->auto_converge || options->postcopy;
-  if (!options->live && (tuned || options->bandwidth_mib > 0 || options->postcopy_after_s > 0))
-    return refuse (error, "mode: bandwidth, multifd, compression, xbzrle, auto-converge and "
+  if (!options->live && (tuned || options->postcopy_after_s > 0))
+    return refuse (error, "mode: multifd, compression, xbzrle, auto-converge and "
                           "post-copy apply to live migration only");
+  if (!options->live && !options->copy_storage && options->bandwidth_mib > 0)
+    return refuse (error, "bandwidth_mib: an offline migration without copy_storage sends no data");
+  if (options->live && options->copy_storage)
+    return refuse (error, "copy_storage: live migration with a storage copy is not available yet; "
+                          "use mode 'offline' (the VM is shut down for the copy)");
+  if (options->live && (options->start || options->force_stop))
+    return refuse (error, "start: force_stop and start apply to offline migration");
+  if (!options->copy_storage && (options->delete_source_disks || options->n_storage_map > 0))
+    return refuse (error, "copy_storage: delete_source_disks and storage_map need copy_storage");
+  if (options->delete_source_disks && !options->undefine_source)
+    return refuse (error, "delete_source_disks: needs undefine_source (a definition without its "
+                          "disks would be left behind)");
   if (ferry_migrate_options_multifd (options) && options->postcopy)
     return refuse (error, "postcopy: QEMU does not support multifd (parallel_connections) "
                           "together with post-copy; choose one");
@@ -75,7 +97,8 @@ ferry_migrate_options_validate (const FerryMigrateOptions *options, GError **err
 static const char *const migrate_fields[] = {
   "dest", "mode", "persistent", "undefine_source", "bandwidth_mib", "max_downtime_ms", "tls",
   "strategy", "parallel_connections", "compress", "xbzrle", "auto_converge", "postcopy",
-  "postcopy_after_s", "completion_timeout_per_gib_s", "progress_timeout_s", "timeout_action", NULL
+  "postcopy_after_s", "completion_timeout_per_gib_s", "progress_timeout_s", "timeout_action",
+  "copy_storage", "start", "delete_source_disks", "force_stop", "parallel_disks", "storage_map", NULL
 };
 
 static gboolean
@@ -96,6 +119,49 @@ parse_choice (JsonObject *request, const char *member, const char *const *choice
   g_autofree char *list = g_strjoinv (", ", (char **) choices);
   g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "%s: must be one of %s", member, list);
   return FALSE;
+}
+
+/* "storage_map": ["SRCPOOL=DSTPOOL", ...] */
+static gboolean
+parse_storage_map (JsonObject *request, FerryMigrateOptions *options, GError **error)
+{
+  JsonNode *node = json_object_get_member (request, "storage_map");
+  if (node == NULL || JSON_NODE_HOLDS_NULL (node))
+    return TRUE;
+  if (!JSON_NODE_HOLDS_ARRAY (node))
+    return refuse (error, "storage_map: must be a list of \"SRCPOOL=DSTPOOL\" strings");
+  JsonArray *array = json_node_get_array (node);
+  if (json_array_get_length (array) > FERRY_MAX_STORAGE_MAP)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                   "storage_map: at most %d entries", FERRY_MAX_STORAGE_MAP);
+      return FALSE;
+    }
+  for (guint i = 0; i < json_array_get_length (array); i++)
+    {
+      JsonNode *element = json_array_get_element (array, i);
+      const char *text = JSON_NODE_HOLDS_VALUE (element) && json_node_get_value_type (element) == G_TYPE_STRING
+                           ? json_node_get_string (element) : NULL;
+      g_auto (GStrv) pair = text ? g_strsplit (text, "=", 2) : NULL;
+      if (pair == NULL || g_strv_length (pair) != 2 || !ferry_vm_name_is_valid (pair[0])
+          || !ferry_vm_name_is_valid (pair[1]))
+        {
+          g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                       "storage_map[%u]: must be SRCPOOL=DSTPOOL with two pool names", i);
+          return FALSE;
+        }
+      for (guint j = 0; j < options->n_storage_map; j++)
+        if (g_str_equal (options->storage_map_from[j], pair[0]))
+          {
+            g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                         "storage_map[%u]: pool '%s' is mapped twice", i, pair[0]);
+            return FALSE;
+          }
+      g_strlcpy (options->storage_map_from[options->n_storage_map], pair[0], FERRY_SPEC_MAX_NAME + 1);
+      g_strlcpy (options->storage_map_to[options->n_storage_map], pair[1], FERRY_SPEC_MAX_NAME + 1);
+      options->n_storage_map++;
+    }
+  return TRUE;
 }
 
 gboolean
@@ -135,6 +201,14 @@ ferry_migrate_options_parse (JsonObject *request, char **dest, FerryMigrateOptio
                               &options->progress_timeout_s, error)
       || !parse_choice (request, "timeout_action", actions, 2, &action, error))
     return FALSE;
+  if (!ferry_json_get_bool (request, "copy_storage", FALSE, &options->copy_storage, error)
+      || !ferry_json_get_bool (request, "start", FALSE, &options->start, error)
+      || !ferry_json_get_bool (request, "delete_source_disks", FALSE, &options->delete_source_disks, error)
+      || !ferry_json_get_bool (request, "force_stop", FALSE, &options->force_stop, error)
+      || !ferry_json_get_int (request, "parallel_disks", FALSE, 1, FERRY_MAX_PARALLEL_DISKS,
+                              &options->parallel_disks, error)
+      || !parse_storage_map (request, options, error))
+    return FALSE;
   if (mode == G_MAXUINT)
     return refuse (error, "mode: required ('live' or 'offline')");
   options->live = mode == 0;
@@ -166,5 +240,21 @@ ferry_migrate_options_to_json (const FerryMigrateOptions *options)
   json_object_set_int_member (json, "progress_timeout_s", options->progress_timeout_s);
   json_object_set_string_member (json, "timeout_action",
                                  options->timeout_action == FERRY_TIMEOUT_ABORT ? "abort" : "postcopy");
+  if (!options->live)
+    {
+      json_object_set_boolean_member (json, "copy_storage", options->copy_storage);
+      json_object_set_boolean_member (json, "start", options->start);
+      json_object_set_boolean_member (json, "delete_source_disks", options->delete_source_disks);
+      json_object_set_boolean_member (json, "force_stop", options->force_stop);
+      json_object_set_int_member (json, "parallel_disks", options->parallel_disks);
+      JsonArray *map = json_array_new ();
+      for (guint i = 0; i < options->n_storage_map; i++)
+        {
+          g_autofree char *pair = g_strdup_printf ("%s=%s", options->storage_map_from[i],
+                                                   options->storage_map_to[i]);
+          json_array_add_string_element (map, pair);
+        }
+      json_object_set_array_member (json, "storage_map", map);
+    }
   return json;
 }

@@ -202,6 +202,9 @@ ferry_vm_set_state (FerryVm *vm, FerryVmState state)
   if (!ferry_store_vm_set_runtime (vm->agent->store, vm->name, ferry_vm_state_to_string (state),
                                    vm->pid, &error))
     g_warning ("vm %s: cannot persist state: %s", vm->name, error->message);
+  /* A cold migration waits for its guest to stop. */
+  if (vm->job != NULL && vm->job->cold != NULL && vm->job->role == FERRY_JOB_ROLE_SOURCE)
+    mig_cold_src_on_vm_state (vm->job, state);
 }
 
 /* Does pid still belong to this VM's QEMU? Guards against pid reuse after
@@ -242,7 +245,8 @@ on_qmp_closed (FerryQmp *qmp, gpointer user_data)
   ferry_vm_set_state (vm, FERRY_VM_SHUTOFF);
 
   FerryJob *job = vm->job;
-  if (job != NULL)
+  /* A cold migration stopped this guest itself (ferry_vm_set_state told it). */
+  if (job != NULL && job->cold == NULL)
     {
       if (job->role == FERRY_JOB_ROLE_DESTINATION)
         mig_dst_on_vm_gone (job);
@@ -277,9 +281,11 @@ on_qmp_event (FerryQmp *qmp, const char *name, JsonObject *data, gint64 timestam
       if (vm->state != FERRY_VM_MIGRATED)
         ferry_vm_set_state (vm, FERRY_VM_SHUTTING_DOWN);
     }
-  if (vm->job != NULL && vm->job->role == FERRY_JOB_ROLE_SOURCE)
+  if (vm->job == NULL || vm->job->cold != NULL)
+    return;
+  if (vm->job->role == FERRY_JOB_ROLE_SOURCE)
     mig_src_on_qmp_event (vm->job, name, data);
-  else if (vm->job != NULL)
+  else
     mig_dst_on_qmp_event (vm->job, name, data);
 }
 
@@ -498,6 +504,15 @@ ferry_vm_start_async (FerryVm *vm, const FerryVmStartOptions *options, GCancella
                                vm->name, ferry_vm_state_to_string (vm->state));
       return;
     }
+  if (vm->job != NULL && vm->job->role == FERRY_JOB_ROLE_SOURCE)
+    {
+      /* Its disks are being copied: a guest writing to them now would
+       * make the copy a different VM. */
+      g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_CONFLICT,
+                               "VM '%s' is being migrated (job %" G_GINT64_FORMAT "); abort the "
+                               "migration first", vm->name, vm->job->id);
+      return;
+    }
   if (g_mkdir_with_parents (vm->dir, 0700) < 0)
     {
       g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_FAILED, "cannot create %s: %s",
@@ -661,7 +676,8 @@ ferry_vm_shutdown (FerryVm *vm, guint timeout_s, GError **error)
 {
   if (!require_running_qemu (vm, error))
     return FALSE;
-  if (vm->job != NULL)
+  /* A cold migration shuts its guest down itself. */
+  if (vm->job != NULL && vm->job->cold == NULL)
     {
       g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
                    "VM '%s' is migrating; abort the job first (ferry job abort %s)", vm->name,

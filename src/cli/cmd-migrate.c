@@ -72,6 +72,18 @@ print_summary (JsonObject *job)
                                                           : "no reason given");
       return;
     }
+  JsonObject *copy = member_object (stats, "ferry-copy");
+  if (copy != NULL)
+    {
+      g_autofree char *total = ferry_format_bytes (ferry_json_object_int (copy, "bytes_total"));
+      g_autofree char *read = ferry_format_bytes (ferry_json_object_int (copy, "bytes_read"));
+      JsonNode *disks = json_object_get_member (copy, "disks");
+      g_print ("migration completed in %.1f s: %u disks (%s) copied and verified, %s read from the source\n",
+               ferry_json_object_int (job, "elapsed_ms") / 1000.0,
+               disks && JSON_NODE_HOLDS_ARRAY (disks) ? json_array_get_length (json_node_get_array (disks)) : 0,
+               total, read);
+      return;
+    }
   if (g_strcmp0 (ferry_json_object_string (job, "kind"), "migrate-live") != 0)
     {
       g_print ("migration completed: definition moved (%" G_GINT64_FORMAT " ms)\n",
@@ -263,6 +275,12 @@ ferry_cmd_migrate (int argc, char **argv)
   gboolean xbzrle = FALSE;
   gboolean auto_converge = FALSE;
   gboolean postcopy = FALSE;
+  gboolean copy_storage = FALSE;
+  gboolean start = FALSE;
+  gboolean delete_source_disks = FALSE;
+  gboolean force_stop = FALSE;
+  int parallel_disks = -1;
+  g_auto (GStrv) storage_map = NULL;
   int bandwidth = -1;
   int max_downtime = -1;
   int parallel = -1;
@@ -274,7 +292,18 @@ ferry_cmd_migrate (int argc, char **argv)
   g_autofree char *timeout_action = NULL;
   GOptionEntry entries[] = {
     { "live", 0, 0, G_OPTION_ARG_NONE, &live, "Move the running VM (memory and device state)", NULL },
-    { "offline", 0, 0, G_OPTION_ARG_NONE, &offline, "Move a shut-off VM's definition", NULL },
+    { "offline", 0, 0, G_OPTION_ARG_NONE, &offline,
+      "Move a shut-off VM's definition (with --copy-storage: shut it down and copy its disks)", NULL },
+    { "copy-storage", 0, 0, G_OPTION_ARG_NONE, &copy_storage,
+      "Copy the VM's pool volumes to the destination (sparse, verified, resumable)", NULL },
+    { "start", 0, 0, G_OPTION_ARG_NONE, &start, "Start the VM on the destination afterwards", NULL },
+    { "delete-source-disks", 0, 0, G_OPTION_ARG_NONE, &delete_source_disks,
+      "Delete the source volumes once the destination confirmed (needs --undefine-source)", NULL },
+    { "force-stop", 0, 0, G_OPTION_ARG_NONE, &force_stop,
+      "Power the VM off if it ignores the ACPI shutdown", NULL },
+    { "parallel-disks", 0, 0, G_OPTION_ARG_INT, &parallel_disks, "Disks copied at once (default 2)", "N" },
+    { "storage-map", 0, 0, G_OPTION_ARG_STRING_ARRAY, &storage_map,
+      "Put volumes of pool SRCPOOL into DSTPOOL (repeatable)", "SRCPOOL=DSTPOOL" },
     { "persistent", 0, 0, G_OPTION_ARG_NONE, &persistent, "Keep the VM defined on the destination", NULL },
     { "undefine-source", 0, 0, G_OPTION_ARG_NONE, &undefine_source,
       "Remove the definition from the source once the destination confirmed", NULL },
@@ -356,9 +385,15 @@ ferry_cmd_migrate (int argc, char **argv)
       g_printerr ("ferry migrate: --max-downtime must be between 1 and 2000000 ms\n");
       return 2;
     }
-  if (offline && (bandwidth > 0 || max_downtime > 0 || no_tls))
+  if (offline && (max_downtime > 0 || no_tls || (bandwidth > 0 && !copy_storage)))
     {
-      g_printerr ("ferry migrate: --bandwidth, --max-downtime and --no-tls apply to --live only\n");
+      g_printerr ("ferry migrate: --max-downtime and --no-tls apply to --live only, --bandwidth to --live "
+                  "and --copy-storage\n");
+      return 2;
+    }
+  if (parallel_disks != -1 && (parallel_disks < 1 || parallel_disks > 8))
+    {
+      g_printerr ("ferry migrate: --parallel-disks must be between 1 and 8\n");
       return 2;
     }
   if (parallel != -1 && (parallel < 1 || parallel > 16))
@@ -413,6 +448,23 @@ ferry_cmd_migrate (int argc, char **argv)
     json_object_set_int_member (body, "progress_timeout_s", progress_timeout);
   if (timeout_action != NULL)
     json_object_set_string_member (body, "timeout_action", timeout_action);
+  if (copy_storage)
+    json_object_set_boolean_member (body, "copy_storage", TRUE);
+  if (start)
+    json_object_set_boolean_member (body, "start", TRUE);
+  if (delete_source_disks)
+    json_object_set_boolean_member (body, "delete_source_disks", TRUE);
+  if (force_stop)
+    json_object_set_boolean_member (body, "force_stop", TRUE);
+  if (parallel_disks > 0)
+    json_object_set_int_member (body, "parallel_disks", parallel_disks);
+  if (storage_map != NULL)
+    {
+      JsonArray *map = json_array_new ();
+      for (guint i = 0; storage_map[i] != NULL; i++)
+        json_array_add_string_element (map, storage_map[i]);
+      json_object_set_array_member (body, "storage_map", map);
+    }
   if (estimate)
     return migrate_estimate (client, argv[1], body);
 

@@ -12,6 +12,7 @@
 #define DEFAULT_IN_FLIGHT   8
 #define DEFAULT_STALL_S     30
 #define POLL_SLICE_MS       500
+#define ZERO_BLOCK          4096
 
 /* ---- rate limit ----------------------------------------------------------- */
 
@@ -505,10 +506,12 @@ write_nonzero (FerryNbdCopy *copy, struct nbd_handle *h, const guint8 *buf, guin
   guint stall_s = copy->options.stall_timeout_s;
   guint64 run_start = 0, run_length = 0;
 
-  /* One pass past the end (size 0) sends the last run. */
-  for (guint64 position = 0; position < length + FERRY_COPY_DIGEST_BLOCK; position += FERRY_COPY_DIGEST_BLOCK)
+  /* One pass past the end (size 0) sends the last run. Zeroes are found
+   * at the file system's block size, so the destination allocates no
+   * more than the source did. */
+  for (guint64 position = 0; position < length + ZERO_BLOCK; position += ZERO_BLOCK)
     {
-      guint64 size = position < length ? MIN (FERRY_COPY_DIGEST_BLOCK, length - position) : 0;
+      guint64 size = position < length ? MIN (ZERO_BLOCK, length - position) : 0;
       gboolean data = size > 0 && !block_is_zero (buf + position, size);
       if (data && run_length == 0)
         run_start = position;

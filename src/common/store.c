@@ -38,6 +38,12 @@ static const char schema_sql[] =
   "  level TEXT NOT NULL,"
   "  message TEXT NOT NULL);"
   "CREATE INDEX IF NOT EXISTS job_events_job ON job_events (job_id, time_us);"
+  "CREATE TABLE IF NOT EXISTS copy_chunks ("
+  "  job_id INTEGER NOT NULL,"
+  "  disk INTEGER NOT NULL,"
+  "  chunk INTEGER NOT NULL,"
+  "  digest TEXT NOT NULL,"
+  "  PRIMARY KEY (job_id, disk, chunk));"
   "PRAGMA user_version = 1;";
 
 static gboolean
@@ -495,4 +501,65 @@ ferry_store_job_events (FerryStore *store, gint64 job_id, GError **error)
       return NULL;
     }
   return g_steal_pointer (&list);
+}
+
+/* ---- copied chunks -------------------------------------------------------- */
+
+gboolean
+ferry_store_chunk_put (FerryStore *store, gint64 job_id, guint disk, guint64 chunk, const char *digest,
+                       GError **error)
+{
+  g_autoptr (FerryStmt) stmt = prepare (store,
+    "INSERT OR REPLACE INTO copy_chunks (job_id, disk, chunk, digest) VALUES (?,?,?,?)", error);
+  if (stmt == NULL)
+    return FALSE;
+  sqlite3_bind_int64 (stmt, 1, job_id);
+  sqlite3_bind_int64 (stmt, 2, disk);
+  sqlite3_bind_int64 (stmt, 3, (sqlite3_int64) chunk);
+  sqlite3_bind_text (stmt, 4, digest, -1, SQLITE_TRANSIENT);
+  if (sqlite3_step (stmt) != SQLITE_DONE)
+    return set_sqlite_error (store, "record a copied chunk", error);
+  return TRUE;
+}
+
+GHashTable *
+ferry_store_chunks_get (FerryStore *store, gint64 job_id, guint disk, GError **error)
+{
+  g_autoptr (FerryStmt) stmt = prepare (store,
+    "SELECT chunk, digest FROM copy_chunks WHERE job_id = ? AND disk = ?", error);
+  if (stmt == NULL)
+    return NULL;
+  sqlite3_bind_int64 (stmt, 1, job_id);
+  sqlite3_bind_int64 (stmt, 2, disk);
+  g_autoptr (GHashTable) chunks = g_hash_table_new_full (g_int64_hash, g_int64_equal, g_free, g_free);
+  int rc;
+  while ((rc = sqlite3_step (stmt)) == SQLITE_ROW)
+    {
+      gint64 *chunk = g_new (gint64, 1);
+      *chunk = sqlite3_column_int64 (stmt, 0);
+      g_hash_table_insert (chunks, chunk, column_strdup (stmt, 1));
+    }
+  if (rc != SQLITE_DONE)
+    {
+      set_sqlite_error (store, "list copied chunks", error);
+      return NULL;
+    }
+  return g_steal_pointer (&chunks);
+}
+
+gboolean
+ferry_store_chunks_delete (FerryStore *store, gint64 job_id, gint disk, gint64 chunk, GError **error)
+{
+  g_autoptr (FerryStmt) stmt = prepare (store,
+    "DELETE FROM copy_chunks WHERE job_id = ? AND (? < 0 OR disk = ?) AND (? < 0 OR chunk = ?)", error);
+  if (stmt == NULL)
+    return FALSE;
+  sqlite3_bind_int64 (stmt, 1, job_id);
+  sqlite3_bind_int64 (stmt, 2, disk);
+  sqlite3_bind_int64 (stmt, 3, disk);
+  sqlite3_bind_int64 (stmt, 4, chunk);
+  sqlite3_bind_int64 (stmt, 5, chunk);
+  if (sqlite3_step (stmt) != SQLITE_DONE)
+    return set_sqlite_error (store, "forget copied chunks", error);
+  return TRUE;
 }

@@ -94,4 +94,15 @@ gboolean ferry_store_job_add_event (FerryStore *store, gint64 job_id, const char
                                     const char *message, GError **error);
 GPtrArray *ferry_store_job_events (FerryStore *store, gint64 job_id, GError **error);
 
+/* ---- copied chunks (resumable disk copies) -------------------------------- */
+
+/* A chunk copied, flushed and read back on the destination, with its digest. */
+gboolean ferry_store_chunk_put (FerryStore *store, gint64 job_id, guint disk, guint64 chunk,
+                                const char *digest, GError **error);
+/* gint64* chunk → char* digest. */
+GHashTable *ferry_store_chunks_get (FerryStore *store, gint64 job_id, guint disk, GError **error);
+/* disk < 0: every disk; chunk < 0: every chunk. */
+gboolean ferry_store_chunks_delete (FerryStore *store, gint64 job_id, gint disk, gint64 chunk,
+                                    GError **error);
+
 G_END_DECLS

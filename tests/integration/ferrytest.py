@@ -262,9 +262,11 @@ class Cluster:
 
 
 def guest_spec(path, name, kernel, initrd, memory_mib=256, dirty_mib=0, dirty_rate=0,
-               marker=None, disks=None):
+               marker=None, disks=None, extra_cmdline=None):
     """Writes a VM spec for the test guest and returns its path."""
     cmdline = "console=ttyS0 quiet panic=-1"
+    if extra_cmdline:
+        cmdline += " " + extra_cmdline
     if dirty_mib:
         cmdline += f" ferry.dirty_mib={dirty_mib} ferry.dirty_rate={dirty_rate}"
     if marker:

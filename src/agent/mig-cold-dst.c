@@ -1,0 +1,1072 @@
+/* ferry agent — the destination side of a cold migration with disks.
+ *
+ * The destination pulls: it connects to the source's read-only exports
+ * (NBD over TLS) and writes into volumes it created in its own pools,
+ * through a local writable export. Pulling keeps every write on the host
+ * that owns the new copy, together with the record of which chunks are
+ * done, and the source never opens anything for writing.
+ *
+ * Each finished chunk is persisted with its digest; a restarted agent or a
+ * new attempt after a broken link copies only the chunks not recorded.
+ * When a disk is copied, the source computes the digest of every chunk
+ * from its own storage and the two lists must agree; disagreeing chunks
+ * are copied again (once). Any failure removes the volumes created here.
+ */
+#include "agent.h"
+
+#include <glib/gstdio.h>
+
+#include "jsonutil.h"
+#include "nbd-copy.h"
+#include "nbd-export.h"
+
+#define PROGRESS_MS 1000
+/* Room asked of a pool beyond the source's allocation: qcow2 metadata and
+ * allocation granularity differ between hosts. */
+#define SPACE_MARGIN_PERCENT 5
+#define SPACE_MARGIN_BYTES (64 * 1024 * 1024)
+/* A link that stays down this long fails the copy. */
+#define RETRY_BUDGET_S 600
+#define RETRY_MAX_DELAY_S 30
+#define DIGEST_BATCH 64
+#define MAX_VERIFY_ROUNDS 2
+#define PEER_TIMEOUT_S 30
+#define DIGEST_TIMEOUT_S 300
+
+typedef struct {
+  guint index;               /* in the spec's disk list */
+  char *pool;
+  char *volume;
+  char *format;
+  guint64 virtual_size;
+  guint64 allocated_bytes;
+  guint16 port;
+  char *export_name;
+  char *path;
+  gboolean created;
+  FerryNbdExport *local;
+  char *local_socket;
+  char *source_uri;
+  char *local_uri;
+  FerryNbdCopy *copy;        /* borrowed while a copy runs (the task owns it) */
+  GHashTable *done;          /* gint64* chunk → digest */
+  gboolean running;
+  gboolean verified;
+  guint verify_rounds;
+  guint64 bytes_read;        /* over every attempt */
+  guint64 bytes_written;
+  guint attempts;
+  gint64 failing_since_us;   /* monotonic; 0 while fine */
+  guint retry_timer;
+} ColdDisk;
+
+typedef struct {
+  FerryJobRef ref;
+  JsonObject *request;       /* as received: what a restarted agent needs */
+  GPtrArray *disks;          /* of ColdDisk* */
+  char *source_url;          /* https://ADDR:PORT of the source agent */
+  char *client_tls;          /* QEMU-layout creds: ca, client cert */
+  FerryRateLimit *limit;
+  GCancellable *cancel;
+  guint progress_timer;
+  gint64 copy_started_us;
+  guint64 rate_mark_bytes;
+  gint64 rate_mark_us;
+  double rate_bytes_s;
+} ColdDst;
+
+static void
+cold_disk_free (ColdDisk *disk)
+{
+  g_clear_handle_id (&disk->retry_timer, g_source_remove);
+  g_clear_pointer (&disk->local, ferry_nbd_export_free);
+  g_free (disk->pool);
+  g_free (disk->volume);
+  g_free (disk->format);
+  g_free (disk->export_name);
+  g_free (disk->path);
+  g_free (disk->local_socket);
+  g_free (disk->source_uri);
+  g_free (disk->local_uri);
+  g_clear_pointer (&disk->done, g_hash_table_unref);
+  g_free (disk);
+}
+
+static void
+cold_dst_free (ColdDst *cold)
+{
+  /* Copy threads may still be winding down: they hold the cancellable
+   * (their tasks' reference), and with it the rate limit. */
+  g_cancellable_cancel (cold->cancel);
+  g_clear_object (&cold->cancel);
+  g_clear_handle_id (&cold->progress_timer, g_source_remove);
+  g_clear_pointer (&cold->request, json_object_unref);
+  g_ptr_array_unref (cold->disks);
+  g_free (cold->source_url);
+  g_free (cold->client_tls);
+  g_free (cold);
+}
+
+static ColdDst *
+cold_of (FerryJob *job)
+{
+  return job->cold_free == (GDestroyNotify) cold_dst_free ? job->cold : NULL;
+}
+
+static void start_copies (FerryJob *job);
+static void verify_disk (FerryJob *job, ColdDisk *disk);
+
+/* ---- request --------------------------------------------------------------- */
+
+static const char *const cold_fields[] = {
+  "uuid", "spec", "live", "persistent", "tls", "source", "source_port", "copy_storage", "start",
+  "bandwidth_mib", "parallel_disks", "disks", "dry_run", NULL
+};
+static const char *const disk_fields[] = {
+  "index", "pool", "volume", "format", "virtual_size", "allocated_bytes", "port", "export", NULL
+};
+
+static gboolean
+disk_error (GError **error, FerryErrorCode code, guint i, const char *format, ...) G_GNUC_PRINTF (4, 5);
+static gboolean
+disk_error (GError **error, FerryErrorCode code, guint i, const char *format, ...)
+{
+  va_list args;
+  va_start (args, format);
+  g_autofree char *message = g_strdup_vprintf (format, args);
+  va_end (args);
+  g_set_error (error, FERRY_ERROR, code, "disks[%u].%s", i, message);
+  return FALSE;
+}
+
+/* Parses and checks one disk of the request against the spec and this
+ * host's pools. */
+static ColdDisk *
+parse_disk (FerryAgent *agent, const FerryVmSpec *spec, JsonNode *node, guint i, GError **error)
+{
+  if (!JSON_NODE_HOLDS_OBJECT (node))
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "disks[%u]: must be an object", i);
+      return NULL;
+    }
+  JsonObject *object = json_node_get_object (node);
+  g_autoptr (GError) local = NULL;
+  gint64 index = 0, virtual_size = 0, allocated = 0, port = 0;
+  g_autofree char *pool_name = NULL, *volume = NULL, *format = NULL, *export_name = NULL;
+  if (!ferry_json_reject_unknown (object, disk_fields, &local)
+      || !ferry_json_get_int (object, "index", TRUE, 0, FERRY_SPEC_MAX_DISKS - 1, &index, &local)
+      || !ferry_json_get_string (object, "pool", TRUE, &pool_name, &local)
+      || !ferry_json_get_string (object, "volume", TRUE, &volume, &local)
+      || !ferry_json_get_string (object, "format", TRUE, &format, &local)
+      || !ferry_json_get_int (object, "virtual_size", TRUE, 512, FERRY_VOLUME_MAX_BYTES, &virtual_size, &local)
+      || !ferry_json_get_int (object, "allocated_bytes", TRUE, 0, G_MAXINT64, &allocated, &local)
+      || !ferry_json_get_int (object, "port", FALSE, 1, 65535, &port, &local)
+      || !ferry_json_get_string (object, "export", FALSE, &export_name, &local))
+    {
+      g_set_error (error, FERRY_ERROR, local->code, "disks[%u].%s", i, local->message);
+      return NULL;
+    }
+  if (!g_str_equal (format, "qcow2") && !g_str_equal (format, "raw"))
+    return disk_error (error, FERRY_ERROR_INVALID_ARGUMENT, i, "format: '%s' is not supported "
+                       "(qcow2 or raw)", format), NULL;
+  if ((guint64) index >= spec->disks->len)
+    return disk_error (error, FERRY_ERROR_INVALID_ARGUMENT, i, "index: the spec has %u disks",
+                       spec->disks->len), NULL;
+  const FerryDiskSpec *disk_spec = g_ptr_array_index (spec->disks, index);
+  if (g_strcmp0 (disk_spec->pool, pool_name) != 0 || g_strcmp0 (disk_spec->volume, volume) != 0
+      || !g_str_equal (ferry_disk_format_to_string (disk_spec->format), format))
+    return disk_error (error, FERRY_ERROR_INVALID_ARGUMENT, i, "volume: does not match disks[%"
+                       G_GINT64_FORMAT "] of the spec", index), NULL;
+  FerryPool *pool = ferry_pool_lookup (agent, pool_name, &local);
+  if (pool == NULL)
+    return disk_error (error, local->code, i, "pool: %s", local->message), NULL;
+  g_autofree char *path = ferry_pool_volume_path (pool, volume, &local);
+  if (path == NULL)
+    return disk_error (error, local->code, i, "volume: %s", local->message), NULL;
+  if (g_file_test (path, G_FILE_TEST_EXISTS))
+    return disk_error (error, FERRY_ERROR_CONFLICT, i, "volume: '%s/%s' already exists on host %s",
+                       pool_name, volume, agent->config.host_name), NULL;
+
+  ColdDisk *disk = g_new0 (ColdDisk, 1);
+  disk->index = (guint) index;
+  disk->pool = g_steal_pointer (&pool_name);
+  disk->volume = g_steal_pointer (&volume);
+  disk->format = g_steal_pointer (&format);
+  disk->virtual_size = (guint64) virtual_size;
+  disk->allocated_bytes = (guint64) allocated;
+  disk->port = (guint16) port;
+  disk->export_name = g_steal_pointer (&export_name);
+  disk->path = g_steal_pointer (&path);
+  disk->done = g_hash_table_new_full (g_int64_hash, g_int64_equal, g_free, g_free);
+  return disk;
+}
+
+/* Each pool must hold what the source allocated, plus a margin. */
+static gboolean
+check_space (FerryAgent *agent, GPtrArray *disks, GError **error)
+{
+  g_autoptr (GHashTable) needed = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, g_free);
+  for (guint i = 0; i < disks->len; i++)
+    {
+      ColdDisk *disk = g_ptr_array_index (disks, i);
+      guint64 *sum = g_hash_table_lookup (needed, disk->pool);
+      if (sum == NULL)
+        {
+          sum = g_new0 (guint64, 1);
+          g_hash_table_insert (needed, disk->pool, sum);
+        }
+      *sum += disk->allocated_bytes + disk->allocated_bytes * SPACE_MARGIN_PERCENT / 100;
+    }
+  GHashTableIter iter;
+  const char *name;
+  guint64 *sum;
+  g_hash_table_iter_init (&iter, needed);
+  while (g_hash_table_iter_next (&iter, (gpointer *) &name, (gpointer *) &sum))
+    {
+      guint64 capacity, available;
+      FerryPool *pool = ferry_pool_lookup (agent, name, error);
+      if (pool == NULL || !ferry_pool_space (pool, &capacity, &available, error))
+        return FALSE;
+      if (*sum + SPACE_MARGIN_BYTES > available)
+        {
+          g_set_error (error, FERRY_ERROR, FERRY_ERROR_NO_SPACE,
+                       "pool '%s' on host %s has %" G_GUINT64_FORMAT " MiB free; the disks need %"
+                       G_GUINT64_FORMAT " MiB (their allocated size plus %d%% and %d MiB)",
+                       name, agent->config.host_name, available >> 20, (*sum + SPACE_MARGIN_BYTES) >> 20,
+                       SPACE_MARGIN_PERCENT, SPACE_MARGIN_BYTES >> 20);
+          return FALSE;
+        }
+    }
+  return TRUE;
+}
+
+static JsonArray *
+disks_array (JsonObject *request, GError **error)
+{
+  JsonNode *node = json_object_get_member (request, "disks");
+  if (node == NULL || !JSON_NODE_HOLDS_ARRAY (node) || json_array_get_length (json_node_get_array (node)) == 0
+      || json_array_get_length (json_node_get_array (node)) > FERRY_SPEC_MAX_DISKS)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                   "disks: a list of 1 to %d disks to copy is required", FERRY_SPEC_MAX_DISKS);
+      return NULL;
+    }
+  return json_node_get_array (node);
+}
+
+/* Every disk checked against the spec and this host (pools, names, room). */
+static GPtrArray *
+parse_disks (FerryAgent *agent, JsonObject *request, const FerryVmSpec *spec, gboolean dry_run,
+             GError **error)
+{
+  JsonArray *array = disks_array (request, error);
+  if (array == NULL)
+    return NULL;
+  g_autoptr (GPtrArray) disks = g_ptr_array_new_with_free_func ((GDestroyNotify) cold_disk_free);
+  for (guint i = 0; i < json_array_get_length (array); i++)
+    {
+      ColdDisk *disk = parse_disk (agent, spec, json_array_get_element (array, i), i, error);
+      if (disk == NULL)
+        return NULL;
+      if (!dry_run && (disk->port == 0 || disk->export_name == NULL))
+        {
+          g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "disks[%u].port: required", i);
+          cold_disk_free (disk);
+          return NULL;
+        }
+      for (guint j = 0; j < disks->len; j++)
+        {
+          ColdDisk *other = g_ptr_array_index (disks, j);
+          if (g_str_equal (other->path, disk->path) || other->index == disk->index)
+            {
+              g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                           "disks[%u]: the same volume or disk index twice", i);
+              cold_disk_free (disk);
+              return NULL;
+            }
+        }
+      g_ptr_array_add (disks, disk);
+    }
+  if (!check_space (agent, disks, error))
+    return NULL;
+  return g_steal_pointer (&disks);
+}
+
+/* A restarted agent's disks: the volumes exist now, and they are ours. */
+static GPtrArray *
+restore_disks (FerryJob *job, JsonObject *request, GError **error)
+{
+  JsonArray *array = disks_array (request, error);
+  if (array == NULL)
+    return NULL;
+  g_autoptr (GPtrArray) disks = g_ptr_array_new_with_free_func ((GDestroyNotify) cold_disk_free);
+  for (guint i = 0; i < json_array_get_length (array); i++)
+    {
+      JsonObject *object = json_array_get_object_element (array, i);
+      ColdDisk *disk = g_new0 (ColdDisk, 1);
+      g_ptr_array_add (disks, disk);
+      disk->index = (guint) ferry_json_object_int (object, "index");
+      disk->pool = g_strdup (ferry_json_object_string (object, "pool"));
+      disk->volume = g_strdup (ferry_json_object_string (object, "volume"));
+      disk->format = g_strdup (ferry_json_object_string (object, "format"));
+      disk->virtual_size = (guint64) ferry_json_object_int (object, "virtual_size");
+      disk->allocated_bytes = (guint64) ferry_json_object_int (object, "allocated_bytes");
+      disk->port = (guint16) ferry_json_object_int (object, "port");
+      disk->export_name = g_strdup (ferry_json_object_string (object, "export"));
+      FerryPool *pool = ferry_pool_lookup (job->agent, disk->pool ? disk->pool : "", error);
+      disk->path = pool ? ferry_pool_volume_path (pool, disk->volume ? disk->volume : "", error) : NULL;
+      if (disk->path == NULL)
+        return NULL;
+      disk->created = TRUE;
+      disk->done = ferry_store_chunks_get (job->agent->store, job->id, disk->index, NULL);
+      if (disk->done == NULL)
+        disk->done = g_hash_table_new_full (g_int64_hash, g_int64_equal, g_free, g_free);
+    }
+  return g_steal_pointer (&disks);
+}
+
+/* ---- teardown ---------------------------------------------------------------- */
+
+static void
+remove_created_volumes (FerryJob *job, ColdDst *cold)
+{
+  for (guint i = 0; i < cold->disks->len; i++)
+    {
+      ColdDisk *disk = g_ptr_array_index (cold->disks, i);
+      g_clear_pointer (&disk->local, ferry_nbd_export_free);
+      if (disk->created && g_unlink (disk->path) == 0)
+        ferry_job_event (job, "info", "removed the partial copy %s/%s", disk->pool, disk->volume);
+      disk->created = FALSE;
+    }
+}
+
+static void
+cold_teardown (FerryJob *job, FerryJobState terminal, const char *reason)
+{
+  ColdDst *cold = cold_of (job);
+  if (cold != NULL)
+    {
+      g_cancellable_cancel (cold->cancel);
+      remove_created_volumes (job, cold);
+    }
+  ferry_store_chunks_delete (job->agent->store, job->id, -1, -1, NULL);
+  ferry_job_finish (job, terminal, reason);
+}
+
+void
+mig_cold_dst_abort (FerryJob *job, const char *reason)
+{
+  cold_teardown (job, FERRY_JOB_CANCELLED, reason ? reason : "aborted by the source");
+}
+
+/* ---- progress ----------------------------------------------------------------- */
+
+JsonObject *
+mig_cold_dst_status (FerryJob *job)
+{
+  ColdDst *cold = cold_of (job);
+  JsonObject *status = json_object_new ();
+  JsonArray *disks = json_array_new ();
+  guint64 total = 0, done = 0, read = 0;
+  for (guint i = 0; cold != NULL && i < cold->disks->len; i++)
+    {
+      ColdDisk *disk = g_ptr_array_index (cold->disks, i);
+      guint64 chunks = ferry_copy_chunk_count (disk->virtual_size);
+      guint64 disk_done = 0, disk_read = disk->bytes_read;
+      GHashTableIter iter;
+      gint64 *chunk;
+      g_hash_table_iter_init (&iter, disk->done);
+      while (g_hash_table_iter_next (&iter, (gpointer *) &chunk, NULL))
+        disk_done += MIN ((guint64) FERRY_COPY_CHUNK_BYTES,
+                          disk->virtual_size - (guint64) *chunk * FERRY_COPY_CHUNK_BYTES);
+      if (disk->copy != NULL)
+        {
+          FerryNbdCopyProgress progress;
+          ferry_nbd_copy_get_progress (disk->copy, &progress);
+          disk_read += progress.bytes_read;
+        }
+      JsonObject *entry = json_object_new ();
+      json_object_set_int_member (entry, "index", disk->index);
+      json_object_set_string_member (entry, "pool", disk->pool);
+      json_object_set_string_member (entry, "volume", disk->volume);
+      json_object_set_int_member (entry, "virtual_size", (gint64) disk->virtual_size);
+      json_object_set_int_member (entry, "allocated_bytes", (gint64) disk->allocated_bytes);
+      json_object_set_int_member (entry, "bytes_done", (gint64) disk_done);
+      json_object_set_int_member (entry, "bytes_read", (gint64) disk_read);
+      json_object_set_int_member (entry, "chunks_done", g_hash_table_size (disk->done));
+      json_object_set_int_member (entry, "chunks_total", (gint64) chunks);
+      json_object_set_int_member (entry, "attempts", disk->attempts);
+      json_object_set_boolean_member (entry, "verified", disk->verified);
+      json_array_add_object_element (disks, entry);
+      total += disk->virtual_size;
+      done += disk_done;
+      read += disk_read;
+    }
+  json_object_set_array_member (status, "disks", disks);
+  json_object_set_int_member (status, "bytes_total", (gint64) total);
+  json_object_set_int_member (status, "bytes_done", (gint64) done);
+  json_object_set_int_member (status, "bytes_read", (gint64) read);
+  if (cold != NULL)
+    {
+      json_object_set_double_member (status, "rate_mib_s", cold->rate_bytes_s / 1048576.0);
+      double left = (double) (total - done);
+      json_object_set_double_member (status, "eta_s", cold->rate_bytes_s > 0 ? left / cold->rate_bytes_s : -1);
+    }
+  return status;
+}
+
+static gboolean
+on_progress_timer (gpointer user_data)
+{
+  FerryJob *job = ferry_job_ref_get (user_data);
+  ColdDst *cold = job ? cold_of (job) : NULL;
+  if (cold == NULL)
+    return G_SOURCE_REMOVE;
+  g_autoptr (JsonObject) status = mig_cold_dst_status (job);
+  guint64 done = (guint64) ferry_json_object_int (status, "bytes_done");
+  guint64 total = (guint64) ferry_json_object_int (status, "bytes_total");
+  gint64 now = g_get_monotonic_time ();
+  /* Rate over virtual bytes (holes count: they are "done" too), smoothed. */
+  if (cold->rate_mark_us > 0 && now > cold->rate_mark_us)
+    {
+      double rate = (double) (done - MIN (done, cold->rate_mark_bytes)) * 1e6 / (double) (now - cold->rate_mark_us);
+      cold->rate_bytes_s = cold->rate_bytes_s > 0 ? 0.7 * cold->rate_bytes_s + 0.3 * rate : rate;
+    }
+  cold->rate_mark_bytes = done;
+  cold->rate_mark_us = now;
+  json_object_set_object_member (job->stats, "ferry-copy", json_object_ref (status));
+  double share = total > 0 ? (double) done / (double) total : 0;
+  ferry_job_set_progress (job, 5 + share * 85,
+                          cold->rate_bytes_s > 0 ? (double) (total - done) / cold->rate_bytes_s : -1);
+  return G_SOURCE_CONTINUE;
+}
+
+/* ---- copying -------------------------------------------------------------------- */
+
+typedef struct {
+  FerryJobRef ref;
+  guint disk;
+  guint64 chunk;
+  char digest[FERRY_COPY_DIGEST_LEN];
+} ChunkNote;
+
+/* Main thread: a chunk is on the destination's storage; remember it. */
+static gboolean
+on_chunk_noted (gpointer user_data)
+{
+  g_autofree ChunkNote *note = user_data;
+  FerryJob *job = ferry_job_ref_get (&note->ref);
+  ColdDst *cold = job ? cold_of (job) : NULL;
+  g_autoptr (GError) error = NULL;
+  if (cold == NULL || note->disk >= cold->disks->len)
+    return G_SOURCE_REMOVE;
+  ColdDisk *disk = g_ptr_array_index (cold->disks, note->disk);
+  if (!ferry_store_chunk_put (job->agent->store, job->id, note->disk, note->chunk, note->digest, &error))
+    g_warning ("job %" G_GINT64_FORMAT ": %s", job->id, error->message);
+  gint64 *key = g_new (gint64, 1);
+  *key = (gint64) note->chunk;
+  g_hash_table_replace (disk->done, key, g_strdup (note->digest));
+  return G_SOURCE_REMOVE;
+}
+
+typedef struct {
+  FerryJobRef ref;
+  guint disk;
+} CopyTaskData;
+
+/* Worker thread. */
+static void
+on_chunk_done (const FerryCopyChunk *chunk, gpointer user_data)
+{
+  CopyTaskData *data = user_data;
+  ChunkNote *note = g_new0 (ChunkNote, 1);
+  note->ref = data->ref;
+  note->disk = data->disk;
+  note->chunk = chunk->index;
+  g_strlcpy (note->digest, chunk->digest, sizeof note->digest);
+  g_main_context_invoke (NULL, on_chunk_noted, note);
+}
+
+static void
+run_copy_thread (GTask *task, gpointer source_object, gpointer task_data, GCancellable *cancellable)
+{
+  FerryNbdCopy *copy = g_object_get_data (G_OBJECT (task), "copy");
+  GError *error = NULL;
+  if (ferry_nbd_copy_run (copy, cancellable, &error))
+    g_task_return_boolean (task, TRUE);
+  else
+    g_task_return_error (task, error);
+}
+
+static gboolean on_retry (gpointer user_data);
+
+static void
+schedule_retry (FerryJob *job, ColdDisk *disk, const GError *error)
+{
+  gint64 now = g_get_monotonic_time ();
+  if (disk->failing_since_us == 0)
+    disk->failing_since_us = now;
+  guint delay_s = MIN (RETRY_MAX_DELAY_S, 1u << MIN (disk->attempts, 5u));
+  ferry_job_event (job, "warning", "disk %s/%s: %s; retrying in %u s (finished chunks are kept)",
+                   disk->pool, disk->volume, error->message, delay_s);
+  CopyTaskData *data = g_new0 (CopyTaskData, 1);
+  data->ref = cold_of (job)->ref;
+  data->disk = disk->index;
+  disk->retry_timer = g_timeout_add_seconds_full (G_PRIORITY_DEFAULT, delay_s, on_retry, data, g_free);
+}
+
+static gboolean
+transient (const GError *error)
+{
+  return g_error_matches (error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE)
+         || g_error_matches (error, FERRY_ERROR, FERRY_ERROR_TIMEOUT);
+}
+
+static ColdDisk *
+disk_by_index (ColdDst *cold, guint index)
+{
+  for (guint i = 0; i < cold->disks->len; i++)
+    {
+      ColdDisk *disk = g_ptr_array_index (cold->disks, i);
+      if (disk->index == index)
+        return disk;
+    }
+  return NULL;
+}
+
+static void
+on_copy_done (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  CopyTaskData *data = g_task_get_task_data (G_TASK (result));
+  FerryJob *job = ferry_job_ref_get (&data->ref);
+  ColdDst *cold = job ? cold_of (job) : NULL;
+  g_autoptr (GError) error = NULL;
+  gboolean ok = g_task_propagate_boolean (G_TASK (result), &error);
+  if (cold == NULL || job->state != FERRY_JOB_COPYING)
+    return;
+  ColdDisk *disk = disk_by_index (cold, data->disk);
+  FerryNbdCopyProgress progress;
+  ferry_nbd_copy_get_progress (disk->copy, &progress);
+  disk->bytes_read += progress.bytes_read;
+  disk->bytes_written += progress.bytes_written;
+  disk->copy = NULL;
+  disk->running = FALSE;
+  if (ok)
+    {
+      disk->failing_since_us = 0;
+      verify_disk (job, disk);
+      return;
+    }
+  gint64 failing_s = disk->failing_since_us ? (g_get_monotonic_time () - disk->failing_since_us) / G_USEC_PER_SEC : 0;
+  if (transient (error) && failing_s < RETRY_BUDGET_S && !g_cancellable_is_cancelled (cold->cancel))
+    {
+      schedule_retry (job, disk, error);
+      return;
+    }
+  g_autofree char *reason = g_strdup_printf ("copying disk %s/%s failed: %s", disk->pool, disk->volume,
+                                             error->message);
+  cold_teardown (job, FERRY_JOB_FAILED, reason);
+}
+
+static void
+start_disk_copy (FerryJob *job, ColdDisk *disk)
+{
+  ColdDst *cold = cold_of (job);
+  guint64 n_chunks = ferry_copy_chunk_count (disk->virtual_size);
+  g_autoptr (GArray) todo = g_array_new (FALSE, FALSE, sizeof (guint64));
+  for (guint64 chunk = 0; chunk < n_chunks; chunk++)
+    {
+      gint64 key = (gint64) chunk;
+      if (!g_hash_table_contains (disk->done, &key))
+        g_array_append_val (todo, chunk);
+    }
+  FerryNbdCopyOptions options = { .rate_limit = cold->limit };
+  FerryNbdCopy *copy = ferry_nbd_copy_new (disk->source_uri, disk->local_uri, &options);
+  ferry_nbd_copy_select_chunks (copy, (const guint64 *) todo->data, todo->len);
+  CopyTaskData *data = g_new0 (CopyTaskData, 1);
+  data->ref = cold->ref;
+  data->disk = disk->index;
+  ferry_nbd_copy_set_chunk_done (copy, on_chunk_done, data);
+
+  disk->attempts++;
+  disk->running = TRUE;
+  disk->copy = copy;
+  if (disk->attempts == 1 && todo->len == n_chunks)
+    ferry_job_event (job, "info", "copying disk %s/%s (%" G_GUINT64_FORMAT " MiB allocated of %"
+                     G_GUINT64_FORMAT " MiB)", disk->pool, disk->volume, disk->allocated_bytes >> 20,
+                     disk->virtual_size >> 20);
+  else
+    ferry_job_event (job, "info", "disk %s/%s: %u of %" G_GUINT64_FORMAT " chunks left to copy (attempt %u)",
+                     disk->pool, disk->volume, todo->len, n_chunks, disk->attempts);
+  GTask *task = g_task_new (NULL, cold->cancel, on_copy_done, NULL);
+  g_task_set_task_data (task, data, g_free);
+  g_object_set_data_full (G_OBJECT (task), "copy", copy, (GDestroyNotify) ferry_nbd_copy_free);
+  g_task_run_in_thread (task, run_copy_thread);
+  g_object_unref (task);
+}
+
+static gboolean
+on_retry (gpointer user_data)
+{
+  CopyTaskData *data = user_data;
+  FerryJob *job = ferry_job_ref_get (&data->ref);
+  ColdDst *cold = job ? cold_of (job) : NULL;
+  if (cold != NULL)
+    {
+      ColdDisk *disk = disk_by_index (cold, data->disk);
+      disk->retry_timer = 0;
+      if (job->state == FERRY_JOB_COPYING)
+        start_disk_copy (job, disk);
+    }
+  return G_SOURCE_REMOVE;
+}
+
+static void
+start_copies (FerryJob *job)
+{
+  ColdDst *cold = cold_of (job);
+  guint running = 0, verified = 0;
+  for (guint i = 0; i < cold->disks->len; i++)
+    {
+      ColdDisk *disk = g_ptr_array_index (cold->disks, i);
+      running += disk->running || disk->retry_timer != 0;
+      verified += disk->verified;
+    }
+  if (verified == cold->disks->len)
+    {
+      on_progress_timer (&cold->ref);
+      g_clear_handle_id (&cold->progress_timer, g_source_remove);
+      gint64 elapsed_ms = (g_get_monotonic_time () - cold->copy_started_us) / 1000;
+      g_autoptr (JsonObject) status = mig_cold_dst_status (job);
+      json_object_set_int_member (status, "elapsed_ms", elapsed_ms);
+      json_object_set_object_member (job->stats, "ferry-copy", json_object_ref (status));
+      ferry_job_event (job, "info", "all disks copied and verified: %" G_GINT64_FORMAT " MiB read from the "
+                       "source in %.1f s", ferry_json_object_int (status, "bytes_read") >> 20,
+                       (double) elapsed_ms / 1000);
+      ferry_job_transition (job, FERRY_JOB_PREPARED, "disks copied and verified");
+      return;
+    }
+  for (guint i = 0; i < cold->disks->len && running < (guint) MAX (job->options.parallel_disks, 1); i++)
+    {
+      ColdDisk *disk = g_ptr_array_index (cold->disks, i);
+      if (disk->verified || disk->running || disk->retry_timer != 0 || disk->verify_rounds > 0)
+        continue;
+      start_disk_copy (job, disk);
+      running++;
+    }
+}
+
+/* ---- verification ------------------------------------------------------------------ */
+
+typedef struct {
+  FerryJobRef ref;
+  guint disk;
+  GArray *chunks;           /* guint64, all of the disk */
+  guint position;           /* next batch starts here */
+  guint mismatches;
+  GArray *bad;              /* guint64 */
+} VerifyData;
+
+static void
+verify_data_free (VerifyData *data)
+{
+  g_array_unref (data->chunks);
+  g_array_unref (data->bad);
+  g_free (data);
+}
+
+static void request_digests (FerryJob *job, VerifyData *data);
+
+static void
+on_digests (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  VerifyData *data = user_data;
+  FerryJob *job = ferry_job_ref_get (&data->ref);
+  ColdDst *cold = job ? cold_of (job) : NULL;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
+  if (cold == NULL || job->state != FERRY_JOB_COPYING)
+    {
+      verify_data_free (data);
+      return;
+    }
+  ColdDisk *disk = disk_by_index (cold, data->disk);
+  JsonNode *node = reply ? json_object_get_member (reply, "digests") : NULL;
+  guint batch = MIN (DIGEST_BATCH, data->chunks->len - data->position);
+  if (node == NULL || !JSON_NODE_HOLDS_ARRAY (node) || json_array_get_length (json_node_get_array (node)) != batch)
+    {
+      g_autofree char *reason = g_strdup_printf ("cannot verify disk %s/%s: %s", disk->pool, disk->volume,
+                                                 error ? error->message : "the source sent no digests");
+      verify_data_free (data);
+      if (error != NULL && transient (error))
+        {
+          disk->verify_rounds = 0;
+          schedule_retry (job, disk, error);
+          return;
+        }
+      cold_teardown (job, FERRY_JOB_FAILED, reason);
+      return;
+    }
+  JsonArray *digests = json_node_get_array (node);
+  for (guint i = 0; i < batch; i++)
+    {
+      gint64 chunk = (gint64) g_array_index (data->chunks, guint64, data->position + i);
+      const char *ours = g_hash_table_lookup (disk->done, &chunk);
+      const char *theirs = json_array_get_string_element (digests, i);
+      if (ours == NULL || g_strcmp0 (ours, theirs) != 0)
+        g_array_append_val (data->bad, chunk);
+    }
+  data->position += batch;
+  if (data->position < data->chunks->len)
+    {
+      request_digests (job, data);
+      return;
+    }
+  /* Whole disk compared. */
+  if (data->bad->len == 0)
+    {
+      disk->verified = TRUE;
+      ferry_job_event (job, "info", "disk %s/%s verified: %u chunk digests agree with the source's",
+                       disk->pool, disk->volume, data->chunks->len);
+      verify_data_free (data);
+      start_copies (job);
+      return;
+    }
+  if (disk->verify_rounds >= MAX_VERIFY_ROUNDS)
+    {
+      g_autofree char *reason = g_strdup_printf ("disk %s/%s: %u chunks still differ from the source "
+                                                 "after copying them again", disk->pool, disk->volume,
+                                                 data->bad->len);
+      verify_data_free (data);
+      cold_teardown (job, FERRY_JOB_FAILED, reason);
+      return;
+    }
+  ferry_job_event (job, "warning", "disk %s/%s: %u chunks differ from the source; copying them again",
+                   disk->pool, disk->volume, data->bad->len);
+  for (guint i = 0; i < data->bad->len; i++)
+    {
+      gint64 chunk = (gint64) g_array_index (data->bad, guint64, i);
+      g_hash_table_remove (disk->done, &chunk);
+      ferry_store_chunks_delete (job->agent->store, job->id, (gint) disk->index, chunk, NULL);
+    }
+  verify_data_free (data);
+  start_disk_copy (job, disk);
+}
+
+static void
+request_digests (FerryJob *job, VerifyData *data)
+{
+  ColdDst *cold = cold_of (job);
+  guint batch = MIN (DIGEST_BATCH, data->chunks->len - data->position);
+  g_autoptr (JsonObject) body = json_object_new ();
+  JsonArray *chunks = json_array_new ();
+  for (guint i = 0; i < batch; i++)
+    json_array_add_int_element (chunks, (gint64) g_array_index (data->chunks, guint64, data->position + i));
+  json_object_set_int_member (body, "disk", data->disk);
+  json_object_set_array_member (body, "chunks", chunks);
+  g_autofree char *path = g_strdup_printf ("/v1/migrations/outgoing/%s/digests", job->uuid);
+  ferry_peer_request_async (job->agent, cold->source_url, "POST", path, body, DIGEST_TIMEOUT_S,
+                            NULL, on_digests, data);
+}
+
+static void
+verify_disk (FerryJob *job, ColdDisk *disk)
+{
+  ColdDst *cold = cold_of (job);
+  VerifyData *data = g_new0 (VerifyData, 1);
+  data->ref = cold->ref;
+  data->disk = disk->index;
+  data->chunks = g_array_new (FALSE, FALSE, sizeof (guint64));
+  data->bad = g_array_new (FALSE, FALSE, sizeof (guint64));
+  for (guint64 chunk = 0; chunk < ferry_copy_chunk_count (disk->virtual_size); chunk++)
+    g_array_append_val (data->chunks, chunk);
+  disk->verify_rounds++;
+  request_digests (job, data);
+}
+
+/* ---- prepare ------------------------------------------------------------------------ */
+
+static gboolean
+open_local_export (FerryJob *job, ColdDisk *disk, GError **error)
+{
+  g_autofree char *run_dir = g_build_filename (job->agent->config.state_dir, "run", NULL);
+  g_mkdir_with_parents (run_dir, 0700);
+  g_free (disk->local_socket);
+  disk->local_socket = g_strdup_printf ("%s/copy-%" G_GINT64_FORMAT "-%u.sock", run_dir, job->id, disk->index);
+  FerryNbdExportOptions options = {
+    .image = disk->path,
+    .format = disk->format,
+    .export_name = "copy",
+    .writable = TRUE,
+    .unix_socket = disk->local_socket,
+  };
+  disk->local = ferry_nbd_export_start (&options, error);
+  if (disk->local == NULL)
+    return FALSE;
+  g_free (disk->local_uri);
+  disk->local_uri = ferry_nbd_export_uri (disk->local, NULL, NULL);
+  return TRUE;
+}
+
+static void
+set_source_uri (ColdDst *cold, ColdDisk *disk, const char *host)
+{
+  g_autofree char *name = g_uri_escape_string (disk->export_name, NULL, FALSE);
+  g_autofree char *dir = g_uri_escape_string (cold->client_tls, "/", FALSE);
+  gboolean ipv6 = strchr (host, ':') != NULL;
+  g_free (disk->source_uri);
+  disk->source_uri = g_strdup_printf ("nbds://%s%s%s:%u/%s?tls-certificates=%s", ipv6 ? "[" : "", host,
+                                      ipv6 ? "]" : "", disk->port, name, dir);
+}
+
+/* Builds the in-memory state from a request (new, or stored for a
+ * restarted agent). */
+static ColdDst *
+cold_dst_new (FerryJob *job, JsonObject *request, const FerryVmSpec *spec, const char *peer_address,
+              GError **error)
+{
+  FerryAgent *agent = job->agent;
+  gboolean restoring = job->state != FERRY_JOB_PREPARING;
+  g_autoptr (GPtrArray) disks = restoring ? restore_disks (job, request, error)
+                                          : parse_disks (agent, request, spec, FALSE, error);
+  if (disks == NULL)
+    return NULL;
+
+  ColdDst *cold = g_new0 (ColdDst, 1);
+  cold->ref.agent = agent;
+  cold->ref.job_id = job->id;
+  cold->request = json_object_ref (request);
+  cold->disks = g_steal_pointer (&disks);
+  cold->cancel = g_cancellable_new ();
+  cold->client_tls = g_build_filename (agent->config.state_dir, "qemu-tls", NULL);
+  gint64 source_port = ferry_json_object_int (request, "source_port");
+  gboolean ipv6 = strchr (peer_address, ':') != NULL;
+  cold->source_url = g_strdup_printf ("https://%s%s%s:%" G_GINT64_FORMAT, ipv6 ? "[" : "", peer_address,
+                                      ipv6 ? "]" : "", source_port);
+  for (guint i = 0; i < cold->disks->len; i++)
+    set_source_uri (cold, g_ptr_array_index (cold->disks, i), peer_address);
+  if (job->options.bandwidth_mib > 0)
+    {
+      cold->limit = ferry_rate_limit_new ((guint64) job->options.bandwidth_mib * 1048576);
+      g_object_set_data_full (G_OBJECT (cold->cancel), "ferry-rate-limit", cold->limit,
+                              (GDestroyNotify) ferry_rate_limit_free);
+    }
+  return cold;
+}
+
+static void
+begin_copying (FerryJob *job)
+{
+  ColdDst *cold = cold_of (job);
+  cold->copy_started_us = g_get_monotonic_time ();
+  cold->progress_timer = g_timeout_add_full (G_PRIORITY_DEFAULT, PROGRESS_MS, on_progress_timer,
+                                             g_memdup2 (&cold->ref, sizeof cold->ref), g_free);
+  start_copies (job);
+}
+
+JsonObject *
+mig_cold_dst_prepare (FerryAgent *agent, JsonObject *request, const char *peer_address, GError **error)
+{
+  g_autofree char *uuid = NULL, *source = NULL;
+  g_autoptr (FerryVmSpec) spec = NULL;
+  FerryMigrateOptions options;
+  ferry_migrate_options_init (&options);
+  gint64 source_port = 0;
+  gboolean live = FALSE;
+
+  if (!ferry_json_reject_unknown (request, cold_fields, error)
+      || !ferry_json_get_string (request, "uuid", TRUE, &uuid, error)
+      || !ferry_json_get_bool (request, "live", FALSE, &live, error)
+      || !ferry_json_get_bool (request, "persistent", FALSE, &options.persistent, error)
+      || !ferry_json_get_string (request, "source", FALSE, &source, error)
+      || !ferry_json_get_int (request, "source_port", TRUE, 1, 65535, &source_port, error)
+      || !ferry_json_get_bool (request, "start", FALSE, &options.start, error)
+      || !ferry_json_get_int (request, "bandwidth_mib", FALSE, 0, 1024 * 1024, &options.bandwidth_mib, error)
+      || !ferry_json_get_int (request, "parallel_disks", FALSE, 1, FERRY_MAX_PARALLEL_DISKS,
+                              &options.parallel_disks, error))
+    return NULL;
+  options.copy_storage = TRUE;
+  if (live || !g_uuid_string_is_valid (uuid))
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                   live ? "live: a storage copy here is for offline migration" : "uuid: not a UUID");
+      return NULL;
+    }
+  JsonNode *spec_node = json_object_get_member (request, "spec");
+  spec = spec_node ? ferry_vm_spec_from_json (spec_node, error) : NULL;
+  if (spec == NULL)
+    {
+      if (spec_node == NULL)
+        g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "spec: required");
+      else
+        g_prefix_error (error, "spec: ");
+      return NULL;
+    }
+  if (g_hash_table_lookup (agent->vms, spec->name) != NULL)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT, "a VM named '%s' is already defined on host %s",
+                   spec->name, agent->config.host_name);
+      return NULL;
+    }
+  if (ferry_job_lookup_uuid (agent, uuid, FERRY_JOB_ROLE_DESTINATION) != NULL)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT, "migration %s is already being prepared", uuid);
+      return NULL;
+    }
+  gboolean dry_run = json_object_get_boolean_member_with_default (request, "dry_run", FALSE);
+  if (dry_run)
+    {
+      /* The source asks before it stops its guest: would this be accepted? */
+      g_autoptr (GPtrArray) disks = parse_disks (agent, request, spec, TRUE, error);
+      if (disks == NULL)
+        return NULL;
+      JsonObject *reply = json_object_new ();
+      json_object_set_boolean_member (reply, "accepted", TRUE);
+      return reply;
+    }
+
+  FerryJob *job = ferry_job_new (agent, uuid, spec->name, FERRY_JOB_ROLE_DESTINATION, &options, source,
+                                 FERRY_JOB_PREPARING, error);
+  if (job == NULL)
+    return NULL;
+  g_autoptr (GError) invalid = NULL;
+  ColdDst *cold = cold_dst_new (job, request, spec, peer_address, &invalid);
+  if (cold == NULL)
+    {
+      ferry_job_finish (job, FERRY_JOB_FAILED, invalid->message);
+      g_propagate_error (error, g_steal_pointer (&invalid));
+      return NULL;
+    }
+  job->cold = cold;
+  job->cold_free = (GDestroyNotify) cold_dst_free;
+  /* What a restarted agent needs to carry on. */
+  json_object_set_object_member (job->stats, "ferry-cold-request", json_object_ref (request));
+  json_object_set_string_member (job->stats, "ferry-cold-peer", peer_address);
+  ferry_job_save_stats (job);
+
+  g_autoptr (GError) local = NULL;
+  for (guint i = 0; i < cold->disks->len && local == NULL; i++)
+    {
+      ColdDisk *disk = g_ptr_array_index (cold->disks, i);
+      FerryPool *pool = ferry_pool_lookup (agent, disk->pool, &local);
+      if (pool == NULL || !ferry_volume_create (pool, disk->volume, disk->format, disk->virtual_size, &local))
+        break;
+      disk->created = TRUE;
+      open_local_export (job, disk, &local);
+    }
+  if (local != NULL)
+    {
+      g_prefix_error (&local, "destination: ");
+      cold_teardown (job, FERRY_JOB_FAILED, local->message);
+      g_propagate_error (error, g_steal_pointer (&local));
+      return NULL;
+    }
+  ferry_job_transition (job, FERRY_JOB_COPYING, "volumes created; pulling the disks from the source");
+  begin_copying (job);
+  JsonObject *reply = json_object_new ();
+  json_object_set_string_member (reply, "uuid", job->uuid);
+  json_object_set_int_member (reply, "job_id", job->id);
+  json_object_set_string_member (reply, "state", ferry_job_state_to_string (job->state));
+  return reply;
+}
+
+/* ---- finish ---------------------------------------------------------------------------- */
+
+JsonObject *
+mig_cold_dst_finish (FerryJob *job, GError **error)
+{
+  ColdDst *cold = cold_of (job);
+  if (cold == NULL || job->state != FERRY_JOB_PREPARED)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
+                   "destination: the disks of migration %s are not all copied and verified (state %s)",
+                   job->uuid, ferry_job_state_to_string (job->state));
+      return NULL;
+    }
+  ferry_job_transition (job, FERRY_JOB_FINISHING, "defining the VM");
+  for (guint i = 0; i < cold->disks->len; i++)
+    {
+      ColdDisk *disk = g_ptr_array_index (cold->disks, i);
+      g_clear_pointer (&disk->local, ferry_nbd_export_free);
+    }
+  JsonNode *spec_node = json_object_get_member (cold->request, "spec");
+  g_autoptr (GError) local = NULL;
+  g_autoptr (FerryVmSpec) spec = ferry_vm_spec_from_json (spec_node, &local);
+  FerryVm *vm = spec ? ferry_vm_define (job->agent, spec, TRUE, &local) : NULL;
+  if (vm == NULL)
+    {
+      g_prefix_error (&local, "destination: cannot define the VM: ");
+      cold_teardown (job, FERRY_JOB_FAILED, local->message);
+      g_propagate_error (error, g_steal_pointer (&local));
+      return NULL;
+    }
+  /* The volumes belong to the VM now. */
+  for (guint i = 0; i < cold->disks->len; i++)
+    ((ColdDisk *) g_ptr_array_index (cold->disks, i))->created = FALSE;
+  ferry_store_chunks_delete (job->agent->store, job->id, -1, -1, NULL);
+  JsonObject *reply = json_object_new ();
+  json_object_set_string_member (reply, "uuid", job->uuid);
+  json_object_set_boolean_member (reply, "defined", TRUE);
+  json_object_set_string_member (reply, "state", "completed");
+  json_object_set_object_member (reply, "copy", mig_cold_dst_status (job));
+  if (job->options.start)
+    {
+      FerryVmStartOptions start = { 0 };
+      ferry_vm_start_async (vm, &start, NULL, NULL, NULL);
+      json_object_set_boolean_member (reply, "starting", TRUE);
+      ferry_job_event (job, "info", "VM defined; starting it");
+    }
+  else
+    ferry_job_event (job, "info", "VM defined (not started)");
+  ferry_job_finish (job, FERRY_JOB_COMPLETED, NULL);
+  return reply;
+}
+
+/* ---- restart ------------------------------------------------------------------------------ */
+
+void
+mig_cold_dst_recover (FerryAgent *agent, FerryStoreJob *stored)
+{
+  FerryMigrateOptions options;
+  ferry_migrate_options_init (&options);
+  options.copy_storage = TRUE;
+  options.persistent = TRUE;
+  FerryJob *job = ferry_job_restore (agent, stored, &options);
+  JsonNode *request_node = json_object_get_member (job->stats, "ferry-cold-request");
+  const char *peer = ferry_json_object_string (job->stats, "ferry-cold-peer");
+  g_autoptr (GError) error = NULL;
+  if (request_node == NULL || !JSON_NODE_HOLDS_OBJECT (request_node) || peer == NULL
+      || (job->state != FERRY_JOB_COPYING && job->state != FERRY_JOB_PREPARED))
+    {
+      ferry_job_finish (job, FERRY_JOB_FAILED, "agent restarted before the copy had begun");
+      return;
+    }
+  JsonObject *request = json_node_get_object (request_node);
+  job->options.start = json_object_get_boolean_member_with_default (request, "start", FALSE);
+  job->options.bandwidth_mib = ferry_json_object_int (request, "bandwidth_mib");
+  job->options.parallel_disks = MAX (1, ferry_json_object_int (request, "parallel_disks"));
+  ColdDst *cold = cold_dst_new (job, request, NULL, peer, &error);
+  if (cold == NULL)
+    {
+      ferry_job_finish (job, FERRY_JOB_FAILED, error->message);
+      return;
+    }
+  job->cold = cold;
+  job->cold_free = (GDestroyNotify) cold_dst_free;
+  for (guint i = 0; i < cold->disks->len; i++)
+    {
+      ColdDisk *disk = g_ptr_array_index (cold->disks, i);
+      if (!open_local_export (job, disk, &error))
+        {
+          cold_teardown (job, FERRY_JOB_FAILED, error->message);
+          return;
+        }
+      if (job->state == FERRY_JOB_PREPARED)
+        disk->verified = TRUE;
+    }
+  if (job->state == FERRY_JOB_COPYING)
+    {
+      ferry_job_event (job, "info", "resuming the copy from the chunks already on disk");
+      begin_copying (job);
+    }
+}

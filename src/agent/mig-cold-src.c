@@ -1,0 +1,850 @@
+/* ferry agent — the source side of a cold migration with disks.
+ *
+ * Begin: checks, then the guest is shut down (ACPI; powered off after the
+ * timeout only with force_stop). Prepare: each volume is exported
+ * read-only (NBD over TLS for the destination, a unix socket for our own
+ * digests) and the destination is asked to pull. Copying: the destination
+ * reports progress when polled. Finish: the destination defines (and
+ * starts) the VM. Confirm: only now are the source's definition and disks
+ * removed, and only when asked. Any failure before Finish leaves the VM
+ * here as it was: running again if it was running.
+ */
+#include "agent.h"
+
+#include "jsonutil.h"
+#include "nbd-copy.h"
+#include "nbd-export.h"
+
+#define POLL_MS 1000
+#define PEER_TIMEOUT_S 30
+#define PREPARE_TIMEOUT_S 120
+/* The destination may be unreachable this long (a cut link) before the
+ * migration is given up; the guest is stopped meanwhile, but its disks
+ * are safe here. */
+#define PEER_SILENCE_BUDGET_S 600
+#define FORCE_GRACE_S 30
+#define MAX_DIGEST_CHUNKS 256
+
+typedef struct {
+  guint index;
+  char *pool;
+  char *volume;
+  char *format;
+  char *path;
+  guint64 virtual_size;
+  guint64 allocated_bytes;
+  guint16 port;              /* 0 until exported; kept across restarts */
+  FerryNbdExport *tcp;
+  FerryNbdExport *local;
+  char *local_uri;
+} SrcDisk;
+
+typedef struct {
+  FerryJobRef ref;
+  GPtrArray *disks;          /* of SrcDisk* */
+  JsonNode *dest_spec;       /* the spec with pools mapped */
+  gboolean was_running;
+  guint shutdown_timer;
+  guint poll_timer;
+  gboolean poll_in_flight;
+  gint64 peer_seen_us;
+} ColdSrc;
+
+static void
+src_disk_free (SrcDisk *disk)
+{
+  g_clear_pointer (&disk->tcp, ferry_nbd_export_free);
+  g_clear_pointer (&disk->local, ferry_nbd_export_free);
+  g_free (disk->pool);
+  g_free (disk->volume);
+  g_free (disk->format);
+  g_free (disk->path);
+  g_free (disk->local_uri);
+  g_free (disk);
+}
+
+static void
+cold_src_free (ColdSrc *cold)
+{
+  g_clear_handle_id (&cold->shutdown_timer, g_source_remove);
+  g_clear_handle_id (&cold->poll_timer, g_source_remove);
+  g_ptr_array_unref (cold->disks);
+  if (cold->dest_spec)
+    json_node_unref (cold->dest_spec);
+  g_free (cold);
+}
+
+static ColdSrc *
+cold_of (FerryJob *job)
+{
+  return job->cold_free == (GDestroyNotify) cold_src_free ? job->cold : NULL;
+}
+
+static FerryVm *
+job_vm (FerryJob *job)
+{
+  return g_hash_table_lookup (job->agent->vms, job->vm_name);
+}
+
+/* What a restarted agent needs: the disks (with their ports) and whether
+ * the guest ran before. */
+static void
+save_state (FerryJob *job)
+{
+  ColdSrc *cold = cold_of (job);
+  JsonObject *state = json_object_new ();
+  JsonArray *disks = json_array_new ();
+  for (guint i = 0; i < cold->disks->len; i++)
+    {
+      SrcDisk *disk = g_ptr_array_index (cold->disks, i);
+      JsonObject *entry = json_object_new ();
+      json_object_set_int_member (entry, "index", disk->index);
+      json_object_set_string_member (entry, "pool", disk->pool);
+      json_object_set_string_member (entry, "volume", disk->volume);
+      json_object_set_string_member (entry, "format", disk->format);
+      json_object_set_string_member (entry, "path", disk->path);
+      json_object_set_int_member (entry, "virtual_size", (gint64) disk->virtual_size);
+      json_object_set_int_member (entry, "allocated_bytes", (gint64) disk->allocated_bytes);
+      json_object_set_int_member (entry, "port", disk->port);
+      json_array_add_object_element (disks, entry);
+    }
+  json_object_set_array_member (state, "disks", disks);
+  json_object_set_boolean_member (state, "was_running", cold->was_running);
+  json_object_set_member (state, "dest_spec", json_node_copy (cold->dest_spec));
+  json_object_set_object_member (job->stats, "ferry-cold-source", state);
+  ferry_job_save_stats (job);
+}
+
+static void
+stop_exports (ColdSrc *cold)
+{
+  for (guint i = 0; i < cold->disks->len; i++)
+    {
+      SrcDisk *disk = g_ptr_array_index (cold->disks, i);
+      g_clear_pointer (&disk->tcp, ferry_nbd_export_free);
+      g_clear_pointer (&disk->local, ferry_nbd_export_free);
+    }
+}
+
+/* ---- failure ------------------------------------------------------------------ */
+
+static void
+on_peer_told (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
+  if (reply == NULL && !g_error_matches (error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND))
+    g_info ("destination not told to remove its copy: %s (it removes it when the source's exports vanish)",
+            error->message);
+}
+
+/* Before Finish: the VM stays here, as it was. */
+static void
+cold_src_fail (FerryJob *job, FerryJobState terminal, const char *reason, gboolean tell_destination)
+{
+  ColdSrc *cold = cold_of (job);
+  FerryVm *vm = job_vm (job);
+  if (cold != NULL)
+    {
+      g_clear_handle_id (&cold->shutdown_timer, g_source_remove);
+      g_clear_handle_id (&cold->poll_timer, g_source_remove);
+      stop_exports (cold);
+    }
+  if (tell_destination)
+    {
+      g_autofree char *path = g_strdup_printf ("/v1/migrations/incoming/%s", job->uuid);
+      ferry_peer_request_async (job->agent, job->peer_url, "DELETE", path, NULL, 10, NULL, on_peer_told, NULL);
+    }
+  gboolean restart = cold != NULL && cold->was_running && vm != NULL && vm->state == FERRY_VM_SHUTOFF;
+  ferry_job_finish (job, terminal, reason);
+  if (restart)
+    {
+      FerryVmStartOptions start = { 0 };
+      g_info ("vm %s: starting it again (it ran before the failed migration)", vm->name);
+      ferry_vm_start_async (vm, &start, NULL, NULL, NULL);
+    }
+}
+
+/* ---- confirm ------------------------------------------------------------------- */
+
+static void
+cold_src_confirm (FerryJob *job, JsonObject *reply)
+{
+  ColdSrc *cold = cold_of (job);
+  FerryVm *vm = job_vm (job);
+  g_autoptr (GError) error = NULL;
+
+  g_clear_handle_id (&cold->poll_timer, g_source_remove);
+  stop_exports (cold);
+  ferry_job_transition (job, FERRY_JOB_CONFIRMING, "destination defined the VM");
+  JsonNode *copy = reply ? json_object_get_member (reply, "copy") : NULL;
+  if (copy != NULL && JSON_NODE_HOLDS_OBJECT (copy))
+    json_object_set_member (job->stats, "ferry-copy", json_node_copy (copy));
+  if (reply != NULL && json_object_get_boolean_member_with_default (reply, "starting", FALSE))
+    ferry_job_event (job, "info", "destination is starting the VM");
+  if (vm != NULL && job->options.undefine_source)
+    {
+      vm->job = NULL;
+      ferry_vm_forget (vm);
+      ferry_job_event (job, "info", "source definition removed (--undefine-source)");
+    }
+  if (job->options.delete_source_disks)
+    for (guint i = 0; i < cold->disks->len; i++)
+      {
+        SrcDisk *disk = g_ptr_array_index (cold->disks, i);
+        FerryPool *pool = ferry_pool_lookup (job->agent, disk->pool, &error);
+        if (pool == NULL || !ferry_volume_delete (job->agent, pool, disk->volume, &error))
+          {
+            ferry_job_event (job, "warning", "source disk %s/%s kept: %s", disk->pool, disk->volume,
+                             error->message);
+            g_clear_error (&error);
+          }
+        else
+          ferry_job_event (job, "info", "source disk %s/%s deleted (--delete-source-disks)", disk->pool,
+                           disk->volume);
+      }
+  ferry_job_finish (job, FERRY_JOB_COMPLETED, NULL);
+}
+
+/* ---- polling the destination ------------------------------------------------------ */
+
+static void cold_src_finish (FerryJob *job);
+
+static void
+on_polled (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
+  ColdSrc *cold = job ? cold_of (job) : NULL;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
+  if (cold == NULL)
+    return;
+  cold->poll_in_flight = FALSE;
+  gint64 now = g_get_monotonic_time ();
+  if (reply == NULL)
+    {
+      if (g_error_matches (error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND))
+        {
+          cold_src_fail (job, FERRY_JOB_FAILED, "the destination forgot the migration", FALSE);
+          return;
+        }
+      gint64 silent_s = (now - cold->peer_seen_us) / G_USEC_PER_SEC;
+      if (silent_s > PEER_SILENCE_BUDGET_S)
+        {
+          g_autofree char *reason = g_strdup_printf ("destination unreachable for %" G_GINT64_FORMAT " s: %s",
+                                                     silent_s, error->message);
+          cold_src_fail (job, FERRY_JOB_FAILED, reason, TRUE);
+        }
+      return;
+    }
+  cold->peer_seen_us = now;
+  const char *state = ferry_json_object_string (reply, "state");
+  JsonNode *copy = json_object_get_member (reply, "copy");
+  if (copy != NULL && JSON_NODE_HOLDS_OBJECT (copy))
+    {
+      JsonObject *progress = json_node_get_object (copy);
+      json_object_set_member (job->stats, "ferry-copy", json_node_copy (copy));
+      double total = (double) ferry_json_object_int (progress, "bytes_total");
+      double done = (double) ferry_json_object_int (progress, "bytes_done");
+      double eta = json_object_get_double_member_with_default (progress, "eta_s", -1);
+      ferry_job_set_progress (job, total > 0 ? 5 + 85 * done / total : 5, eta);
+    }
+  if (g_strcmp0 (state, "prepared") == 0 && job->state == FERRY_JOB_COPYING)
+    cold_src_finish (job);
+  else if (g_strcmp0 (state, "completed") == 0 && job->state == FERRY_JOB_FINISHING)
+    cold_src_confirm (job, reply);
+  else if (g_strcmp0 (state, "failed") == 0 || g_strcmp0 (state, "cancelled") == 0)
+    {
+      g_autofree char *reason = g_strdup_printf ("destination: %s",
+                                                 ferry_json_object_string (reply, "error")
+                                                   ? ferry_json_object_string (reply, "error") : state);
+      cold_src_fail (job, FERRY_JOB_FAILED, reason, FALSE);
+    }
+}
+
+static gboolean
+on_poll_timer (gpointer user_data)
+{
+  FerryJob *job = ferry_job_ref_get (user_data);
+  ColdSrc *cold = job ? cold_of (job) : NULL;
+  if (cold == NULL)
+    return G_SOURCE_REMOVE;
+  if (cold->poll_in_flight)
+    return G_SOURCE_CONTINUE;
+  cold->poll_in_flight = TRUE;
+  g_autofree char *path = g_strdup_printf ("/v1/migrations/incoming/%s", job->uuid);
+  ferry_peer_request_async (job->agent, job->peer_url, "GET", path, NULL, 10, NULL, on_polled,
+                            ferry_job_ref_new (job));
+  return G_SOURCE_CONTINUE;
+}
+
+static void
+start_polling (FerryJob *job)
+{
+  ColdSrc *cold = cold_of (job);
+  cold->peer_seen_us = g_get_monotonic_time ();
+  if (cold->poll_timer == 0)
+    cold->poll_timer = g_timeout_add_full (G_PRIORITY_DEFAULT, POLL_MS, on_poll_timer,
+                                           ferry_job_ref_new (job), g_free);
+}
+
+/* ---- finish ------------------------------------------------------------------------ */
+
+static void
+on_finish_replied (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
+  gboolean maybe_delivered = FALSE;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, &maybe_delivered, &error);
+  if (job == NULL || cold_of (job) == NULL)
+    return;
+  if (reply != NULL && g_strcmp0 (ferry_json_object_string (reply, "state"), "completed") == 0)
+    {
+      cold_src_confirm (job, reply);
+      return;
+    }
+  if (reply == NULL && maybe_delivered && g_error_matches (error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE))
+    {
+      /* It may have defined the VM: its job's state will say. */
+      ferry_job_event (job, "warning", "no answer to finish (%s); asking the destination", error->message);
+      return;
+    }
+  g_autofree char *reason = g_strdup_printf ("destination could not define the VM: %s",
+                                             error ? error->message : "unexpected reply");
+  cold_src_fail (job, FERRY_JOB_FAILED, reason, TRUE);
+}
+
+static void
+cold_src_finish (FerryJob *job)
+{
+  ferry_job_transition (job, FERRY_JOB_FINISHING, "disks copied and verified; asking the destination to define the VM");
+  g_autofree char *path = g_strdup_printf ("/v1/migrations/incoming/%s/finish", job->uuid);
+  g_autoptr (JsonObject) body = json_object_new ();
+  ferry_peer_request_async (job->agent, job->peer_url, "POST", path, body, PEER_TIMEOUT_S, NULL,
+                            on_finish_replied, ferry_job_ref_new (job));
+}
+
+/* ---- prepare -------------------------------------------------------------------------- */
+
+static gboolean
+listen_host_port (FerryAgent *agent, char **host, guint16 *port)
+{
+  const char *colon = strrchr (agent->config.listen, ':');
+  if (colon == NULL)
+    return FALSE;
+  *host = g_strndup (agent->config.listen, colon - agent->config.listen);
+  if (**host == '[')
+    {
+      char *inner = g_strndup (*host + 1, strlen (*host) - 2);
+      g_free (*host);
+      *host = inner;
+    }
+  *port = (guint16) g_ascii_strtoull (colon + 1, NULL, 10);
+  return TRUE;
+}
+
+static gboolean
+start_exports (FerryJob *job, GError **error)
+{
+  ColdSrc *cold = cold_of (job);
+  g_autofree char *host = NULL;
+  guint16 api_port = 0;
+  g_autofree char *creds = g_build_filename (job->agent->config.state_dir, "qemu-tls", NULL);
+  g_autofree char *run_dir = g_build_filename (job->agent->config.state_dir, "run", NULL);
+  g_mkdir_with_parents (run_dir, 0700);
+  if (!listen_host_port (job->agent, &host, &api_port))
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_FAILED, "cannot tell the agent's address from '%s'",
+                   job->agent->config.listen);
+      return FALSE;
+    }
+  for (guint i = 0; i < cold->disks->len; i++)
+    {
+      SrcDisk *disk = g_ptr_array_index (cold->disks, i);
+      g_autofree char *name = g_strdup_printf ("disk%u", disk->index);
+      g_autofree char *socket = g_strdup_printf ("%s/export-%" G_GINT64_FORMAT "-%u.sock", run_dir, job->id,
+                                                 disk->index);
+      FerryNbdExportOptions network = {
+        .image = disk->path, .format = disk->format, .export_name = name,
+        .tcp_host = host, .tcp_port = disk->port, .tls_creds_dir = creds,
+      };
+      FerryNbdExportOptions local = {
+        .image = disk->path, .format = disk->format, .export_name = name, .unix_socket = socket,
+      };
+      g_clear_pointer (&disk->tcp, ferry_nbd_export_free);
+      g_clear_pointer (&disk->local, ferry_nbd_export_free);
+      disk->tcp = ferry_nbd_export_start (&network, error);
+      if (disk->tcp == NULL)
+        return FALSE;
+      disk->local = ferry_nbd_export_start (&local, error);
+      if (disk->local == NULL)
+        return FALSE;
+      disk->port = ferry_nbd_export_get_port (disk->tcp);
+      g_free (disk->local_uri);
+      disk->local_uri = ferry_nbd_export_uri (disk->local, NULL, NULL);
+    }
+  save_state (job);
+  return TRUE;
+}
+
+static void
+on_prepared (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
+  if (job == NULL || cold_of (job) == NULL)
+    return;
+  if (reply == NULL)
+    {
+      /* Pool room, name clashes and formats are refused here, before any copy. */
+      g_autofree char *reason = g_strdup_printf ("destination refused the disks: %s", error->message);
+      cold_src_fail (job, FERRY_JOB_FAILED, reason, FALSE);
+      return;
+    }
+  if (job->abort_requested)
+    {
+      cold_src_fail (job, FERRY_JOB_CANCELLED, "aborted by the user", TRUE);
+      return;
+    }
+  ferry_job_transition (job, FERRY_JOB_COPYING, "the destination pulls the disks");
+  start_polling (job);
+}
+
+static JsonObject *prepare_request (FerryJob *job, guint16 api_port, gboolean dry_run);
+
+static void
+cold_src_prepare (FerryJob *job)
+{
+  FerryAgent *agent = job->agent;
+  g_autoptr (GError) error = NULL;
+  g_autofree char *host = NULL;
+  guint16 api_port = 0;
+
+  ferry_job_transition (job, FERRY_JOB_PREPARING, "exporting the disks");
+  if (!start_exports (job, &error) || !listen_host_port (agent, &host, &api_port))
+    {
+      g_autofree char *reason = g_strdup_printf ("cannot export the disks: %s",
+                                                 error ? error->message : "no agent address");
+      cold_src_fail (job, FERRY_JOB_FAILED, reason, FALSE);
+      return;
+    }
+  g_autoptr (JsonObject) request = prepare_request (job, api_port, FALSE);
+  ferry_peer_request_async (agent, job->peer_url, "POST", "/v1/migrations/offline", request,
+                            PREPARE_TIMEOUT_S, NULL, on_prepared, ferry_job_ref_new (job));
+}
+
+/* The Prepare request; a dry run asks whether it would be accepted. */
+static JsonObject *
+prepare_request (FerryJob *job, guint16 api_port, gboolean dry_run)
+{
+  ColdSrc *cold = cold_of (job);
+  FerryAgent *agent = job->agent;
+  JsonObject *request = json_object_new ();
+  if (dry_run)
+    json_object_set_boolean_member (request, "dry_run", TRUE);
+  json_object_set_string_member (request, "uuid", job->uuid);
+  json_object_set_member (request, "spec", json_node_copy (cold->dest_spec));
+  json_object_set_boolean_member (request, "persistent", TRUE);
+  json_object_set_boolean_member (request, "copy_storage", TRUE);
+  json_object_set_boolean_member (request, "start", job->options.start);
+  json_object_set_int_member (request, "bandwidth_mib", job->options.bandwidth_mib);
+  json_object_set_int_member (request, "parallel_disks", job->options.parallel_disks);
+  json_object_set_int_member (request, "source_port", api_port);
+  if (agent->tls->common_name)
+    json_object_set_string_member (request, "source", agent->tls->common_name);
+  JsonArray *disks = json_array_new ();
+  for (guint i = 0; i < cold->disks->len; i++)
+    {
+      SrcDisk *disk = g_ptr_array_index (cold->disks, i);
+      JsonObject *entry = json_object_new ();
+      json_object_set_int_member (entry, "index", disk->index);
+      json_object_set_string_member (entry, "pool", ferry_migrate_options_map_pool (&job->options, disk->pool));
+      json_object_set_string_member (entry, "volume", disk->volume);
+      json_object_set_string_member (entry, "format", disk->format);
+      json_object_set_int_member (entry, "virtual_size", (gint64) disk->virtual_size);
+      json_object_set_int_member (entry, "allocated_bytes", (gint64) disk->allocated_bytes);
+      if (disk->port != 0)
+        {
+          g_autofree char *name = g_strdup_printf ("disk%u", disk->index);
+          json_object_set_int_member (entry, "port", disk->port);
+          json_object_set_string_member (entry, "export", name);
+        }
+      json_array_add_object_element (disks, entry);
+    }
+  json_object_set_array_member (request, "disks", disks);
+  return request;
+}
+
+/* ---- begin: the guest stops first --------------------------------------------------------- */
+
+void
+mig_cold_src_on_vm_state (FerryJob *job, FerryVmState state)
+{
+  ColdSrc *cold = cold_of (job);
+  /* Only once we asked it to stop (not while the destination is asked). */
+  if (cold == NULL || job->state != FERRY_JOB_BEGIN || state != FERRY_VM_SHUTOFF || cold->shutdown_timer == 0)
+    return;
+  g_clear_handle_id (&cold->shutdown_timer, g_source_remove);
+  ferry_job_event (job, "info", "guest shut down");
+  cold_src_prepare (job);
+}
+
+static gboolean
+on_shutdown_timeout (gpointer user_data)
+{
+  FerryJob *job = ferry_job_ref_get (user_data);
+  ColdSrc *cold = job ? cold_of (job) : NULL;
+  if (cold == NULL)
+    return G_SOURCE_REMOVE;
+  cold->shutdown_timer = 0;
+  /* Not forced: the guest keeps running as before (it may be shutting down
+   * on its own now; that is the guest's doing). */
+  cold->was_running = FALSE;
+  g_autofree char *reason = g_strdup_printf ("the guest did not shut down within %u s; pass --force-stop "
+                                             "to power it off", job->agent->config.shutdown_timeout_s);
+  cold_src_fail (job, FERRY_JOB_FAILED, reason, FALSE);
+  return G_SOURCE_REMOVE;
+}
+
+static void
+on_checked (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
+  ColdSrc *cold = job ? cold_of (job) : NULL;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
+  if (cold == NULL)
+    return;
+  FerryVm *vm = job_vm (job);
+  if (reply == NULL || job->abort_requested || vm == NULL)
+    {
+      /* Nothing was stopped: the guest stays as it was. */
+      cold->was_running = FALSE;
+      g_autofree char *reason = reply == NULL ? g_strdup_printf ("destination refused the disks: %s", error->message)
+                                              : g_strdup (job->abort_requested ? "aborted by the user" : "the VM disappeared");
+      cold_src_fail (job, job->abort_requested ? FERRY_JOB_CANCELLED : FERRY_JOB_FAILED, reason, FALSE);
+      return;
+    }
+  if (vm->state == FERRY_VM_SHUTOFF)
+    {
+      cold->was_running = FALSE;
+      cold_src_prepare (job);
+      return;
+    }
+  guint timeout_s = job->agent->config.shutdown_timeout_s;
+  ferry_job_event (job, "info", "shutting the guest down (ACPI, %u s%s)", timeout_s,
+                   job->options.force_stop ? ", then powered off" : "");
+  if (!ferry_vm_shutdown (vm, job->options.force_stop ? timeout_s : 0, &error))
+    {
+      cold->was_running = FALSE;
+      cold_src_fail (job, FERRY_JOB_FAILED, error->message, FALSE);
+      return;
+    }
+  cold->shutdown_timer = g_timeout_add_seconds_full (G_PRIORITY_DEFAULT,
+                                                     timeout_s + (job->options.force_stop ? FORCE_GRACE_S : 0),
+                                                     on_shutdown_timeout, ferry_job_ref_new (job), g_free);
+}
+
+static SrcDisk *
+inspect_disk (FerryAgent *agent, const FerryDiskSpec *spec_disk, guint index, GError **error)
+{
+  if (spec_disk->volume == NULL)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                   "disks[%u]: '%s' is a path, not a pool volume; only volumes are copied (move the "
+                   "image into a pool, or migrate without copy_storage on shared storage)",
+                   index, spec_disk->path);
+      return NULL;
+    }
+  g_autofree char *path = ferry_disk_resolve_path (agent, spec_disk, error);
+  g_autoptr (FerryVolumeInfo) info = path ? ferry_volume_inspect (path, error) : NULL;
+  if (info == NULL)
+    {
+      g_prefix_error (error, "disks[%u]: ", index);
+      return NULL;
+    }
+  SrcDisk *disk = g_new0 (SrcDisk, 1);
+  disk->index = index;
+  disk->pool = g_strdup (spec_disk->pool);
+  disk->volume = g_strdup (spec_disk->volume);
+  disk->format = g_strdup (info->format);
+  disk->path = g_steal_pointer (&path);
+  disk->virtual_size = info->virtual_size;
+  disk->allocated_bytes = info->allocated_bytes;
+  return disk;
+}
+
+FerryJob *
+mig_cold_src_begin (FerryVm *vm, const char *dest_url, const FerryMigrateOptions *options, GError **error)
+{
+  FerryAgent *agent = vm->agent;
+
+  if (vm->state != FERRY_VM_SHUTOFF && vm->state != FERRY_VM_RUNNING && vm->state != FERRY_VM_PAUSED)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT, "VM '%s' is %s; wait until it is running or "
+                   "shut off", vm->name, ferry_vm_state_to_string (vm->state));
+      return NULL;
+    }
+  if (!vm->persistent)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
+                   "VM '%s' is transient; a cold migration moves a definition, so define it persistently",
+                   vm->name);
+      return NULL;
+    }
+  if (vm->spec->disks->len == 0)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                   "copy_storage: VM '%s' has no disks to copy", vm->name);
+      return NULL;
+    }
+  for (guint i = 0; i < options->n_storage_map; i++)
+    if (ferry_pool_lookup (agent, options->storage_map_from[i], NULL) == NULL)
+      {
+        g_set_error (error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND,
+                     "storage_map[%u]: pool '%s' does not exist on host %s", i, options->storage_map_from[i],
+                     agent->config.host_name);
+        return NULL;
+      }
+  if (!ferry_spec_check_disks (agent, vm->spec, error))
+    return NULL;
+  g_autoptr (GPtrArray) disks = g_ptr_array_new_with_free_func ((GDestroyNotify) src_disk_free);
+  for (guint i = 0; i < vm->spec->disks->len; i++)
+    {
+      SrcDisk *disk = inspect_disk (agent, g_ptr_array_index (vm->spec->disks, i), i, error);
+      if (disk == NULL)
+        return NULL;
+      g_ptr_array_add (disks, disk);
+    }
+  g_autoptr (FerryVmSpec) dest_spec = ferry_vm_spec_copy (vm->spec);
+  for (guint i = 0; i < dest_spec->disks->len; i++)
+    {
+      FerryDiskSpec *disk = g_ptr_array_index (dest_spec->disks, i);
+      const char *mapped = ferry_migrate_options_map_pool (options, disk->pool);
+      if (mapped != disk->pool)
+        {
+          g_free (disk->pool);
+          disk->pool = g_strdup (mapped);
+        }
+    }
+
+  gboolean was_running = vm->state != FERRY_VM_SHUTOFF;
+  g_autofree char *uuid = g_uuid_string_random ();
+  g_autofree char *base = g_str_has_suffix (dest_url, "/") ? g_strndup (dest_url, strlen (dest_url) - 1)
+                                                           : g_strdup (dest_url);
+  FerryJob *job = ferry_job_new (agent, uuid, vm->name, FERRY_JOB_ROLE_SOURCE, options, base,
+                                 FERRY_JOB_BEGIN, error);
+  if (job == NULL)
+    return NULL;
+  vm->job = job;
+  ColdSrc *cold = g_new0 (ColdSrc, 1);
+  cold->ref.agent = agent;
+  cold->ref.job_id = job->id;
+  cold->disks = g_steal_pointer (&disks);
+  cold->dest_spec = ferry_vm_spec_to_json (dest_spec);
+  cold->was_running = was_running;
+  job->cold = cold;
+  job->cold_free = (GDestroyNotify) cold_src_free;
+  save_state (job);
+
+  /* Ask the destination before stopping anything: a refusal (name clash,
+   * no room, unknown pool) leaves the guest as it is. */
+  g_autofree char *host = NULL;
+  guint16 api_port = 0;
+  listen_host_port (agent, &host, &api_port);
+  g_autoptr (JsonObject) request = prepare_request (job, api_port, TRUE);
+  ferry_job_event (job, "info", "asking the destination whether it can take the disks");
+  ferry_peer_request_async (agent, job->peer_url, "POST", "/v1/migrations/offline", request,
+                            PEER_TIMEOUT_S, NULL, on_checked, ferry_job_ref_new (job));
+  return job;
+}
+
+gboolean
+mig_cold_src_abort (FerryJob *job, GError **error)
+{
+  if (job->state == FERRY_JOB_FINISHING || job->state == FERRY_JOB_CONFIRMING)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
+                   "too late to abort: the destination is defining VM '%s'", job->vm_name);
+      return FALSE;
+    }
+  job->abort_requested = TRUE;
+  ferry_job_event (job, "warning", "abort requested");
+  if (job->state != FERRY_JOB_PREPARING)
+    cold_src_fail (job, FERRY_JOB_CANCELLED, "aborted by the user", job->state == FERRY_JOB_COPYING);
+  /* In PREPARING the prepare reply sees abort_requested. */
+  return TRUE;
+}
+
+/* ---- digests for the destination ------------------------------------------------------------ */
+
+typedef struct {
+  char *uri;
+  GArray *chunks;
+} DigestWork;
+
+static void
+digest_work_free (DigestWork *work)
+{
+  g_free (work->uri);
+  g_array_unref (work->chunks);
+  g_free (work);
+}
+
+static void
+run_digests (GTask *task, gpointer source_object, gpointer task_data, GCancellable *cancellable)
+{
+  DigestWork *work = task_data;
+  GError *error = NULL;
+  g_autofree char *digests = g_malloc0 ((gsize) work->chunks->len * FERRY_COPY_DIGEST_LEN);
+  if (!ferry_nbd_chunk_digests (work->uri, (const guint64 *) work->chunks->data, work->chunks->len, digests,
+                                cancellable, &error))
+    {
+      g_task_return_error (task, error);
+      return;
+    }
+  JsonObject *reply = json_object_new ();
+  JsonArray *list = json_array_new ();
+  for (guint i = 0; i < work->chunks->len; i++)
+    json_array_add_string_element (list, digests + (gsize) i * FERRY_COPY_DIGEST_LEN);
+  json_object_set_array_member (reply, "digests", list);
+  g_task_return_pointer (task, reply, (GDestroyNotify) json_object_unref);
+}
+
+void
+mig_cold_src_digests_async (FerryAgent *agent, const char *uuid, JsonObject *request,
+                            GAsyncReadyCallback callback, gpointer user_data)
+{
+  g_autoptr (GTask) task = g_task_new (NULL, NULL, callback, user_data);
+  static const char *const fields[] = { "disk", "chunks", NULL };
+  g_autoptr (GError) error = NULL;
+  gint64 index = 0;
+  FerryJob *job = ferry_job_lookup_uuid (agent, uuid, FERRY_JOB_ROLE_SOURCE);
+  ColdSrc *cold = job ? cold_of (job) : NULL;
+  if (cold == NULL)
+    {
+      g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_NOT_FOUND,
+                               "source: no disk copy for migration %s", uuid);
+      return;
+    }
+  if (!ferry_json_reject_unknown (request, fields, &error)
+      || !ferry_json_get_int (request, "disk", TRUE, 0, FERRY_SPEC_MAX_DISKS - 1, &index, &error))
+    {
+      g_task_return_error (task, g_steal_pointer (&error));
+      return;
+    }
+  SrcDisk *disk = NULL;
+  for (guint i = 0; i < cold->disks->len; i++)
+    if (((SrcDisk *) g_ptr_array_index (cold->disks, i))->index == (guint) index)
+      disk = g_ptr_array_index (cold->disks, i);
+  JsonNode *node = json_object_get_member (request, "chunks");
+  if (disk == NULL || disk->local_uri == NULL || node == NULL || !JSON_NODE_HOLDS_ARRAY (node)
+      || json_array_get_length (json_node_get_array (node)) > MAX_DIGEST_CHUNKS)
+    {
+      g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                               disk == NULL ? "disk: no such disk is being copied"
+                                            : "chunks: a list of at most %d chunk numbers", MAX_DIGEST_CHUNKS);
+      return;
+    }
+  JsonArray *array = json_node_get_array (node);
+  guint64 n_chunks = ferry_copy_chunk_count (disk->virtual_size);
+  DigestWork *work = g_new0 (DigestWork, 1);
+  work->uri = g_strdup (disk->local_uri);
+  work->chunks = g_array_new (FALSE, FALSE, sizeof (guint64));
+  g_task_set_task_data (task, work, (GDestroyNotify) digest_work_free);
+  for (guint i = 0; i < json_array_get_length (array); i++)
+    {
+      JsonNode *element = json_array_get_element (array, i);
+      if (!JSON_NODE_HOLDS_VALUE (element) || json_node_get_value_type (element) != G_TYPE_INT64
+          || json_node_get_int (element) < 0 || (guint64) json_node_get_int (element) >= n_chunks)
+        {
+          g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                                   "chunks[%u]: not a chunk of this disk (0..%" G_GUINT64_FORMAT ")", i,
+                                   n_chunks - 1);
+          return;
+        }
+      guint64 chunk = (guint64) json_node_get_int (element);
+      g_array_append_val (work->chunks, chunk);
+    }
+  g_task_run_in_thread (task, run_digests);
+}
+
+JsonObject *
+mig_cold_src_digests_finish (GAsyncResult *result, GError **error)
+{
+  return g_task_propagate_pointer (G_TASK (result), error);
+}
+
+/* ---- restart ----------------------------------------------------------------------------------- */
+
+void
+mig_cold_src_recover (FerryAgent *agent, FerryStoreJob *stored)
+{
+  FerryMigrateOptions options;
+  ferry_migrate_options_init (&options);
+  g_autoptr (JsonNode) options_node = stored->options_json ? json_from_string (stored->options_json, NULL) : NULL;
+  JsonObject *saved = options_node && JSON_NODE_HOLDS_OBJECT (options_node) ? json_node_get_object (options_node) : NULL;
+  options.persistent = TRUE;
+  options.copy_storage = TRUE;
+  if (saved != NULL)
+    {
+      options.undefine_source = json_object_get_boolean_member_with_default (saved, "undefine_source", FALSE);
+      options.delete_source_disks = json_object_get_boolean_member_with_default (saved, "delete_source_disks", FALSE);
+      options.start = json_object_get_boolean_member_with_default (saved, "start", FALSE);
+      options.bandwidth_mib = json_object_get_int_member_with_default (saved, "bandwidth_mib", 0);
+    }
+  FerryJob *job = ferry_job_restore (agent, stored, &options);
+  JsonObject *state = json_object_get_object_member (job->stats, "ferry-cold-source");
+  FerryVm *vm = job_vm (job);
+  ColdSrc *cold = g_new0 (ColdSrc, 1);
+  cold->ref.agent = agent;
+  cold->ref.job_id = job->id;
+  cold->disks = g_ptr_array_new_with_free_func ((GDestroyNotify) src_disk_free);
+  job->cold = cold;
+  job->cold_free = (GDestroyNotify) cold_src_free;
+  if (vm != NULL)
+    vm->job = job;
+  JsonArray *disks = state ? json_object_get_array_member (state, "disks") : NULL;
+  for (guint i = 0; disks != NULL && i < json_array_get_length (disks); i++)
+    {
+      JsonObject *entry = json_array_get_object_element (disks, i);
+      SrcDisk *disk = g_new0 (SrcDisk, 1);
+      disk->index = (guint) ferry_json_object_int (entry, "index");
+      disk->pool = g_strdup (ferry_json_object_string (entry, "pool"));
+      disk->volume = g_strdup (ferry_json_object_string (entry, "volume"));
+      disk->format = g_strdup (ferry_json_object_string (entry, "format"));
+      disk->path = g_strdup (ferry_json_object_string (entry, "path"));
+      disk->virtual_size = (guint64) ferry_json_object_int (entry, "virtual_size");
+      disk->allocated_bytes = (guint64) ferry_json_object_int (entry, "allocated_bytes");
+      disk->port = (guint16) ferry_json_object_int (entry, "port");
+      g_ptr_array_add (cold->disks, disk);
+    }
+  if (state != NULL)
+    {
+      cold->was_running = json_object_get_boolean_member_with_default (state, "was_running", FALSE);
+      JsonNode *spec = json_object_get_member (state, "dest_spec");
+      cold->dest_spec = spec ? json_node_copy (spec) : NULL;
+    }
+  g_autoptr (GError) error = NULL;
+  if (state == NULL || cold->dest_spec == NULL || cold->disks->len == 0
+      || (job->state != FERRY_JOB_COPYING && job->state != FERRY_JOB_FINISHING))
+    {
+      cold_src_fail (job, FERRY_JOB_FAILED, "agent restarted before the disks were handed over", TRUE);
+      return;
+    }
+  /* Same ports as before: the destination keeps retrying them. */
+  if (!start_exports (job, &error))
+    {
+      g_autofree char *reason = g_strdup_printf ("cannot export the disks again: %s", error->message);
+      cold_src_fail (job, FERRY_JOB_FAILED, reason, TRUE);
+      return;
+    }
+  ferry_job_event (job, "info", "disks exported again on the same ports; following the destination's copy");
+  start_polling (job);
+}
