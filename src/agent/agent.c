@@ -165,7 +165,8 @@ ferry_agent_recover (FerryAgent *agent, GError **error)
       FerryStoreJob *stored = g_ptr_array_index (jobs, i);
       g_info ("job %" G_GINT64_FORMAT " (%s, %s) was %s when the agent stopped; resolving",
               stored->id, stored->vm_name, stored->role, stored->state);
-      gboolean cold = stored->options_json != NULL && strstr (stored->options_json, "\"copy_storage\":true");
+      gboolean cold = g_strcmp0 (stored->kind, "migrate-offline") == 0 && stored->options_json != NULL
+                      && strstr (stored->options_json, "\"copy_storage\":true") != NULL;
       if (g_str_equal (stored->role, "source"))
         (cold ? mig_cold_src_recover : mig_src_recover) (agent, stored);
       else

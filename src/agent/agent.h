@@ -278,6 +278,13 @@ struct _FerryJob {
   /* either side of a disk copy (mig-cold-src.c, mig-cold-dst.c) */
   gpointer cold;
   GDestroyNotify cold_free;
+  /* live migration with storage: source mirrors (mig-storage.c) */
+  gpointer storage;
+  GDestroyNotify storage_free;
+  gboolean tls_creds_ready;  /* source: the TLS object exists already (for the mirrors) */
+  /* destination: volumes created for a live migration with storage */
+  char **storage_volumes;
+  guint16 nbd_port;
 };
 
 /* A job outlives no callback: callbacks hold a reference by id and find
@@ -350,6 +357,29 @@ void mig_dst_on_vm_gone (FerryJob *job);
 void mig_dst_on_qmp_event (FerryJob *job, const char *name, JsonObject *data);
 void mig_dst_recover (FerryAgent *agent, FerryStoreJob *stored);
 
+/* mig-src.c's phases, for the storage mirror to hand back to. */
+void mig_src_perform_public (FerryJob *job);
+void mig_src_finish_public (FerryJob *job);
+void mig_src_rollback_public (FerryJob *job, const char *reason);
+
+/* ---- live migration with storage (mig-storage.c, source side) -------------- */
+
+/* After Prepare: mirrors every disk into the destination's NBD exports;
+ * starts the memory migration (mig_src_perform) once all are ready.
+ * FALSE when the job copies no storage. */
+gboolean mig_storage_src_start (FerryJob *job, JsonObject *prepare_reply);
+/* BLOCK_JOB_* events; TRUE when consumed. */
+gboolean mig_storage_src_on_event (FerryJob *job, const char *name, JsonObject *data);
+/* After the memory stream completed: ends the mirrors, then mig_src_finish.
+ * FALSE when the job copies no storage. */
+gboolean mig_storage_src_complete (FerryJob *job);
+/* Rollback: cancels the mirrors (the source's disks were only read). */
+void mig_storage_src_cancel (FerryJob *job);
+/* The disks of a live storage migration for the Prepare request (pool
+ * volumes only), with *dest_spec the spec with pools mapped. */
+JsonArray *mig_storage_src_disks (FerryVm *vm, const FerryMigrateOptions *options, JsonNode **dest_spec,
+                                  GError **error);
+
 /* ---- cold migration with disks (mig-cold-src.c, mig-cold-dst.c) ----------
  *
  * The source shuts the guest down, exports each volume read-only over NBD
@@ -378,6 +408,13 @@ JsonObject *mig_cold_dst_finish (FerryJob *job, GError **error);
 void mig_cold_dst_abort (FerryJob *job, const char *reason);
 void mig_cold_dst_recover (FerryAgent *agent, FerryStoreJob *stored);
 JsonObject *mig_cold_dst_status (FerryJob *job);
+
+/* Live migration with storage, destination: checks the request's disks as
+ * a cold copy does and creates the volumes (empty) before QEMU starts.
+ * Returns their paths, for removal if the migration fails. */
+char **mig_storage_dst_create_volumes (FerryAgent *agent, JsonObject *request, const FerryVmSpec *spec,
+                                       GError **error);
+void mig_storage_dst_remove_volumes (const char *const *paths);
 
 /* ---- QMP argument builders (qemu-cmds.c) ---------------------------------- */
 
@@ -413,6 +450,18 @@ JsonObject *ferry_qmp_args_migrate_resume (const char *uri);
 /* Listens for the resumed post-copy stream (destination side). */
 JsonObject *ferry_qmp_args_migrate_recover (const char *uri);
 JsonObject *ferry_qmp_args_calc_dirty_rate (gint64 period_s, gint64 sample_pages);
+/* Storage migration: the destination QEMU serves its new disks over NBD
+ * (TLS), the source mirrors into them. */
+JsonObject *ferry_qmp_args_nbd_server_start (const char *host, guint16 port, const char *tls_creds);
+JsonObject *ferry_qmp_args_block_export_add (const char *id, const char *node_name, const char *export_name);
+JsonObject *ferry_qmp_args_blockdev_add_nbd (const char *node_name, const char *host, guint16 port,
+                                             const char *export_name, const char *tls_creds,
+                                             const char *tls_hostname);
+JsonObject *ferry_qmp_args_blockdev_mirror (const char *job_id, const char *device, const char *target,
+                                            gboolean write_blocking, gint64 speed_bytes);
+JsonObject *ferry_qmp_args_block_job_cancel (const char *job_id, gboolean force);
+/* {member: id}: blockdev-del (node-name), job-dismiss / block-export-del (id). */
+JsonObject *ferry_qmp_args_id (const char *member, const char *id);
 
 /* Runs QMP commands one after another; stops at the first error. Each step
  * is a command name and its arguments (consumed; may be NULL). Completes

@@ -165,6 +165,9 @@ job_free (FerryJob *job)
   g_clear_object (&job->pending_finish);
   if (job->cold_free)
     g_clear_pointer (&job->cold, job->cold_free);
+  if (job->storage_free)
+    g_clear_pointer (&job->storage, job->storage_free);
+  g_strfreev (job->storage_volumes);
   json_object_unref (job->stats);
   g_free (job);
 }

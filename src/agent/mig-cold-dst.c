@@ -292,6 +292,25 @@ parse_disks (FerryAgent *agent, JsonObject *request, const FerryVmSpec *spec, gb
   return g_steal_pointer (&disks);
 }
 
+/* Bytes read before a restart, from the last persisted progress. */
+static guint64
+previous_bytes_read (FerryJob *job, guint index)
+{
+  JsonNode *copy = json_object_get_member (job->stats, "ferry-copy");
+  JsonNode *disks = copy && JSON_NODE_HOLDS_OBJECT (copy)
+                      ? json_object_get_member (json_node_get_object (copy), "disks") : NULL;
+  if (disks == NULL || !JSON_NODE_HOLDS_ARRAY (disks))
+    return 0;
+  JsonArray *array = json_node_get_array (disks);
+  for (guint i = 0; i < json_array_get_length (array); i++)
+    {
+      JsonObject *entry = json_array_get_object_element (array, i);
+      if (entry != NULL && ferry_json_object_int (entry, "index") == index)
+        return (guint64) ferry_json_object_int (entry, "bytes_read");
+    }
+  return 0;
+}
+
 /* A restarted agent's disks: the volumes exist now, and they are ours. */
 static GPtrArray *
 restore_disks (FerryJob *job, JsonObject *request, GError **error)
@@ -318,6 +337,8 @@ restore_disks (FerryJob *job, JsonObject *request, GError **error)
       if (disk->path == NULL)
         return NULL;
       disk->created = TRUE;
+      disk->bytes_read = previous_bytes_read (job, disk->index);
+      disk->attempts = 1;
       disk->done = ferry_store_chunks_get (job->agent->store, job->id, disk->index, NULL);
       if (disk->done == NULL)
         disk->done = g_hash_table_new_full (g_int64_hash, g_int64_equal, g_free, g_free);
@@ -435,6 +456,8 @@ on_progress_timer (gpointer user_data)
   cold->rate_mark_bytes = done;
   cold->rate_mark_us = now;
   json_object_set_object_member (job->stats, "ferry-copy", json_object_ref (status));
+  /* Persisted too: a restarted agent reports bytes over every attempt. */
+  ferry_job_save_stats (job);
   double share = total > 0 ? (double) done / (double) total : 0;
   ferry_job_set_progress (job, 5 + share * 85,
                           cold->rate_bytes_s > 0 ? (double) (total - done) / cold->rate_bytes_s : -1);
@@ -1069,4 +1092,38 @@ mig_cold_dst_recover (FerryAgent *agent, FerryStoreJob *stored)
       ferry_job_event (job, "info", "resuming the copy from the chunks already on disk");
       begin_copying (job);
     }
+}
+
+/* ---- volumes for a live migration with storage ------------------------------------------ */
+
+char **
+mig_storage_dst_create_volumes (FerryAgent *agent, JsonObject *request, const FerryVmSpec *spec,
+                                GError **error)
+{
+  g_autoptr (GPtrArray) disks = parse_disks (agent, request, spec, TRUE, error);
+  if (disks == NULL)
+    return NULL;
+  g_autoptr (GStrvBuilder) created = g_strv_builder_new ();
+  for (guint i = 0; i < disks->len; i++)
+    {
+      ColdDisk *disk = g_ptr_array_index (disks, i);
+      FerryPool *pool = ferry_pool_lookup (agent, disk->pool, error);
+      if (pool == NULL || !ferry_volume_create (pool, disk->volume, disk->format, disk->virtual_size, error))
+        {
+          g_auto (GStrv) made = g_strv_builder_end (created);
+          mig_storage_dst_remove_volumes ((const char *const *) made);
+          g_prefix_error (error, "destination: ");
+          return NULL;
+        }
+      g_strv_builder_add (created, disk->path);
+    }
+  return g_strv_builder_end (created);
+}
+
+void
+mig_storage_dst_remove_volumes (const char *const *paths)
+{
+  for (guint i = 0; paths != NULL && paths[i] != NULL; i++)
+    if (g_unlink (paths[i]) == 0)
+      g_info ("removed the incoming volume %s", paths[i]);
 }

@@ -24,6 +24,7 @@
 #define PEER_SILENCE_BUDGET_S 600
 #define FORCE_GRACE_S 30
 #define MAX_DIGEST_CHUNKS 256
+#define REEXPORT_ATTEMPTS 60
 
 typedef struct {
   guint index;
@@ -48,6 +49,7 @@ typedef struct {
   guint poll_timer;
   gboolean poll_in_flight;
   gint64 peer_seen_us;
+  guint reexport_attempts;
 } ColdSrc;
 
 static void
@@ -743,8 +745,15 @@ mig_cold_src_digests_async (FerryAgent *agent, const char *uuid, JsonObject *req
   for (guint i = 0; i < cold->disks->len; i++)
     if (((SrcDisk *) g_ptr_array_index (cold->disks, i))->index == (guint) index)
       disk = g_ptr_array_index (cold->disks, i);
+  if (disk != NULL && disk->local == NULL)
+    {
+      /* A restarted agent exporting again: worth asking once more. */
+      g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE,
+                               "source: disk %u is not exported at the moment", disk->index);
+      return;
+    }
   JsonNode *node = json_object_get_member (request, "chunks");
-  if (disk == NULL || disk->local_uri == NULL || node == NULL || !JSON_NODE_HOLDS_ARRAY (node)
+  if (disk == NULL || node == NULL || !JSON_NODE_HOLDS_ARRAY (node)
       || json_array_get_length (json_node_get_array (node)) > MAX_DIGEST_CHUNKS)
     {
       g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
@@ -782,6 +791,39 @@ mig_cold_src_digests_finish (GAsyncResult *result, GError **error)
 }
 
 /* ---- restart ----------------------------------------------------------------------------------- */
+
+static gboolean on_reexport_timer (gpointer user_data);
+
+/* Same ports as before: the destination keeps retrying them. The previous
+ * agent's qemu-nbd got SIGTERM when that agent died but may hold its port
+ * for a moment longer, so a busy port is tried again. */
+static void
+reexport (FerryJob *job)
+{
+  ColdSrc *cold = cold_of (job);
+  g_autoptr (GError) error = NULL;
+  if (start_exports (job, &error))
+    {
+      ferry_job_event (job, "info", "disks exported again on the same ports; following the destination's copy");
+      return;
+    }
+  if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_ADDRESS_IN_USE) && cold->reexport_attempts++ < REEXPORT_ATTEMPTS)
+    {
+      g_timeout_add_full (G_PRIORITY_DEFAULT, 500, on_reexport_timer, ferry_job_ref_new (job), g_free);
+      return;
+    }
+  g_autofree char *reason = g_strdup_printf ("cannot export the disks again: %s", error->message);
+  cold_src_fail (job, FERRY_JOB_FAILED, reason, TRUE);
+}
+
+static gboolean
+on_reexport_timer (gpointer user_data)
+{
+  FerryJob *job = ferry_job_ref_get (user_data);
+  if (job != NULL && cold_of (job) != NULL)
+    reexport (job);
+  return G_SOURCE_REMOVE;
+}
 
 void
 mig_cold_src_recover (FerryAgent *agent, FerryStoreJob *stored)
@@ -838,13 +880,53 @@ mig_cold_src_recover (FerryAgent *agent, FerryStoreJob *stored)
       cold_src_fail (job, FERRY_JOB_FAILED, "agent restarted before the disks were handed over", TRUE);
       return;
     }
-  /* Same ports as before: the destination keeps retrying them. */
-  if (!start_exports (job, &error))
-    {
-      g_autofree char *reason = g_strdup_printf ("cannot export the disks again: %s", error->message);
-      cold_src_fail (job, FERRY_JOB_FAILED, reason, TRUE);
-      return;
-    }
-  ferry_job_event (job, "info", "disks exported again on the same ports; following the destination's copy");
   start_polling (job);
+  reexport (job);
+}
+
+/* ---- live migration with storage: the disks to send ------------------------------ */
+
+JsonArray *
+mig_storage_src_disks (FerryVm *vm, const FerryMigrateOptions *options, JsonNode **dest_spec, GError **error)
+{
+  FerryAgent *agent = vm->agent;
+  if (vm->spec->disks->len == 0)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                   "copy_storage: VM '%s' has no disks to copy", vm->name);
+      return NULL;
+    }
+  for (guint i = 0; i < options->n_storage_map; i++)
+    if (ferry_pool_lookup (agent, options->storage_map_from[i], NULL) == NULL)
+      {
+        g_set_error (error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND,
+                     "storage_map[%u]: pool '%s' does not exist on host %s", i, options->storage_map_from[i],
+                     agent->config.host_name);
+        return NULL;
+      }
+  if (!ferry_spec_check_disks (agent, vm->spec, error))
+    return NULL;
+  g_autoptr (JsonArray) disks = json_array_new ();
+  g_autoptr (FerryVmSpec) mapped = ferry_vm_spec_copy (vm->spec);
+  for (guint i = 0; i < vm->spec->disks->len; i++)
+    {
+      SrcDisk *disk = inspect_disk (agent, g_ptr_array_index (vm->spec->disks, i), i, error);
+      if (disk == NULL)
+        return NULL;
+      const char *pool = ferry_migrate_options_map_pool (options, disk->pool);
+      JsonObject *entry = json_object_new ();
+      json_object_set_int_member (entry, "index", disk->index);
+      json_object_set_string_member (entry, "pool", pool);
+      json_object_set_string_member (entry, "volume", disk->volume);
+      json_object_set_string_member (entry, "format", disk->format);
+      json_object_set_int_member (entry, "virtual_size", (gint64) disk->virtual_size);
+      json_object_set_int_member (entry, "allocated_bytes", (gint64) disk->allocated_bytes);
+      json_array_add_object_element (disks, entry);
+      FerryDiskSpec *spec_disk = g_ptr_array_index (mapped->disks, i);
+      g_free (spec_disk->pool);
+      spec_disk->pool = g_strdup (pool);
+      src_disk_free (disk);
+    }
+  *dest_spec = ferry_vm_spec_to_json (mapped);
+  return g_steal_pointer (&disks);
 }

@@ -27,6 +27,13 @@ job_status_json (FerryJob *job)
     json_object_set_string_member (reply, "uri", job->incoming_uri);
   if (job->tls_hostname)
     json_object_set_string_member (reply, "tls_hostname", job->tls_hostname);
+  if (job->nbd_port != 0)
+    {
+      JsonObject *nbd = json_object_new ();
+      json_object_set_string_member (nbd, "host", ferry_json_object_string (job->stats, "ferry-nbd-host"));
+      json_object_set_int_member (nbd, "port", job->nbd_port);
+      json_object_set_object_member (reply, "nbd", nbd);
+    }
   return reply;
 }
 
@@ -63,6 +70,9 @@ mig_dst_teardown (FerryJob *job, FerryJobState terminal, const char *reason)
       else
         ferry_vm_forget (vm);
     }
+  /* Volumes made for a storage copy hold nothing the source lacks. */
+  mig_storage_dst_remove_volumes ((const char *const *) job->storage_volumes);
+  g_clear_pointer (&job->storage_volumes, g_strfreev);
   ferry_job_finish (job, terminal, reason);
 }
 
@@ -156,6 +166,27 @@ on_prepare_listening (GObject *source, GAsyncResult *result, gpointer user_data)
   g_task_return_pointer (task, job_status_json (job), (GDestroyNotify) json_object_unref);
 }
 
+/* A port for the NBD server. QEMU 7.2 cannot report the port it bound for
+ * port 0, so the kernel picks one here; the window until QEMU binds it is
+ * a few milliseconds. */
+static guint16
+pick_free_port (const char *host, GError **error)
+{
+  g_autoptr (GInetAddress) address = g_inet_address_new_from_string (host);
+  if (address == NULL)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_FAILED, "destination: '%s' is not an address", host);
+      return 0;
+    }
+  g_autoptr (GSocketAddress) any_port = g_inet_socket_address_new (address, 0);
+  g_autoptr (GSocket) socket = g_socket_new (g_inet_address_get_family (address), G_SOCKET_TYPE_STREAM,
+                                             G_SOCKET_PROTOCOL_TCP, error);
+  if (socket == NULL || !g_socket_bind (socket, any_port, FALSE, error))
+    return 0;
+  g_autoptr (GSocketAddress) bound = g_socket_get_local_address (socket, error);
+  return bound ? g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (bound)) : 0;
+}
+
 static void
 on_prepare_started (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -183,11 +214,33 @@ on_prepare_started (GObject *source, GAsyncResult *result, gpointer user_data)
   gboolean ipv6 = strchr (data->listen_address, ':') != NULL;
   g_autofree char *uri = g_strdup_printf ("tcp:%s%s%s:0", ipv6 ? "[" : "", data->listen_address,
                                           ipv6 ? "]" : "");
-  FerryQmpStep steps[5];
+  FerryQmpStep steps[6 + FERRY_SPEC_MAX_DISKS];
   guint n = 0;
   if (job->options.tls)
     steps[n++] = (FerryQmpStep) { "object-add",
                                   ferry_qmp_args_tls_creds (QEMU_TLS_CREDS_ID, creds_dir, TRUE) };
+  if (job->options.copy_storage)
+    {
+      /* The new disks are served to the source's mirrors (QEMU activates
+       * an exported image although the VM waits for its state). */
+      guint16 port = pick_free_port (data->listen_address, &error);
+      if (port == 0)
+        {
+          prepare_fail (task, error);
+          return;
+        }
+      job->nbd_port = port;
+      json_object_set_string_member (job->stats, "ferry-nbd-host", data->listen_address);
+      steps[n++] = (FerryQmpStep) { "nbd-server-start",
+                                    ferry_qmp_args_nbd_server_start (data->listen_address, port,
+                                                                     job->options.tls ? QEMU_TLS_CREDS_ID : NULL) };
+      for (guint i = 0; i < vm->spec->disks->len && i < FERRY_SPEC_MAX_DISKS; i++)
+        {
+          g_autofree char *id = g_strdup_printf ("ferry-export-disk%u", i);
+          g_autofree char *node = g_strdup_printf ("disk%u", i);
+          steps[n++] = (FerryQmpStep) { "block-export-add", ferry_qmp_args_block_export_add (id, node, node) };
+        }
+    }
   /* multifd and post-copy need the capability on both ends. */
   FerryQmpCapabilities capabilities = {
     .events = TRUE,
@@ -209,7 +262,7 @@ on_prepare_started (GObject *source, GAsyncResult *result, gpointer user_data)
 
 static const char *const prepare_fields[] = {
   "uuid", "spec", "live", "persistent", "tls", "source", "parallel_connections", "compress",
-  "postcopy", NULL
+  "postcopy", "copy_storage", "disks", NULL
 };
 
 gboolean
@@ -224,7 +277,8 @@ mig_dst_parse_incoming_request (JsonObject *request, char **uuid, FerryVmSpec **
       || !ferry_json_get_string (request, "source", FALSE, source, error)
       || !ferry_json_get_int (request, "parallel_connections", FALSE, 0, 16,
                               &options->parallel_connections, error)
-      || !ferry_json_get_bool (request, "postcopy", FALSE, &options->postcopy, error))
+      || !ferry_json_get_bool (request, "postcopy", FALSE, &options->postcopy, error)
+      || !ferry_json_get_bool (request, "copy_storage", FALSE, &options->copy_storage, error))
     return FALSE;
   g_autofree char *compress = NULL;
   if (!ferry_json_get_string (request, "compress", FALSE, &compress, error))
@@ -349,6 +403,16 @@ mig_dst_prepare_async (FerryAgent *agent, JsonObject *request, const char *liste
   job->incoming_status = g_strdup ("none");
   vm->job = job;
   data->job_id = job->id;
+  if (options.copy_storage)
+    {
+      /* Empty volumes for QEMU to open; the source's mirrors fill them. */
+      job->storage_volumes = mig_storage_dst_create_volumes (agent, request, spec, &error);
+      if (job->storage_volumes == NULL)
+        {
+          prepare_fail (task, error);
+          return;
+        }
+    }
 
   FerryVmStartOptions start = { .incoming = TRUE, .paused = TRUE };
   ferry_vm_start_async (vm, &start, NULL, on_prepare_started, g_steal_pointer (&task));
@@ -485,10 +549,19 @@ finish_resume (GTask *task, FerryJob *job, gboolean postcopy)
       return;
     }
   FerryQmpStep steps[] = {
+    { "nbd-server-stop", NULL },
     { "cont", NULL },
     { "query-status", NULL },
   };
-  ferry_qmp_run_steps_async (vm->qmp, steps, G_N_ELEMENTS (steps), NULL, on_finish_resumed, task);
+  /* The mirrors ended before Finish; nothing may write to the disks but
+   * the guest from now on. */
+  guint first = job->nbd_port != 0 ? 0 : 1;
+  if (job->nbd_port != 0)
+    {
+      g_strfreev (job->storage_volumes);   /* the VM's disks now */
+      job->storage_volumes = NULL;
+    }
+  ferry_qmp_run_steps_async (vm->qmp, steps + first, G_N_ELEMENTS (steps) - first, NULL, on_finish_resumed, task);
 }
 
 void

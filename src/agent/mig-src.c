@@ -152,6 +152,7 @@ mig_src_rollback (FerryJob *job, const char *reason)
     }
   stop_timers (job);
   ferry_job_transition (job, FERRY_JOB_CANCELLING, reason);
+  mig_storage_src_cancel (job);
 
   if (job->options.live && job->peer_url != NULL)
     {
@@ -755,6 +756,12 @@ on_progress (GObject *source, GAsyncResult *result, gpointer user_data)
           if (job->postcopy_dest_running)
             mig_src_confirm (job);
         }
+      else if (job->storage != NULL)
+        {
+          /* The guest is paused: finish the disk mirrors, then Finish. */
+          stop_timers (job);
+          mig_storage_src_complete (job);
+        }
       else
         mig_src_finish (job);
     }
@@ -978,7 +985,7 @@ mig_src_perform (FerryJob *job)
                                                     : UNLIMITED_BANDWIDTH;
   FerryQmpStep steps[6];
   guint n = 0;
-  if (job->options.tls)
+  if (job->options.tls && !job->tls_creds_ready)
     {
       /* Left over from an earlier migration of this QEMU? Replace it. */
       JsonObject *del = json_object_new ();
@@ -1012,6 +1019,8 @@ mig_src_perform (FerryJob *job)
 void
 mig_src_on_qmp_event (FerryJob *job, const char *name, JsonObject *data)
 {
+  if (mig_storage_src_on_event (job, name, data))
+    return;
   if (g_str_equal (name, "FERRY_QEMU_EXITED"))
     {
       if (job->state == FERRY_JOB_CONFIRMING)
@@ -1087,6 +1096,9 @@ on_prepared (GObject *source, GAsyncResult *result, gpointer user_data)
       mig_src_rollback (job, "aborted by the user");
       return;
     }
+  /* With storage, memory moves once the disks are mirrored. */
+  if (mig_storage_src_start (job, reply))
+    return;
   mig_src_perform (job);
 }
 
@@ -1112,6 +1124,20 @@ mig_src_prepare (FerryJob *job)
   json_object_set_boolean_member (request, "postcopy", options->postcopy);
   if (agent->tls->common_name)
     json_object_set_string_member (request, "source", agent->tls->common_name);
+  if (options->live && options->copy_storage)
+    {
+      g_autoptr (GError) error = NULL;
+      JsonNode *dest_spec = NULL;
+      JsonArray *disks = mig_storage_src_disks (vm, options, &dest_spec, &error);
+      if (disks == NULL)
+        {
+          mig_src_rollback (job, error->message);
+          return;
+        }
+      json_object_set_member (request, "spec", dest_spec);
+      json_object_set_boolean_member (request, "copy_storage", TRUE);
+      json_object_set_array_member (request, "disks", disks);
+    }
 
   ferry_job_transition (job, FERRY_JOB_PREPARING, NULL);
   ferry_peer_request_async (agent, job->peer_url, "POST",
@@ -1372,4 +1398,24 @@ mig_src_recover (FerryAgent *agent, FerryStoreJob *stored)
                           "agent restarted during the migration; guest kept on the source", NULL, NULL);
   ferry_store_job_add_event (agent->store, stored->id, "error",
                              "agent restarted during the migration; guest kept on the source", NULL);
+}
+
+/* ---- for the storage mirror (mig-storage.c) ------------------------------------ */
+
+void
+mig_src_perform_public (FerryJob *job)
+{
+  mig_src_perform (job);
+}
+
+void
+mig_src_finish_public (FerryJob *job)
+{
+  mig_src_finish (job);
+}
+
+void
+mig_src_rollback_public (FerryJob *job, const char *reason)
+{
+  mig_src_rollback (job, reason);
 }

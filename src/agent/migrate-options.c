@@ -68,11 +68,13 @@ ferry_migrate_options_validate (const FerryMigrateOptions *options, GError **err
                           "post-copy apply to live migration only");
   if (!options->live && !options->copy_storage && options->bandwidth_mib > 0)
     return refuse (error, "bandwidth_mib: an offline migration without copy_storage sends no data");
-  if (options->live && options->copy_storage)
-    return refuse (error, "copy_storage: live migration with a storage copy is not available yet; "
-                          "use mode 'offline' (the VM is shut down for the copy)");
+  if (options->live && options->copy_storage && options->postcopy)
+    return refuse (error, "copy_storage: post-copy cannot be used with a storage copy (the disk mirrors "
+                          "end while the guest is paused on the source)");
   if (options->live && (options->start || options->force_stop))
     return refuse (error, "start: force_stop and start apply to offline migration");
+  if (options->live && options->delete_source_disks)
+    return refuse (error, "delete_source_disks: applies to offline migration");
   if (!options->copy_storage && (options->delete_source_disks || options->n_storage_map > 0))
     return refuse (error, "copy_storage: delete_source_disks and storage_map need copy_storage");
   if (options->delete_source_disks && !options->undefine_source)
@@ -240,9 +242,9 @@ ferry_migrate_options_to_json (const FerryMigrateOptions *options)
   json_object_set_int_member (json, "progress_timeout_s", options->progress_timeout_s);
   json_object_set_string_member (json, "timeout_action",
                                  options->timeout_action == FERRY_TIMEOUT_ABORT ? "abort" : "postcopy");
+  json_object_set_boolean_member (json, "copy_storage", options->copy_storage);
   if (!options->live)
     {
-      json_object_set_boolean_member (json, "copy_storage", options->copy_storage);
       json_object_set_boolean_member (json, "start", options->start);
       json_object_set_boolean_member (json, "delete_source_disks", options->delete_source_disks);
       json_object_set_boolean_member (json, "force_stop", options->force_stop);

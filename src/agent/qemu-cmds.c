@@ -200,3 +200,90 @@ ferry_qmp_run_steps_finish (GAsyncResult *result, GError **error)
 {
   return g_task_propagate_pointer (G_TASK (result), error);
 }
+
+/* ---- storage migration (NBD) ------------------------------------------------- */
+
+JsonObject *
+ferry_qmp_args_nbd_server_start (const char *host, guint16 port, const char *tls_creds)
+{
+  JsonObject *args = json_object_new ();
+  /* nbd-server-start still takes the legacy (flat union) address. */
+  JsonObject *addr = json_object_new ();
+  JsonObject *data = json_object_new ();
+  g_autofree char *port_text = g_strdup_printf ("%u", port);
+  json_object_set_string_member (data, "host", host);
+  json_object_set_string_member (data, "port", port_text);
+  json_object_set_string_member (addr, "type", "inet");
+  json_object_set_object_member (addr, "data", data);
+  json_object_set_object_member (args, "addr", addr);
+  if (tls_creds)
+    json_object_set_string_member (args, "tls-creds", tls_creds);
+  return args;
+}
+
+JsonObject *
+ferry_qmp_args_block_export_add (const char *id, const char *node_name, const char *export_name)
+{
+  JsonObject *args = json_object_new ();
+  json_object_set_string_member (args, "type", "nbd");
+  json_object_set_string_member (args, "id", id);
+  json_object_set_string_member (args, "node-name", node_name);
+  json_object_set_string_member (args, "name", export_name);
+  json_object_set_boolean_member (args, "writable", TRUE);
+  return args;
+}
+
+JsonObject *
+ferry_qmp_args_blockdev_add_nbd (const char *node_name, const char *host, guint16 port,
+                                 const char *export_name, const char *tls_creds, const char *tls_hostname)
+{
+  JsonObject *args = json_object_new ();
+  JsonObject *server = json_object_new ();
+  g_autofree char *port_text = g_strdup_printf ("%u", port);
+  json_object_set_string_member (server, "type", "inet");
+  json_object_set_string_member (server, "host", host);
+  json_object_set_string_member (server, "port", port_text);
+  json_object_set_string_member (args, "driver", "nbd");
+  json_object_set_string_member (args, "node-name", node_name);
+  json_object_set_object_member (args, "server", server);
+  json_object_set_string_member (args, "export", export_name);
+  if (tls_creds)
+    json_object_set_string_member (args, "tls-creds", tls_creds);
+  if (tls_hostname)
+    json_object_set_string_member (args, "tls-hostname", tls_hostname);
+  return args;
+}
+
+JsonObject *
+ferry_qmp_args_blockdev_mirror (const char *job_id, const char *device, const char *target,
+                                gboolean write_blocking, gint64 speed_bytes)
+{
+  JsonObject *args = json_object_new ();
+  json_object_set_string_member (args, "job-id", job_id);
+  json_object_set_string_member (args, "device", device);
+  json_object_set_string_member (args, "target", target);
+  json_object_set_string_member (args, "sync", "full");
+  json_object_set_string_member (args, "copy-mode", write_blocking ? "write-blocking" : "background");
+  if (speed_bytes > 0)
+    json_object_set_int_member (args, "speed", speed_bytes);
+  /* The job stays until ferry has read its end (and dismissed it). */
+  json_object_set_boolean_member (args, "auto-dismiss", FALSE);
+  return args;
+}
+
+JsonObject *
+ferry_qmp_args_block_job_cancel (const char *job_id, gboolean force)
+{
+  JsonObject *args = json_object_new ();
+  json_object_set_string_member (args, "device", job_id);
+  json_object_set_boolean_member (args, "force", force);
+  return args;
+}
+
+JsonObject *
+ferry_qmp_args_id (const char *member, const char *id)
+{
+  JsonObject *args = json_object_new ();
+  json_object_set_string_member (args, member, id);
+  return args;
+}

@@ -162,6 +162,20 @@ choose (PlanData *data, FerryVm *vm)
       chosen = precopy;
       reason = g_strdup ("options given by the user");
     }
+  else if (options->copy_storage)
+    {
+      /* The disk mirrors must end while the guest is paused on the source,
+       * so post-copy (the guest runs there first) is out; auto-converge
+       * is the way to finish a guest that dirties too fast. */
+      strategy = precopy.converges ? "pre-copy" : "pre-copy with auto-converge";
+      chosen = precopy;
+      options->auto_converge = !precopy.converges;
+      reason = precopy.converges
+                 ? g_strdup_printf ("pre-copy converges in %" G_GINT64_FORMAT " passes (%.1f s); post-copy "
+                                    "is not used with a storage copy", precopy.passes, precopy.total_s)
+                 : g_strdup ("pre-copy cannot converge and post-copy is not used with a storage copy: "
+                             "auto-converge throttles the guest");
+    }
   else if (precopy.converges && precopy.total_s <= limit_s / 2)
     {
       strategy = "pre-copy";

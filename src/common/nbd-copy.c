@@ -119,8 +119,25 @@ batch_check (Batch *batch, const char *what, GError **error)
 {
   if (batch->first_errno == 0)
     return TRUE;
-  FerryErrorCode code = batch->first_errno == ENOSPC || batch->first_errno == EDQUOT
-                          ? FERRY_ERROR_NO_SPACE : FERRY_ERROR_FAILED;
+  FerryErrorCode code = FERRY_ERROR_FAILED;
+  switch (batch->first_errno)
+    {
+    case ENOSPC:
+    case EDQUOT:
+      code = FERRY_ERROR_NO_SPACE;
+      break;
+    case ENOTCONN:
+    case ESHUTDOWN:
+    case ECONNRESET:
+    case ECONNABORTED:
+    case EPIPE:
+    case ETIMEDOUT:
+      /* The connection died under the command: worth another attempt. */
+      code = FERRY_ERROR_UNAVAILABLE;
+      break;
+    default:
+      break;
+    }
   g_set_error (error, FERRY_ERROR, code, "%s: %s", what, g_strerror (batch->first_errno));
   return FALSE;
 }
@@ -154,16 +171,23 @@ drain (struct nbd_handle *h, int max_in_flight, guint stall_s, GCancellable *can
   return TRUE;
 }
 
+/* polite: the connection works (no error on it), so say goodbye; nbd_close
+ * alone tears TLS down mid-stream and the server logs an error. Never on
+ * a failed connection: the goodbye would wait for a peer that may be gone. */
 static void
-close_handle (struct nbd_handle *h)
+close_handle (struct nbd_handle *h, gboolean polite)
 {
   if (h == NULL)
     return;
-  /* A polite disconnect when the connection still works; nbd_close
-   * alone tears TLS down mid-stream and the server logs an error. */
-  if (nbd_aio_is_ready (h))
+  if (polite && nbd_aio_is_ready (h) && nbd_aio_in_flight (h) == 0)
     nbd_shutdown (h, 0);
   nbd_close (h);
+}
+
+static void
+close_failed (struct nbd_handle *h)
+{
+  close_handle (h, FALSE);
 }
 
 static struct nbd_handle *
@@ -557,8 +581,14 @@ copy_chunk (FerryNbdCopy *copy, struct nbd_handle *src, struct nbd_handle *dst, 
   if (ranges == NULL)
     return FALSE;
   memset (buf, 0, chunk.length);
-  if (!read_ranges (src, buf, chunk.offset, ranges, copy->options.requests_in_flight,
-                    copy->options.rate_limit, stall_s, copy->stop, &chunk.bytes_read, error))
+  gboolean read_ok = read_ranges (src, buf, chunk.offset, ranges, copy->options.requests_in_flight,
+                                  copy->options.rate_limit, stall_s, copy->stop, &chunk.bytes_read, error);
+  /* Counted as read even if the chunk fails later: this is what crossed
+   * the link (requests issued; a broken one may have carried less). */
+  g_mutex_lock (&copy->lock);
+  copy->progress.bytes_read += chunk.bytes_read;
+  g_mutex_unlock (&copy->lock);
+  if (!read_ok)
     return FALSE;
   digest_buffer (buf, chunk.length, sent);
   if (!write_nonzero (copy, dst, buf, chunk.offset, chunk.length, &chunk.bytes_written, error))
@@ -578,7 +608,6 @@ copy_chunk (FerryNbdCopy *copy, struct nbd_handle *src, struct nbd_handle *dst, 
   g_mutex_lock (&copy->lock);
   copy->progress.chunks_done++;
   copy->progress.bytes_done += chunk.length;
-  copy->progress.bytes_read += chunk.bytes_read;
   copy->progress.bytes_written += chunk.bytes_written;
   g_mutex_unlock (&copy->lock);
   if (copy->chunk_done)
@@ -614,10 +643,12 @@ worker_run (gpointer user_data)
         if (!copy_chunk (copy, worker->src, worker->dst, index, buf, readback, &error))
           break;
     }
+  gboolean polite = error == NULL && !g_cancellable_is_cancelled (copy->stop);
   if (error != NULL)
     record_failure (copy, error);
-  g_clear_pointer (&worker->src, close_handle);
-  g_clear_pointer (&worker->dst, close_handle);
+  close_handle (worker->src, polite);
+  close_handle (worker->dst, polite);
+  worker->src = worker->dst = NULL;
   return NULL;
 }
 
@@ -712,8 +743,8 @@ ferry_nbd_copy_run (FerryNbdCopy *copy, GCancellable *cancellable, GError **erro
 failed:
   if (forward)
     g_cancellable_disconnect (cancellable, forward);
-  close_handle (src);
-  close_handle (dst);
+  close_failed (src);
+  close_failed (dst);
   return FALSE;
 }
 
@@ -726,7 +757,7 @@ ferry_nbd_uri_size (const char *uri, guint64 *size, GError **error)
   if (h == NULL)
     return FALSE;
   gboolean ok = export_size (h, uri, size, error);
-  close_handle (h);
+  close_handle (h, ok);
   return ok;
 }
 
@@ -754,6 +785,6 @@ ferry_nbd_chunk_digests (const char *uri, const guint64 *indexes, guint n_indexe
                          DEFAULT_IN_FLIGHT, DEFAULT_STALL_S, cancellable,
                          digests + (gsize) i * FERRY_COPY_DIGEST_LEN, error);
     }
-  close_handle (h);
+  close_handle (h, ok);
   return ok;
 }

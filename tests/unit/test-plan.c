@@ -138,7 +138,20 @@ test_option_conflicts_refused (void)
   assert_refused ("{\"dest\": \"x\", \"mode\": \"live\", \"timeout_action\": \"postcopy\"}", "timeout_action");
   assert_refused ("{\"dest\": \"x\", \"mode\": \"live\", \"xbzrle\": true}", "strategy");
   assert_refused ("{\"dest\": \"x\", \"mode\": \"offline\", \"persistent\": true, \"bandwidth_mib\": 5}",
+                  "without copy_storage sends no data");
+  assert_refused ("{\"dest\": \"x\", \"mode\": \"offline\", \"persistent\": true, \"xbzrle\": true}",
                   "live migration only");
+  assert_refused ("{\"dest\": \"x\", \"mode\": \"offline\", \"persistent\": true, \"copy_storage\": true, "
+                  "\"delete_source_disks\": true}", "undefine_source");
+  assert_refused ("{\"dest\": \"x\", \"mode\": \"offline\", \"persistent\": true, \"storage_map\": [\"a=b\"]}",
+                  "need copy_storage");
+  assert_refused ("{\"dest\": \"x\", \"mode\": \"offline\", \"persistent\": true, \"copy_storage\": true, "
+                  "\"storage_map\": [\"a=b\", \"a=c\"]}", "mapped twice");
+  assert_refused ("{\"dest\": \"x\", \"mode\": \"offline\", \"persistent\": true, \"copy_storage\": true, "
+                  "\"storage_map\": [\"a\"]}", "storage_map[0]");
+  assert_refused ("{\"dest\": \"x\", \"mode\": \"offline\", \"persistent\": true, \"copy_storage\": true, "
+                  "\"parallel_disks\": 9}", "parallel_disks");
+  assert_refused ("{\"dest\": \"x\", \"mode\": \"live\", \"start\": true}", "start");
   assert_refused ("{\"dest\": \"x\", \"mode\": \"live\", \"parallel_connections\": -1}", "parallel_connections");
   assert_refused ("{\"dest\": \"x\", \"mode\": \"live\", \"progress_timeout_s\": 0}", "progress_timeout_s");
   assert_refused ("{\"dest\": \"x\", \"mode\": \"live\", \"compress\": \"lz4\"}", "compress");

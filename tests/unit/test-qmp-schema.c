@@ -261,6 +261,22 @@ check_ferry_commands (void)
   assert_built ("calc-dirty-rate", ferry_qmp_args_calc_dirty_rate (2, 512));
   assert_built ("query-dirty-rate", NULL);
   assert_built ("query-migrate-parameters", NULL);
+  /* Storage migration. */
+  assert_built ("nbd-server-start", ferry_qmp_args_nbd_server_start ("10.0.0.2", 49200, "ferry-migration-tls"));
+  assert_built ("block-export-add", ferry_qmp_args_block_export_add ("ferry-export-disk0", "disk0", "disk0"));
+  assert_built ("blockdev-add", ferry_qmp_args_blockdev_add_nbd ("ferry-mirror-disk0", "10.0.0.2", 49200, "disk0",
+                                                                 "ferry-migration-tls", "10.0.0.2"));
+  assert_built ("blockdev-mirror", ferry_qmp_args_blockdev_mirror ("ferry-mirror-0", "disk0", "ferry-mirror-disk0",
+                                                                   FALSE, 0));
+  assert_built ("blockdev-mirror", ferry_qmp_args_blockdev_mirror ("ferry-mirror-0", "disk0", "ferry-mirror-disk0",
+                                                                   TRUE, 100 << 20));
+  assert_built ("block-job-cancel", ferry_qmp_args_block_job_cancel ("ferry-mirror-0", FALSE));
+  assert_built ("job-dismiss", ferry_qmp_args_id ("id", "ferry-mirror-0"));
+  assert_built ("blockdev-del", ferry_qmp_args_id ("node-name", "ferry-mirror-disk0"));
+  assert_built ("block-export-del", ferry_qmp_args_id ("id", "ferry-export-disk0"));
+  assert_built ("nbd-server-stop", NULL);
+  assert_built ("query-block-jobs", NULL);
+  assert_built ("query-blockstats", NULL);
 }
 
 static void

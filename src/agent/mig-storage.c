@@ -1,0 +1,477 @@
+/* ferry agent — live migration without shared storage, source side
+ * (virsh migrate --copy-storage-all).
+ *
+ * The destination created empty volumes, started its QEMU with them and
+ * serves them writable over NBD (TLS). Here each disk is mirrored into
+ * its NBD twin (blockdev-mirror, sync full); memory migration starts only
+ * when every mirror is ready (the copy caught up, new writes follow). When
+ * the memory stream completes the guest is paused, so cancelling a ready
+ * mirror ends it with both sides identical; only then does the destination
+ * get Finish. Any failure before cancels the mirrors and leaves the source
+ * as it was: its own disks were only read.
+ *
+ * QEMU 7.2 cannot change a mirror's copy mode once started
+ * (block-job-change arrived in 8.2), so the mode is chosen at the start:
+ * write-blocking (every guest write waits for the destination) when the
+ * guest already writes at more than half the link's rate, background
+ * otherwise.
+ */
+#include "agent.h"
+
+#include "jsonutil.h"
+
+#define QEMU_TLS_CREDS_ID "ferry-migration-tls"
+#define MIRROR_POLL_MS 1000
+#define WRITE_SAMPLE_MS 1000
+
+typedef struct {
+  guint index;
+  char *node;               /* the guest's format node, "diskN" */
+  char *target;             /* our NBD client node */
+  char *job_id;
+  gboolean ready;
+  gboolean ended;
+  gint64 len;
+  gint64 offset;
+} Mirror;
+
+typedef struct {
+  FerryJobRef ref;
+  GPtrArray *mirrors;
+  char *host;
+  guint16 port;
+  gboolean write_blocking;
+  gboolean completing;      /* after the stream: cancelling ready mirrors */
+  gboolean failed;
+  guint poll_timer;
+  gint64 written_before;    /* wr_bytes sum at the start of the sample */
+  gint64 ready_us;
+  gint64 started_us;
+} Storage;
+
+static void
+mirror_free (Mirror *mirror)
+{
+  g_free (mirror->node);
+  g_free (mirror->target);
+  g_free (mirror->job_id);
+  g_free (mirror);
+}
+
+static void
+storage_free (Storage *storage)
+{
+  g_clear_handle_id (&storage->poll_timer, g_source_remove);
+  g_ptr_array_unref (storage->mirrors);
+  g_free (storage->host);
+  g_free (storage);
+}
+
+static Storage *
+storage_of (FerryJob *job)
+{
+  return job->storage_free == (GDestroyNotify) storage_free ? job->storage : NULL;
+}
+
+static FerryVm *
+job_vm (FerryJob *job)
+{
+  return g_hash_table_lookup (job->agent->vms, job->vm_name);
+}
+
+static Mirror *
+mirror_by_job_id (Storage *storage, const char *job_id)
+{
+  for (guint i = 0; job_id != NULL && i < storage->mirrors->len; i++)
+    {
+      Mirror *mirror = g_ptr_array_index (storage->mirrors, i);
+      if (g_str_equal (mirror->job_id, job_id))
+        return mirror;
+    }
+  return NULL;
+}
+
+/* ---- progress --------------------------------------------------------------- */
+
+static void
+publish (FerryJob *job)
+{
+  Storage *storage = storage_of (job);
+  JsonObject *status = json_object_new ();
+  JsonArray *list = json_array_new ();
+  gint64 len = 0, offset = 0;
+  for (guint i = 0; i < storage->mirrors->len; i++)
+    {
+      Mirror *mirror = g_ptr_array_index (storage->mirrors, i);
+      JsonObject *entry = json_object_new ();
+      json_object_set_int_member (entry, "index", mirror->index);
+      json_object_set_int_member (entry, "len", mirror->len);
+      json_object_set_int_member (entry, "offset", mirror->offset);
+      json_object_set_boolean_member (entry, "ready", mirror->ready);
+      json_array_add_object_element (list, entry);
+      len += mirror->len;
+      offset += mirror->offset;
+    }
+  json_object_set_array_member (status, "disks", list);
+  json_object_set_int_member (status, "len", len);
+  json_object_set_int_member (status, "offset", offset);
+  json_object_set_string_member (status, "copy_mode", storage->write_blocking ? "write-blocking" : "background");
+  if (storage->ready_us > 0)
+    json_object_set_int_member (status, "ready_after_ms", (storage->ready_us - storage->started_us) / 1000);
+  json_object_set_object_member (job->stats, "ferry-mirror", status);
+  /* Mirroring is the first half of the scale; memory fills the rest. */
+  if (storage->ready_us == 0 && len > 0)
+    ferry_job_set_progress (job, 5 + 45.0 * (double) offset / (double) len, -1);
+}
+
+static void
+on_block_jobs (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
+  Storage *storage = job ? storage_of (job) : NULL;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
+  if (storage == NULL || reply == NULL || !JSON_NODE_HOLDS_ARRAY (reply))
+    return;
+  JsonArray *jobs = json_node_get_array (reply);
+  for (guint i = 0; i < json_array_get_length (jobs); i++)
+    {
+      JsonObject *entry = json_array_get_object_element (jobs, i);
+      Mirror *mirror = entry ? mirror_by_job_id (storage, ferry_json_object_string (entry, "device")) : NULL;
+      if (mirror == NULL)
+        continue;
+      mirror->len = ferry_json_object_int (entry, "len");
+      mirror->offset = ferry_json_object_int (entry, "offset");
+    }
+  publish (job);
+}
+
+static gboolean
+on_mirror_poll (gpointer user_data)
+{
+  FerryJob *job = ferry_job_ref_get (user_data);
+  FerryVm *vm = job ? job_vm (job) : NULL;
+  if (job == NULL || storage_of (job) == NULL)
+    return G_SOURCE_REMOVE;
+  if (vm != NULL && vm->qmp != NULL)
+    ferry_qmp_execute_async (vm->qmp, "query-block-jobs", NULL, NULL, on_block_jobs, ferry_job_ref_new (job));
+  return G_SOURCE_CONTINUE;
+}
+
+/* ---- failure ------------------------------------------------------------------ */
+
+static void
+storage_fail (FerryJob *job, const char *reason)
+{
+  Storage *storage = storage_of (job);
+  if (storage->failed)
+    return;
+  storage->failed = TRUE;
+  g_clear_handle_id (&storage->poll_timer, g_source_remove);
+  mig_src_rollback_public (job, reason);
+}
+
+void
+mig_storage_src_cancel (FerryJob *job)
+{
+  Storage *storage = storage_of (job);
+  FerryVm *vm = job_vm (job);
+  if (storage == NULL || vm == NULL || vm->qmp == NULL)
+    return;
+  storage->failed = TRUE;
+  g_clear_handle_id (&storage->poll_timer, g_source_remove);
+  /* Forced: a mirror that is not ready ends at once; the target is thrown
+   * away with the destination's volumes. The NBD node goes when its job
+   * is gone (see the events below). */
+  for (guint i = 0; i < storage->mirrors->len; i++)
+    {
+      Mirror *mirror = g_ptr_array_index (storage->mirrors, i);
+      if (mirror->ended)
+        continue;
+      ferry_qmp_execute_async (vm->qmp, "block-job-cancel", ferry_qmp_args_block_job_cancel (mirror->job_id, TRUE),
+                               NULL, NULL, NULL);
+    }
+}
+
+/* ---- events --------------------------------------------------------------------- */
+
+static void on_mirrors_completed (FerryJob *job);
+
+static void
+remove_target (FerryVm *vm, Mirror *mirror)
+{
+  if (vm == NULL || vm->qmp == NULL)
+    return;
+  ferry_qmp_execute_async (vm->qmp, "job-dismiss", ferry_qmp_args_id ("id", mirror->job_id), NULL, NULL, NULL);
+  ferry_qmp_execute_async (vm->qmp, "blockdev-del", ferry_qmp_args_id ("node-name", mirror->target), NULL,
+                           NULL, NULL);
+}
+
+gboolean
+mig_storage_src_on_event (FerryJob *job, const char *name, JsonObject *data)
+{
+  Storage *storage = storage_of (job);
+  if (storage == NULL || !g_str_has_prefix (name, "BLOCK_JOB_"))
+    return FALSE;
+  Mirror *mirror = mirror_by_job_id (storage, ferry_json_object_string (data, "device"));
+  if (mirror == NULL)
+    return TRUE;
+  FerryVm *vm = job_vm (job);
+  if (g_str_equal (name, "BLOCK_JOB_READY") && !mirror->ready)
+    {
+      mirror->ready = TRUE;
+      mirror->len = ferry_json_object_int (data, "len");
+      mirror->offset = ferry_json_object_int (data, "offset");
+      ferry_job_event (job, "info", "disk%u mirrored (%" G_GINT64_FORMAT " MiB); new writes follow",
+                       mirror->index, mirror->len >> 20);
+      gboolean all = TRUE;
+      for (guint i = 0; i < storage->mirrors->len; i++)
+        all &= ((Mirror *) g_ptr_array_index (storage->mirrors, i))->ready;
+      if (all && !storage->failed && storage->ready_us == 0)
+        {
+          storage->ready_us = g_get_monotonic_time ();
+          publish (job);
+          ferry_job_event (job, "info", "every disk mirrored after %.1f s; migrating memory",
+                           (double) (storage->ready_us - storage->started_us) / 1e6);
+          if (job->abort_requested)
+            storage_fail (job, "aborted by the user");
+          else
+            mig_src_perform_public (job);
+        }
+    }
+  else if (g_str_equal (name, "BLOCK_JOB_COMPLETED") || g_str_equal (name, "BLOCK_JOB_CANCELLED"))
+    {
+      const char *failure = ferry_json_object_string (data, "error");
+      mirror->ended = TRUE;
+      remove_target (vm, mirror);
+      if (storage->completing && !storage->failed)
+        {
+          if (failure != NULL || !mirror->ready)
+            {
+              g_autofree char *reason = g_strdup_printf ("mirror of disk%u ended badly: %s", mirror->index,
+                                                         failure ? failure : "cancelled before it was ready");
+              storage_fail (job, reason);
+              return TRUE;
+            }
+          gboolean all = TRUE;
+          for (guint i = 0; i < storage->mirrors->len; i++)
+            all &= ((Mirror *) g_ptr_array_index (storage->mirrors, i))->ended;
+          if (all)
+            on_mirrors_completed (job);
+        }
+      else if (!storage->failed)
+        {
+          g_autofree char *reason = g_strdup_printf ("mirror of disk%u stopped: %s", mirror->index,
+                                                     failure ? failure : "cancelled");
+          storage_fail (job, reason);
+        }
+    }
+  else if (g_str_equal (name, "BLOCK_JOB_ERROR") && !storage->failed)
+    {
+      g_autofree char *reason = g_strdup_printf ("mirror of disk%u: %s error (%s)", mirror->index,
+                                                 ferry_json_object_string (data, "operation"),
+                                                 ferry_json_object_string (data, "action"));
+      storage_fail (job, reason);
+    }
+  return TRUE;
+}
+
+/* ---- completion (guest paused after the memory stream) ------------------------------ */
+
+static void
+on_mirrors_completed (FerryJob *job)
+{
+  Storage *storage = storage_of (job);
+  g_clear_handle_id (&storage->poll_timer, g_source_remove);
+  publish (job);
+  ferry_job_event (job, "info", "disk mirrors completed: the destination's disks match");
+  mig_src_finish_public (job);
+}
+
+gboolean
+mig_storage_src_complete (FerryJob *job)
+{
+  Storage *storage = storage_of (job);
+  FerryVm *vm = job_vm (job);
+  if (storage == NULL)
+    return FALSE;
+  if (storage->completing)
+    return TRUE;
+  storage->completing = TRUE;
+  if (vm == NULL || vm->qmp == NULL)
+    {
+      storage_fail (job, "source QEMU is gone");
+      return TRUE;
+    }
+  /* The guest is paused: a ready mirror that is cancelled copies what is
+   * left and ends with the target identical to the source. */
+  for (guint i = 0; i < storage->mirrors->len; i++)
+    {
+      Mirror *mirror = g_ptr_array_index (storage->mirrors, i);
+      ferry_qmp_execute_async (vm->qmp, "block-job-cancel", ferry_qmp_args_block_job_cancel (mirror->job_id, FALSE),
+                               NULL, NULL, NULL);
+    }
+  return TRUE;
+}
+
+/* ---- start ------------------------------------------------------------------------------ */
+
+static void
+on_mirrors_started (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) reply = ferry_qmp_run_steps_finish (result, &error);
+  Storage *storage = job ? storage_of (job) : NULL;
+  if (storage == NULL)
+    return;
+  if (reply == NULL)
+    {
+      g_autofree char *reason = g_strdup_printf ("cannot mirror the disks to the destination: %s", error->message);
+      mig_storage_src_cancel (job);
+      storage->failed = FALSE;
+      storage_fail (job, reason);
+      return;
+    }
+  storage->poll_timer = g_timeout_add_full (G_PRIORITY_DEFAULT, MIRROR_POLL_MS, on_mirror_poll,
+                                            ferry_job_ref_new (job), g_free);
+}
+
+static void
+start_mirrors (FerryJob *job)
+{
+  Storage *storage = storage_of (job);
+  FerryVm *vm = job_vm (job);
+  g_autofree char *creds_dir = g_build_filename (job->agent->config.state_dir, "qemu-tls", NULL);
+  guint n = 0;
+  g_autofree FerryQmpStep *steps = g_new0 (FerryQmpStep, 2 + 2 * storage->mirrors->len);
+  if (job->options.tls)
+    {
+      steps[n++] = (FerryQmpStep) { "object-del", ferry_qmp_args_id ("id", QEMU_TLS_CREDS_ID), TRUE };
+      steps[n++] = (FerryQmpStep) { "object-add", ferry_qmp_args_tls_creds (QEMU_TLS_CREDS_ID, creds_dir, FALSE) };
+      job->tls_creds_ready = TRUE;
+    }
+  gint64 speed = job->options.bandwidth_mib > 0 ? job->options.bandwidth_mib * 1048576 : 0;
+  for (guint i = 0; i < storage->mirrors->len; i++)
+    {
+      Mirror *mirror = g_ptr_array_index (storage->mirrors, i);
+      g_autofree char *export_name = g_strdup_printf ("disk%u", mirror->index);
+      steps[n++] = (FerryQmpStep) { "blockdev-add",
+                                    ferry_qmp_args_blockdev_add_nbd (mirror->target, storage->host, storage->port,
+                                                                     export_name,
+                                                                     job->options.tls ? QEMU_TLS_CREDS_ID : NULL,
+                                                                     job->options.tls ? job->tls_hostname : NULL) };
+      steps[n++] = (FerryQmpStep) { "blockdev-mirror",
+                                    ferry_qmp_args_blockdev_mirror (mirror->job_id, mirror->node, mirror->target,
+                                                                    storage->write_blocking, speed) };
+    }
+  storage->started_us = g_get_monotonic_time ();
+  ferry_job_event (job, "info", "mirroring %u disks to %s:%u (%s copy mode)", storage->mirrors->len,
+                   storage->host, storage->port, storage->write_blocking ? "write-blocking" : "background");
+  ferry_qmp_run_steps_async (vm->qmp, steps, n, NULL, on_mirrors_started, ferry_job_ref_new (job));
+}
+
+static gint64
+written_bytes (JsonNode *reply)
+{
+  gint64 sum = 0;
+  JsonArray *devices = reply && JSON_NODE_HOLDS_ARRAY (reply) ? json_node_get_array (reply) : NULL;
+  for (guint i = 0; devices != NULL && i < json_array_get_length (devices); i++)
+    {
+      JsonObject *device = json_array_get_object_element (devices, i);
+      JsonObject *stats = device && json_object_has_member (device, "stats")
+                            ? json_object_get_object_member (device, "stats") : NULL;
+      sum += stats ? ferry_json_object_int (stats, "wr_bytes") : 0;
+    }
+  return sum;
+}
+
+static void on_write_sample (GObject *source, GAsyncResult *result, gpointer user_data);
+
+static gboolean
+on_write_sample_due (gpointer user_data)
+{
+  FerryJob *job = ferry_job_ref_get (user_data);
+  FerryVm *vm = job ? job_vm (job) : NULL;
+  if (job == NULL || storage_of (job) == NULL)
+    return G_SOURCE_REMOVE;
+  if (vm == NULL || vm->qmp == NULL)
+    storage_fail (job, "source QEMU is gone");
+  else
+    ferry_qmp_execute_async (vm->qmp, "query-blockstats", NULL, NULL, on_write_sample, ferry_job_ref_new (job));
+  return G_SOURCE_REMOVE;
+}
+
+/* Two blockstats readings a second apart give the guest's write rate. */
+static void
+on_write_sample (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
+  Storage *storage = job ? storage_of (job) : NULL;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
+  if (storage == NULL)
+    return;
+  gint64 written = written_bytes (reply);
+  if (storage->written_before < 0)
+    {
+      storage->written_before = written;
+      g_timeout_add_full (G_PRIORITY_DEFAULT, WRITE_SAMPLE_MS, on_write_sample_due, ferry_job_ref_new (job), g_free);
+      return;
+    }
+  double write_mib_s = (double) (written - storage->written_before) / 1048576.0 * 1000.0 / WRITE_SAMPLE_MS;
+  JsonObject *plan = json_object_has_member (job->stats, "ferry-plan")
+                       ? json_object_get_object_member (job->stats, "ferry-plan") : NULL;
+  JsonObject *measured = plan && json_object_has_member (plan, "measured")
+                           ? json_object_get_object_member (plan, "measured") : NULL;
+  double link_mib_s = measured && json_object_has_member (measured, "link_mib_s")
+                        ? json_object_get_double_member (measured, "link_mib_s") : 0;
+  if (job->options.bandwidth_mib > 0 && (link_mib_s <= 0 || job->options.bandwidth_mib < link_mib_s))
+    link_mib_s = (double) job->options.bandwidth_mib;
+  storage->write_blocking = link_mib_s > 0 && write_mib_s > link_mib_s / 2;
+  ferry_job_event (job, "info", "guest writes %.1f MiB/s to its disks, link %.0f MiB/s: %s copy mode",
+                   write_mib_s, link_mib_s,
+                   storage->write_blocking ? "write-blocking (writes wait for the destination)"
+                                           : "background");
+  start_mirrors (job);
+}
+
+gboolean
+mig_storage_src_start (FerryJob *job, JsonObject *prepare_reply)
+{
+  if (!job->options.copy_storage)
+    return FALSE;
+  FerryVm *vm = job_vm (job);
+  JsonObject *nbd = prepare_reply && json_object_has_member (prepare_reply, "nbd")
+                      ? json_object_get_object_member (prepare_reply, "nbd") : NULL;
+  const char *host = ferry_json_object_string (nbd, "host");
+  gint64 port = ferry_json_object_int (nbd, "port");
+  if (host == NULL || port <= 0 || port > 65535 || vm == NULL || vm->qmp == NULL)
+    {
+      mig_src_rollback_public (job, "the destination did not say where its disks are served");
+      return TRUE;
+    }
+  Storage *storage = g_new0 (Storage, 1);
+  storage->ref.agent = job->agent;
+  storage->ref.job_id = job->id;
+  storage->mirrors = g_ptr_array_new_with_free_func ((GDestroyNotify) mirror_free);
+  storage->host = g_strdup (host);
+  storage->port = (guint16) port;
+  storage->written_before = -1;
+  for (guint i = 0; i < vm->spec->disks->len; i++)
+    {
+      Mirror *mirror = g_new0 (Mirror, 1);
+      mirror->index = i;
+      mirror->node = g_strdup_printf ("disk%u", i);
+      mirror->target = g_strdup_printf ("ferry-mirror-disk%u", i);
+      mirror->job_id = g_strdup_printf ("ferry-mirror-%u", i);
+      g_ptr_array_add (storage->mirrors, mirror);
+    }
+  job->storage = storage;
+  job->storage_free = (GDestroyNotify) storage_free;
+  ferry_qmp_execute_async (vm->qmp, "query-blockstats", NULL, NULL, on_write_sample, ferry_job_ref_new (job));
+  return TRUE;
+}

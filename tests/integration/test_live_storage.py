@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Live migration without shared storage (--live --copy-storage).
+
+The guest runs on hosta with a qcow2 root volume holding scattered data and
+a raw volume its disk writer appends checksummed records to, continuously.
+ferry mirrors both disks into volumes the destination creates and serves
+over NBD with TLS, moves memory once the mirrors are ready, and ends the
+mirrors while the guest is paused. After the switchover the guest runs on
+hostb (same boot, ticks continue), every record it reported durable on
+hosta is on hostb's disk, and the root volume's data is there. An abort
+while the disks are still mirroring leaves the guest running on hosta and
+hostb without volumes; a storage map to a pool hostb lacks is refused."""
+
+import json
+import os
+import re
+
+from ferrytest import (BUILD, Cluster, ensure_guest, guest_spec, job, log, main, run, wait_for_console,
+                       wait_for_ticks, wait_until)
+
+MiB = 1024 * 1024
+DISK_CHECK = os.path.join(BUILD, "guest/disk-check")
+EXTENTS = [(0, 1, 0x11), (200, 48, 0x22), (700, 32, 0x33), (1023, 1, 0x44)]
+
+
+def durable_seq(console_text):
+    found = re.findall(r"durable seq=(\d+)", console_text)
+    return int(found[-1]) if found else 0
+
+
+def test():
+    kernel, initrd = ensure_guest()
+    cluster = Cluster(need_netns=True)
+    a, b = cluster.a, cluster.b
+    a_default = os.path.join(a.state_dir, "pools", "default")
+    b_default = os.path.join(b.state_dir, "pools", "default")
+
+    a.cli("volume", "create", "default", "vm2-root.qcow2", "--size", "1G")
+    a.cli("volume", "create", "default", "vm2-log", "--size", "64M", "--format", "raw")
+    for offset, length, pattern in EXTENTS:
+        run(["qemu-io", "-f", "qcow2", "-c", f"write -P {pattern} {offset}M {length}M",
+             os.path.join(a_default, "vm2-root.qcow2")])
+    spec = guest_spec(os.path.join(cluster.workdir, "vm2.json"), "vm2", kernel, initrd, memory_mib=256,
+                      disks=[{"volume": "vm2-root.qcow2", "format": "qcow2"},
+                             {"volume": "vm2-log", "format": "raw"}],
+                      extra_cmdline="ferry.diskwriter=/dev/vdb ferry.diskwriter_rate=50")
+    a.cli("vm", "define", spec)
+    a.cli("vm", "start", "vm2")
+    _, boot = wait_for_ticks(a, "vm2", beyond=2)
+    wait_for_console(a, "vm2", r"durable seq=[0-9]{2,}")
+
+    log("a storage map to a pool hostb lacks is refused; the guest keeps running")
+    refused = a.cli("migrate", "vm2", b.url, "--live", "--copy-storage", "--storage-map", "default=nope",
+                    check=False)
+    assert refused.returncode != 0 and "disks[0].pool" in refused.stderr, refused.stderr
+    log(f"refused as expected: {refused.stderr.strip()}")
+    assert a.vms()["vm2"]["state"] == "running" and "vm2" not in b.vms()
+
+    log("abort while the disks are mirroring: hosta keeps the guest, hostb keeps nothing")
+    a.cli("migrate", "vm2", b.url, "--live", "--copy-storage", "--bandwidth", "2", "--detach")
+    wait_until("mirroring to start", lambda: "ferry-mirror" in job(a, "vm2").get("stats", {}), timeout=120)
+    a.cli("job", "abort", "vm2")
+    info = wait_until("the job to end", lambda: (lambda i: i if not i.get("active") else None)(job(a, "vm2")),
+                      timeout=120)
+    assert info["state"] == "cancelled", info
+    number, _ = wait_for_ticks(a, "vm2", beyond=0, boot_id=boot)
+    wait_for_ticks(a, "vm2", beyond=number, boot_id=boot)
+    wait_until("hostb to forget vm2", lambda: "vm2" not in b.vms(), timeout=60)
+    wait_until("hostb's volumes to go", lambda: os.listdir(b_default) == [], timeout=60)
+
+    log("live migration with a storage copy while the guest writes")
+    result = a.cli("migrate", "vm2", b.url, "--live", "--copy-storage", "--verbose")
+    log(result.stdout.rstrip())
+    info = job(a, "vm2", completed=True)
+    assert info["state"] == "completed", info
+    mirror = info["stats"]["ferry-mirror"]
+    log(f"mirror: {json.dumps(mirror)}")
+    assert all(disk["ready"] for disk in mirror["disks"]), mirror
+    number, seen_boot = wait_for_ticks(b, "vm2", beyond=0)
+    assert seen_boot == boot, f"the guest rebooted: {seen_boot} != {boot}"
+    wait_for_ticks(b, "vm2", beyond=number, boot_id=boot)
+    last_durable = durable_seq(a.console("vm2"))
+    log(f"last record durable on hosta: {last_durable}")
+    wait_until("hostb's guest to write more", lambda: durable_seq(b.console("vm2")) > last_durable, timeout=60)
+
+    report = json.loads(run([DISK_CHECK, "--expect-at-least", str(last_durable),
+                             os.path.join(b_default, "vm2-log")], check=False).stdout)
+    log(f"hostb's log disk: {report}")
+    assert report["gaps"] == 0 and report["last_seq"] >= last_durable, report
+    for offset, length, pattern in EXTENTS:
+        run(["qemu-io", "-U", "-r", "-f", "qcow2", "-c", f"read -P {pattern} {offset}M {length}M",
+             os.path.join(b_default, "vm2-root.qcow2")])
+    log("the root volume's data is on hostb")
+    b.cli("vm", "destroy", "vm2")
+
+
+if __name__ == "__main__":
+    main(test)
