@@ -34,10 +34,11 @@ check-unit: build
 	$(MESON_TEST) -C $(BUILD) --suite unit
 
 # The agent paths the instrumented run covers: every migration phase and
-# failure, restart, bad input, post-copy recovery (the option matrix and
-# the capture run only in the plain build, to keep make check short).
+# failure, restart, bad input, post-copy recovery, disk copies with their
+# failures and restarts, storage mirrors (the option matrix and the capture
+# run only in the plain build, to keep make check short).
 ASAN_INTEGRATION = test_live_migration test_failures test_restart_offline test_bad_input \
-	test_postcopy_recover
+	test_postcopy_recover test_cold_failures test_live_storage
 
 # Unit tests with leak checking, then the real-QEMU tests driving an
 # instrumented ferryd and ferry (leaks are valgrind's job there: the

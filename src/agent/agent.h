@@ -227,6 +227,9 @@ gboolean ferry_migrate_options_validate (const FerryMigrateOptions *options, GEr
 JsonObject *ferry_migrate_options_to_json (const FerryMigrateOptions *options);
 const char *ferry_compress_to_string (FerryCompress compress);
 gboolean ferry_migrate_options_multifd (const FerryMigrateOptions *options);
+/* The options a job was stored with (lenient: a restarted agent takes
+ * what it finds; missing members keep their defaults). */
+void ferry_migrate_options_from_stored (const char *options_json, FerryMigrateOptions *options);
 /* The destination pool of a source pool under the storage map. */
 const char *ferry_migrate_options_map_pool (const FerryMigrateOptions *options, const char *pool);
 
@@ -259,6 +262,7 @@ struct _FerryJob {
   gboolean postcopy_requested;
   gboolean postcopy_dest_running; /* destination confirmed it resumed the guest */
   gboolean stream_completed;      /* QEMU reported "completed" */
+  gboolean restored_check_logged; /* restarted in post-copy: asking the destination */
   double progress_percent;   /* never decreases (job.c, mig-src.c) */
   double eta_s;              /* < 0: unknown */
   gint64 last_pass;          /* dirty-sync-count at the last poll */

@@ -108,6 +108,9 @@ save_state (FerryJob *job)
       json_object_set_int_member (entry, "virtual_size", (gint64) disk->virtual_size);
       json_object_set_int_member (entry, "allocated_bytes", (gint64) disk->allocated_bytes);
       json_object_set_int_member (entry, "port", disk->port);
+      /* So that a restarted agent can be sure they are gone. */
+      json_object_set_int_member (entry, "tcp_pid", disk->tcp ? ferry_nbd_export_get_pid (disk->tcp) : 0);
+      json_object_set_int_member (entry, "local_pid", disk->local ? ferry_nbd_export_get_pid (disk->local) : 0);
       json_array_add_object_element (disks, entry);
     }
   json_object_set_array_member (state, "disks", disks);
@@ -829,18 +832,9 @@ void
 mig_cold_src_recover (FerryAgent *agent, FerryStoreJob *stored)
 {
   FerryMigrateOptions options;
-  ferry_migrate_options_init (&options);
-  g_autoptr (JsonNode) options_node = stored->options_json ? json_from_string (stored->options_json, NULL) : NULL;
-  JsonObject *saved = options_node && JSON_NODE_HOLDS_OBJECT (options_node) ? json_node_get_object (options_node) : NULL;
+  ferry_migrate_options_from_stored (stored->options_json, &options);
   options.persistent = TRUE;
   options.copy_storage = TRUE;
-  if (saved != NULL)
-    {
-      options.undefine_source = json_object_get_boolean_member_with_default (saved, "undefine_source", FALSE);
-      options.delete_source_disks = json_object_get_boolean_member_with_default (saved, "delete_source_disks", FALSE);
-      options.start = json_object_get_boolean_member_with_default (saved, "start", FALSE);
-      options.bandwidth_mib = json_object_get_int_member_with_default (saved, "bandwidth_mib", 0);
-    }
   FerryJob *job = ferry_job_restore (agent, stored, &options);
   JsonObject *state = json_object_get_object_member (job->stats, "ferry-cold-source");
   FerryVm *vm = job_vm (job);
@@ -865,6 +859,16 @@ mig_cold_src_recover (FerryAgent *agent, FerryStoreJob *stored)
       disk->virtual_size = (guint64) ferry_json_object_int (entry, "virtual_size");
       disk->allocated_bytes = (guint64) ferry_json_object_int (entry, "allocated_bytes");
       disk->port = (guint16) ferry_json_object_int (entry, "port");
+      /* The previous agent's exports got SIGTERM when it died, but one
+       * busy with a slow client can hold its port for a long time. */
+      for (guint k = 0; k < 2; k++)
+        {
+          GPid pid = (GPid) ferry_json_object_int (entry, k == 0 ? "tcp_pid" : "local_pid");
+          if (ferry_nbd_export_kill_stale (pid, disk->path))
+            ferry_job_event (job, "info", "stopped the export left by the previous agent (qemu-nbd %d)", pid);
+          else if (pid > 0)
+            ferry_job_event (job, "info", "the previous agent's export (pid %d) is gone", pid);
+        }
       g_ptr_array_add (cold->disks, disk);
     }
   if (state != NULL)

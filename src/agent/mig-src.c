@@ -1343,6 +1343,60 @@ mig_src_start_postcopy (FerryVm *vm, const char *why, GError **error)
 
 /* ---- restart recovery ---------------------------------------------------------- */
 
+static gboolean on_restored_check_due (gpointer user_data);
+
+static void
+on_restored_postcopy_checked (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree JobRef *ref = user_data;
+  FerryJob *job = job_deref (ref);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
+  if (job == NULL || job->state != FERRY_JOB_POSTCOPY)
+    return;
+  const char *state = ferry_json_object_string (reply, "state");
+  if (g_strcmp0 (state, "postcopy") == 0 || g_strcmp0 (state, "completed") == 0)
+    {
+      job->postcopy_dest_running = TRUE;
+      ferry_job_event (job, "info", "the destination runs the guest; following the post-copy stream");
+      if (job->stream_completed)
+        mig_src_confirm (job);
+    }
+  else if (g_strcmp0 (state, "prepared") == 0)
+    {
+      /* Finish never arrived: send it again. */
+      g_autofree char *path = incoming_path (job, "/finish");
+      g_autoptr (JsonObject) body = json_object_new ();
+      json_object_set_boolean_member (body, "postcopy", TRUE);
+      ferry_peer_request_async (job->agent, job->peer_url, "POST", path, body, PEER_TIMEOUT_S, NULL,
+                                on_postcopy_resumed, job_ref (job));
+    }
+  else if (reply == NULL)
+    {
+      /* Unreachable for now (the link may be down): ask again, the
+       * confirmation waits for the answer. */
+      if (!job->restored_check_logged)
+        ferry_job_event (job, "warning", "cannot ask the destination yet (%s); asking again", error->message);
+      job->restored_check_logged = TRUE;
+      g_timeout_add_seconds_full (G_PRIORITY_DEFAULT, 2, on_restored_check_due, job_ref (job), g_free);
+    }
+  else
+    ferry_job_event (job, "warning", "destination state after the restart: %s", state);
+}
+
+static gboolean
+on_restored_check_due (gpointer user_data)
+{
+  FerryJob *job = job_deref (user_data);
+  if (job != NULL && job->state == FERRY_JOB_POSTCOPY && !job->postcopy_dest_running)
+    {
+      g_autofree char *path = incoming_path (job, NULL);
+      ferry_peer_request_async (job->agent, job->peer_url, "GET", path, NULL, PEER_TIMEOUT_S, NULL,
+                                on_restored_postcopy_checked, job_ref (job));
+    }
+  return G_SOURCE_REMOVE;
+}
+
 void
 mig_src_recover (FerryAgent *agent, FerryStoreJob *stored)
 {
@@ -1364,13 +1418,29 @@ mig_src_recover (FerryAgent *agent, FerryStoreJob *stored)
                                  NULL);
       return;
     }
-  if (state == FERRY_JOB_POSTCOPY)
+  if (state == FERRY_JOB_POSTCOPY && vm != NULL && vm->qmp != NULL)
     {
       /* The destination runs the guest and may still need pages from our
-       * QEMU: leave it running; it exits by itself once the stream ends. */
+       * QEMU: follow the stream again, recovering it if it broke. */
+      FerryMigrateOptions options;
+      ferry_migrate_options_from_stored (stored->options_json, &options);
+      FerryJob *job = ferry_job_restore (agent, stored, &options);
+      vm->job = job;
+      ferry_vm_set_state (vm, FERRY_VM_MIGRATED);
+      job->postcopy_requested = TRUE;
+      job->peer_last_seen_us = g_get_monotonic_time ();
+      job->poll_timer = g_timeout_add (PROGRESS_POLL_MS, on_poll_timer, job);
+      job->keepalive_timer = g_timeout_add (agent->config.keepalive_interval_ms, on_keepalive_timer, job);
+      /* Did the destination hear Finish before we went down? */
+      g_autofree char *path = incoming_path (job, NULL);
+      ferry_peer_request_async (agent, job->peer_url, "GET", path, NULL, PEER_TIMEOUT_S, NULL,
+                                on_restored_postcopy_checked, job_ref (job));
+      return;
+    }
+  if (state == FERRY_JOB_POSTCOPY)
+    {
       ferry_store_job_update (agent->store, stored->id, "failed",
-                              "agent restarted during post-copy; the source QEMU keeps serving pages "
-                              "to the destination", NULL, NULL);
+                              "agent restarted during post-copy and the source QEMU is gone", NULL, NULL);
       return;
     }
   if (state == FERRY_JOB_FINISHING)

@@ -466,8 +466,10 @@ mig_storage_src_start (FerryJob *job, JsonObject *prepare_reply)
       Mirror *mirror = g_new0 (Mirror, 1);
       mirror->index = i;
       mirror->node = g_strdup_printf ("disk%u", i);
-      mirror->target = g_strdup_printf ("ferry-mirror-disk%u", i);
-      mirror->job_id = g_strdup_printf ("ferry-mirror-%u", i);
+      /* Named after the job: leftovers of an earlier attempt (an agent
+       * restart mid-mirror) cannot collide with these. */
+      mirror->target = g_strdup_printf ("ferry-mirror-%" G_GINT64_FORMAT "-disk%u", job->id, i);
+      mirror->job_id = g_strdup_printf ("ferry-mirror-%" G_GINT64_FORMAT "-%u", job->id, i);
       g_ptr_array_add (storage->mirrors, mirror);
     }
   job->storage = storage;

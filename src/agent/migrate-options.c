@@ -260,3 +260,39 @@ ferry_migrate_options_to_json (const FerryMigrateOptions *options)
     }
   return json;
 }
+
+void
+ferry_migrate_options_from_stored (const char *options_json, FerryMigrateOptions *options)
+{
+  ferry_migrate_options_init (options);
+  g_autoptr (JsonNode) node = options_json ? json_from_string (options_json, NULL) : NULL;
+  JsonObject *saved = node && JSON_NODE_HOLDS_OBJECT (node) ? json_node_get_object (node) : NULL;
+  if (saved == NULL)
+    return;
+  options->live = g_strcmp0 (ferry_json_object_string (saved, "mode"), "live") == 0;
+  options->persistent = json_object_get_boolean_member_with_default (saved, "persistent", FALSE);
+  options->undefine_source = json_object_get_boolean_member_with_default (saved, "undefine_source", FALSE);
+  options->tls = json_object_get_boolean_member_with_default (saved, "tls", TRUE);
+  options->bandwidth_mib = json_object_get_int_member_with_default (saved, "bandwidth_mib", 0);
+  options->max_downtime_ms = json_object_get_int_member_with_default (saved, "max_downtime_ms", 300);
+  options->strategy = g_strcmp0 (ferry_json_object_string (saved, "strategy"), "manual") == 0
+                        ? FERRY_STRATEGY_MANUAL : FERRY_STRATEGY_AUTO;
+  options->parallel_connections = json_object_get_int_member_with_default (saved, "parallel_connections", 0);
+  for (guint i = FERRY_COMPRESS_NONE; i <= FERRY_COMPRESS_ZSTD; i++)
+    if (g_strcmp0 (ferry_json_object_string (saved, "compress"), compress_names[i]) == 0)
+      options->compress = i;
+  options->xbzrle = json_object_get_boolean_member_with_default (saved, "xbzrle", FALSE);
+  options->auto_converge = json_object_get_boolean_member_with_default (saved, "auto_converge", FALSE);
+  options->postcopy = json_object_get_boolean_member_with_default (saved, "postcopy", FALSE);
+  options->postcopy_after_s = json_object_get_int_member_with_default (saved, "postcopy_after_s", 0);
+  options->completion_timeout_per_gib_s =
+    json_object_get_int_member_with_default (saved, "completion_timeout_per_gib_s", 150);
+  options->progress_timeout_s = json_object_get_int_member_with_default (saved, "progress_timeout_s", 150);
+  options->timeout_action = g_strcmp0 (ferry_json_object_string (saved, "timeout_action"), "postcopy") == 0
+                              ? FERRY_TIMEOUT_POSTCOPY : FERRY_TIMEOUT_ABORT;
+  options->copy_storage = json_object_get_boolean_member_with_default (saved, "copy_storage", FALSE);
+  options->start = json_object_get_boolean_member_with_default (saved, "start", FALSE);
+  options->delete_source_disks = json_object_get_boolean_member_with_default (saved, "delete_source_disks", FALSE);
+  options->force_stop = json_object_get_boolean_member_with_default (saved, "force_stop", FALSE);
+  options->parallel_disks = json_object_get_int_member_with_default (saved, "parallel_disks", 2);
+}

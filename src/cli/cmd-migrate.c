@@ -102,6 +102,14 @@ print_summary (JsonObject *job)
            " ms%s, sent %s, %.1f MiB/s, %" G_GINT64_FORMAT " passes\n",
            total_ms, ferry_json_object_int (stats, "downtime"), paused, bytes_text, throughput,
            ferry_json_object_int (ram, "dirty-sync-count"));
+  JsonObject *mirror = member_object (stats, "ferry-mirror");
+  if (mirror != NULL)
+    {
+      g_autofree char *disks = ferry_format_bytes (ferry_json_object_int (mirror, "len"));
+      g_print ("disks mirrored first: %s in %.1f s (%s copy mode)\n", disks,
+               ferry_json_object_int (mirror, "ready_after_ms") / 1000.0,
+               ferry_json_object_string (mirror, "copy_mode"));
+    }
 }
 
 static double

@@ -37,10 +37,10 @@ listen_tcp (const char *host, guint16 port, guint16 *bound_port, GError **error)
                                              G_SOCKET_PROTOCOL_TCP, error);
   if (socket == NULL)
     return NULL;
-  /* A port asked for again after a restart may still have connections
-   * in TIME_WAIT. */
-  if (!g_socket_set_option (socket, SOL_SOCKET, SO_REUSEADDR, 1, error)
-      || !g_socket_bind (socket, socket_address, FALSE, error) || !g_socket_listen (socket, error))
+  /* A port asked for again after a restart still has the old
+   * connections on it (closing, or in TIME_WAIT): SO_REUSEADDR, which
+   * g_socket_bind sets from its allow_reuse argument. */
+  if (!g_socket_bind (socket, socket_address, TRUE, error) || !g_socket_listen (socket, error))
     {
       g_prefix_error (error, "cannot listen on %s:%u for a disk export: ", host, port);
       return NULL;
@@ -189,4 +189,23 @@ ferry_nbd_export_free (FerryNbdExport *export)
   g_free (export->unix_socket);
   g_free (export->export_name);
   g_free (export);
+}
+
+gboolean
+ferry_nbd_export_kill_stale (GPid pid, const char *image)
+{
+  g_autofree char *path = g_strdup_printf ("/proc/%d/cmdline", pid);
+  g_autofree char *cmdline = NULL;
+  gsize length = 0;
+
+  if (pid <= 1 || image == NULL || !g_file_get_contents (path, &cmdline, &length, NULL))
+    return FALSE;
+  gboolean is_qemu_nbd = FALSE, serves_image = FALSE;
+  for (gsize i = 0; i < length; i += strlen (cmdline + i) + 1)
+    {
+      g_autofree char *base = g_path_get_basename (cmdline + i);
+      is_qemu_nbd |= g_str_equal (base, "qemu-nbd");
+      serves_image |= g_str_equal (cmdline + i, image);
+    }
+  return is_qemu_nbd && serves_image && kill (pid, SIGKILL) == 0;
 }

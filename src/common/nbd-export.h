@@ -43,4 +43,9 @@ char *ferry_nbd_export_uri (FerryNbdExport *export, const char *host, const char
 void ferry_nbd_export_free (FerryNbdExport *export);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (FerryNbdExport, ferry_nbd_export_free)
 
+/* Kills (SIGKILL) a qemu-nbd left by an earlier agent process, after
+ * checking that pid is a qemu-nbd serving `image` (pids get reused).
+ * TRUE when there was one to kill. */
+gboolean ferry_nbd_export_kill_stale (GPid pid, const char *image);
+
 G_END_DECLS

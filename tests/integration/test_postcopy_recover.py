@@ -5,7 +5,8 @@ pauses there (never resumed on the source), and once the link is back
 `ferry migrate NAME --recover` (or ferry's own retry) finishes the move.
 The guest continues with the same boot id: a pause, no reboot, no memory
 lost (a lost page would crash the guest kernel, as it did before the TCG
-workaround)."""
+workaround). The source agent is restarted while the link is down: the
+restarted agent takes the post-copy job up again and recovers it."""
 
 import os
 
@@ -41,6 +42,12 @@ def test():
                    timeout=60)
         state = job(a, "vm1")["state"]
         assert state == "postcopy", f"the job must wait for recovery, not end: {state}"
+        assert a.vms()["vm1"]["state"] != "running", "the source must never resume the guest"
+        log("restarting the source agent while the link is down")
+        a.stop_agent()
+        a.start_agent()
+        info = job(a, "vm1")
+        assert info.get("active") and info["state"] == "postcopy", f"the restarted agent must carry on: {info}"
         assert a.vms()["vm1"]["state"] != "running", "the source must never resume the guest"
     finally:
         cluster.link_up()

@@ -292,7 +292,8 @@ int
 main (int argc, char **argv)
 {
   g_test_init (&argc, &argv, NULL);
-  if (g_find_program_in_path ("qemu-nbd") == NULL)
+  g_autofree char *qemu_nbd = g_find_program_in_path ("qemu-nbd");
+  if (qemu_nbd == NULL)
     {
       g_test_skip ("qemu-nbd is not installed");
       return g_test_run ();

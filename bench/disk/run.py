@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""Disk copy benchmark (issue 4): ferry's copy engine against `nbdcopy` and
+`qemu-img convert` over NBD, each with its defaults, on the same two hosts
+(network namespaces joined by veth), the same image (8 GiB virtual qcow2,
+about 2 GiB of incompressible data in scattered extents) and the same
+source export (qemu-nbd, read-only, TLS with client certificates), on an
+unshaped and a 1 Gbit/s-shaped link.
+
+    python3 bench/disk/run.py                 # writes bench/results/disk.{json,md}
+    python3 bench/disk/run.py --links unshaped --data-mib 512 --out-dir /tmp/x
+
+Measured per run: wall time, bytes on the wire (the source veth's tx bytes:
+payload, TLS and TCP/IP headers), the destination's allocated size. ferry
+runs as a whole cold migration (`ferry migrate --offline --copy-storage`),
+so its time also includes the checks, volume creation, per-chunk read-back
+and the digest comparison with the source; the peers only copy.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "../.."))
+sys.path.insert(0, os.path.join(ROOT, "tests/integration"))
+os.environ.setdefault("FERRY_BUILD_DIR", os.path.join(ROOT, "build"))
+os.environ.setdefault("FERRY_SOURCE_DIR", ROOT)
+os.environ.setdefault("FERRY_GUEST_DIR", os.path.join(os.environ["FERRY_BUILD_DIR"], "guest-image"))
+
+from ferrytest import FERRY, FERRYD, Cluster, ensure_guest, guest_spec, job, log, run  # noqa: E402
+
+MIB = 1024 * 1024
+VIRTUAL_GIB = 8
+EXTENT_MIB = 16
+NBD_PORT = 10809
+LINKS = {"unshaped": "veth, unshaped", "1gbit": "veth, tc tbf 1 Gbit/s both ends"}
+TOOLS = ("ferry", "nbdcopy", "qemu-img-convert")
+TARGET_WIRE_FACTOR = 1.05
+
+
+def make_image(path, data_mib, seed=4):
+    """8 GiB qcow2 with data_mib of random bytes in EXTENT_MIB extents
+    scattered over the disk (fixed seed: the same layout every run)."""
+    raw = path + ".raw"
+    rng = random.Random(seed)
+    slots = (VIRTUAL_GIB * 1024) // EXTENT_MIB
+    chosen = sorted(rng.sample(range(slots), data_mib // EXTENT_MIB))
+    with open(raw, "wb") as handle:
+        handle.truncate(VIRTUAL_GIB * 1024 * MIB)
+        for slot in chosen:
+            handle.seek(slot * EXTENT_MIB * MIB)
+            handle.write(os.urandom(EXTENT_MIB * MIB))
+    run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, path])
+    os.unlink(raw)
+    return len(chosen) * EXTENT_MIB * MIB
+
+
+def allocated(path):
+    return os.stat(path).st_blocks * 512
+
+
+def tx_bytes(host):
+    out = host.run_in("cat", f"/sys/class/net/{host.veth}/statistics/tx_bytes").stdout
+    return int(out.strip())
+
+
+def set_link(cluster, link):
+    if link == "1gbit":
+        cluster.shape("1gbit")
+    else:
+        for host in (cluster.a, cluster.b):
+            host.run_in("tc", "qdisc", "del", "dev", host.veth, "root", check=False)
+
+
+def source_export(cluster, image):
+    """qemu-nbd on hosta: read-only, TLS with client certificates (as ferry's)."""
+    creds = os.path.join(cluster.a.state_dir, "qemu-tls")
+    argv = cluster.a.prefix() + [
+        "qemu-nbd", "--read-only", "--format", "qcow2", "--export-name", "disk0", "--persistent",
+        "--shared", "16", "--bind", cluster.a.address, "--port", str(NBD_PORT),
+        "--object", f"tls-creds-x509,id=tls0,endpoint=server,dir={creds},verify-peer=on",
+        "--tls-creds", "tls0", image]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        probe = cluster.b.run_in("bash", "-c", f"exec 3<>/dev/tcp/{cluster.a.address}/{NBD_PORT}", check=False)
+        if probe.returncode == 0:
+            return process
+        time.sleep(0.1)
+    process.kill()
+    raise SystemExit("qemu-nbd on hosta did not listen")
+
+
+def run_peer(cluster, tool, image, destination):
+    """nbdcopy or qemu-img convert on hostb pulling from hosta's export
+    into a local qcow2 (nbdcopy writes through a local qemu-nbd)."""
+    b_creds = os.path.join(cluster.b.state_dir, "qemu-tls")
+    export = source_export(cluster, image)
+    helper = None
+    try:
+        if tool == "nbdcopy":
+            run(["qemu-img", "create", "-q", "-f", "qcow2", destination, f"{VIRTUAL_GIB}G"])
+            socket = destination + ".sock"
+            helper = subprocess.Popen(["qemu-nbd", "--format", "qcow2", "--socket", socket, "--shared", "16",
+                                       "--persistent", destination], stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 30
+            while not os.path.exists(socket) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            argv = cluster.b.prefix() + [
+                "nbdcopy", f"nbds://{cluster.a.address}:{NBD_PORT}/disk0?tls-certificates={b_creds}",
+                f"nbd+unix:///?socket={socket}"]
+        else:
+            argv = cluster.b.prefix() + [
+                "qemu-img", "convert", "-O", "qcow2",
+                "--object", f"tls-creds-x509,id=tls0,endpoint=client,dir={b_creds}",
+                "--image-opts",
+                f"driver=nbd,server.type=inet,server.host={cluster.a.address},server.port={NBD_PORT},"
+                f"export=disk0,tls-creds=tls0",
+                destination]
+        started = time.monotonic()
+        result = subprocess.run(argv, capture_output=True, text=True)
+        elapsed = time.monotonic() - started
+        if result.returncode != 0:
+            raise SystemExit(f"{tool} failed: {result.stderr}")
+        return elapsed
+    finally:
+        if helper is not None:
+            helper.terminate()
+            helper.wait()
+        export.terminate()
+        export.wait()
+
+
+def run_ferry(cluster, vm):
+    started = time.monotonic()
+    cluster.a.cli("migrate", vm, cluster.b.url, "--offline", "--copy-storage", "--persistent")
+    elapsed = time.monotonic() - started
+    info = job(cluster.a, vm, completed=True)
+    return elapsed, info["stats"]["ferry-copy"]
+
+
+def one_run(cluster, tool, link, kernel, initrd, image_a, data_bytes):
+    a_pool = os.path.join(cluster.a.state_dir, "pools", "default")
+    b_pool = os.path.join(cluster.b.state_dir, "pools", "default")
+    destination = os.path.join(b_pool, "bench.qcow2")
+    for path in (destination, destination + ".sock"):
+        if os.path.exists(path):
+            os.unlink(path)
+    before = tx_bytes(cluster.a)
+    record = {"tool": tool, "link": link}
+    if tool == "ferry":
+        vm = "bench"
+        spec = guest_spec(os.path.join(cluster.workdir, "bench.json"), vm, kernel, initrd,
+                          disks=[{"volume": "bench.qcow2", "format": "qcow2"}])
+        cluster.a.cli("vm", "define", spec)
+        elapsed, copy = run_ferry(cluster, vm)
+        record["ferry_bytes_read"] = copy["bytes_read"]
+        cluster.b.cli("vm", "undefine", vm)
+        cluster.a.cli("vm", "undefine", vm)
+    else:
+        elapsed = run_peer(cluster, tool, image_a, destination)
+    wire = tx_bytes(cluster.a) - before
+    record.update({
+        "seconds": round(elapsed, 2),
+        "wire_bytes": wire,
+        "data_bytes": data_bytes,
+        "wire_over_data": round(wire / data_bytes, 3),
+        "mib_s_of_data": round(data_bytes / MIB / elapsed, 1),
+        "source_allocated": allocated(image_a),
+        "destination_allocated": allocated(destination),
+    })
+    identical = subprocess.run(["qemu-img", "compare", "-q", "-U", image_a, destination]).returncode == 0
+    record["identical"] = identical
+    os.unlink(destination)
+    return record
+
+
+def targets(runs):
+    out = []
+    for link in sorted({r["link"] for r in runs}):
+        by_tool = {r["tool"]: r for r in runs if r["link"] == link}
+        ferry, nbdcopy = by_tool.get("ferry"), by_tool.get("nbdcopy")
+        if ferry and nbdcopy:
+            out.append({"target": f"{link}: at least as fast as nbdcopy",
+                        "met": ferry["seconds"] <= nbdcopy["seconds"],
+                        "detail": f"ferry {ferry['seconds']} s, nbdcopy {nbdcopy['seconds']} s"})
+        if ferry:
+            out.append({"target": f"{link}: bytes on the wire ≤ {TARGET_WIRE_FACTOR}× the data",
+                        "met": ferry["wire_over_data"] <= TARGET_WIRE_FACTOR,
+                        "detail": f"{ferry['wire_over_data']}×"})
+            out.append({"target": f"{link}: destination allocated ≤ source",
+                        "met": ferry["destination_allocated"] <= ferry["source_allocated"],
+                        "detail": f"{ferry['destination_allocated'] // MIB} MiB vs "
+                                  f"{ferry['source_allocated'] // MIB} MiB"})
+    return out
+
+
+def markdown(report):
+    lines = [f"# Disk copy benchmark ({report['started']})", "",
+             f"Image: {VIRTUAL_GIB} GiB qcow2, {report['config']['data_mib']} MiB of random data in "
+             f"{EXTENT_MIB} MiB extents. Hosts: two network namespaces on one machine "
+             f"({report['environment']['cpus']} CPUs), TLS on every run. Rerun: `python3 bench/disk/run.py`.",
+             "", "| link | tool | time s | MiB/s (data) | wire / data | dest allocated MiB | src allocated MiB | identical |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in report["runs"]:
+        lines.append(f"| {r['link']} | {r['tool']} | {r['seconds']} | {r['mib_s_of_data']} | {r['wire_over_data']} | "
+                     f"{r['destination_allocated'] // MIB} | {r['source_allocated'] // MIB} | {r['identical']} |")
+    lines += ["", "## Targets", ""]
+    for t in report["targets"]:
+        lines.append(f"- {'met' if t['met'] else '**missed**'}: {t['target']} ({t['detail']})")
+    lines += ["", "## Notes", ""] + [f"- {note}" for note in report.get("notes", [])] + [""]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--links", default=",".join(LINKS))
+    parser.add_argument("--data-mib", type=int, default=2048)
+    parser.add_argument("--out-dir", default=os.path.join(ROOT, "bench/results"))
+    options = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench/disk/run.py needs root (network namespaces and tc)", file=sys.stderr)
+        return 2
+    for program in ("nbdcopy", "qemu-nbd", "qemu-img"):
+        if subprocess.run(["which", program], capture_output=True).returncode != 0:
+            print(f"{program} is missing (scripts/install-deps.sh installs it)", file=sys.stderr)
+            return 2
+    started_wall = datetime.datetime.now().astimezone()
+    started = time.monotonic()
+    kernel, initrd = ensure_guest()
+    cluster = Cluster(need_netns=True)
+    image_a = os.path.join(cluster.a.state_dir, "pools", "default", "bench.qcow2")
+    log(f"making the image: {VIRTUAL_GIB} GiB virtual, {options.data_mib} MiB of data")
+    data_bytes = make_image(image_a, options.data_mib)
+    runs = []
+    for link in [link for link in options.links.split(",") if link]:
+        set_link(cluster, link)
+        for tool in TOOLS:
+            log(f"{tool} over {link}")
+            record = one_run(cluster, tool, link, kernel, initrd, image_a, data_bytes)
+            log(f"  {record['seconds']} s, {record['mib_s_of_data']} MiB/s, wire/data {record['wire_over_data']}, "
+                f"dest {record['destination_allocated'] // MIB} MiB, identical {record['identical']}")
+            runs.append(record)
+    set_link(cluster, "unshaped")
+    report = {
+        "benchmark": "disk copy, issue 4",
+        "started": started_wall.isoformat(timespec="seconds"),
+        "duration_s": round(time.monotonic() - started, 1),
+        "environment": {"host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
+                        "qemu": run(["qemu-img", "--version"]).stdout.splitlines()[0],
+                        "nbdcopy": run(["nbdcopy", "--version"]).stdout.splitlines()[0],
+                        "git": run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]).stdout.strip()},
+        "config": {"virtual_gib": VIRTUAL_GIB, "data_mib": options.data_mib, "extent_mib": EXTENT_MIB,
+                   "tools": {"ferry": "ferry migrate NAME DEST --offline --copy-storage --persistent",
+                             "nbdcopy": "nbdcopy nbds://A/disk0 nbd+unix:///?socket=local-qemu-nbd (defaults)",
+                             "qemu-img-convert": "qemu-img convert -O qcow2 (nbd+TLS source, defaults)"}},
+        "runs": runs,
+    }
+    report["targets"] = targets(runs)
+    os.makedirs(options.out_dir, exist_ok=True)
+    with open(os.path.join(options.out_dir, "disk.json"), "w") as handle:
+        json.dump(report, handle, indent=2)
+        handle.write("\n")
+    with open(os.path.join(options.out_dir, "disk.md"), "w") as handle:
+        handle.write(markdown(report))
+    for t in report["targets"]:
+        log(f"  {'MET   ' if t['met'] else 'MISSED'} {t['target']}: {t['detail']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
