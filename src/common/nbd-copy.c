@@ -8,11 +8,12 @@
 
 #include "ferry-error.h"
 
-#define DEFAULT_CONNECTIONS 4
+#define DEFAULT_CONNECTIONS 8
 #define DEFAULT_IN_FLIGHT   8
 #define DEFAULT_STALL_S     30
 #define POLL_SLICE_MS       500
 #define ZERO_BLOCK          4096
+#define CHUNKS_PER_FLUSH    4
 
 /* ---- rate limit ----------------------------------------------------------- */
 
@@ -389,6 +390,23 @@ digest_buffer (const guint8 *buf, guint64 length, char out[FERRY_COPY_DIGEST_LEN
     g_snprintf (out + 2 * i, 3, "%02x", raw[i]);
 }
 
+/* Zeroes the parts of buf (absolute offset base) that no range covers:
+ * the reads fill the rest. */
+static void
+fill_gaps (guint8 *buf, guint64 base, guint64 length, GArray *ranges)
+{
+  guint64 position = base;
+  for (guint i = 0; i < ranges->len; i++)
+    {
+      const Range *range = &g_array_index (ranges, Range, i);
+      if (range->offset > position)
+        memset (buf + (position - base), 0, range->offset - position);
+      position = MAX (position, range->offset + range->length);
+    }
+  if (position < base + length)
+    memset (buf + (position - base), 0, base + length - position);
+}
+
 /* Reads a chunk of h into buf (holes as zeroes) and digests it. */
 static gboolean
 digest_chunk (struct nbd_handle *h, guint64 offset, guint64 length, guint8 *buf, guint in_flight,
@@ -398,7 +416,13 @@ digest_chunk (struct nbd_handle *h, guint64 offset, guint64 length, guint8 *buf,
   g_autoptr (GArray) ranges = data_ranges (h, offset, length, stall_s, cancellable, error);
   if (ranges == NULL)
     return FALSE;
-  memset (buf, 0, length);
+  if (ranges->len == 0)
+    {
+      /* Known zero throughout: nothing to read or scan. */
+      digest_buffer (NULL, 0, out);
+      return TRUE;
+    }
+  fill_gaps (buf, offset, length, ranges);
   if (!read_ranges (h, buf, offset, ranges, in_flight, NULL, stall_s, cancellable, NULL, error))
     return FALSE;
   digest_buffer (buf, length, out);
@@ -556,20 +580,45 @@ write_nonzero (FerryNbdCopy *copy, struct nbd_handle *h, const guint8 *buf, guin
           run_length = 0;
         }
     }
-  if (!drain (h, 0, stall_s, copy->stop, "write", error) || !batch_check (&batch, "write", error))
-    return FALSE;
+  return drain (h, 0, stall_s, copy->stop, "write", error) && batch_check (&batch, "write", error);
+}
+
+/* Makes the worker's writes durable, then reports its chunks done; a
+ * crash before the flush only costs these chunks again. */
+static gboolean
+flush_and_report (FerryNbdCopy *copy, struct nbd_handle *h, GArray *pending, GError **error)
+{
+  Batch batch = { 0 };
+  if (pending->len == 0)
+    return TRUE;
   if (nbd_aio_flush (h, (nbd_completion_callback) { .callback = on_command_done, .user_data = &batch },
                      0) == -1)
     {
       set_nbd_error (error, "flush");
       return FALSE;
     }
-  return drain (h, 0, stall_s, copy->stop, "flush", error) && batch_check (&batch, "flush", error);
+  if (!drain (h, 0, copy->options.stall_timeout_s, copy->stop, "flush", error)
+      || !batch_check (&batch, "flush", error))
+    return FALSE;
+  for (guint i = 0; i < pending->len; i++)
+    {
+      const FerryCopyChunk *chunk = &g_array_index (pending, FerryCopyChunk, i);
+      g_mutex_lock (&copy->lock);
+      copy->progress.chunks_done++;
+      copy->progress.bytes_done += chunk->length;
+      copy->progress.bytes_written += chunk->bytes_written;
+      g_mutex_unlock (&copy->lock);
+      if (copy->chunk_done)
+        copy->chunk_done (chunk, copy->chunk_done_data);
+    }
+  g_array_set_size (pending, 0);
+  return TRUE;
 }
 
+/* Copies one chunk; it is added to `pending` (done once flushed). */
 static gboolean
 copy_chunk (FerryNbdCopy *copy, struct nbd_handle *src, struct nbd_handle *dst, guint64 index,
-            guint8 *buf, guint8 *readback, GError **error)
+            guint8 *buf, guint8 *readback, GArray *pending, GError **error)
 {
   guint64 size = copy->progress.size; /* set before the workers start */
   FerryCopyChunk chunk = { .index = index, .offset = index * FERRY_COPY_CHUNK_BYTES };
@@ -580,7 +629,28 @@ copy_chunk (FerryNbdCopy *copy, struct nbd_handle *src, struct nbd_handle *dst, 
   g_autoptr (GArray) ranges = data_ranges (src, chunk.offset, chunk.length, stall_s, copy->stop, error);
   if (ranges == NULL)
     return FALSE;
-  memset (buf, 0, chunk.length);
+  if (ranges->len == 0)
+    {
+      /* Nothing but zeroes here: nothing crosses the link or is written.
+       * What the destination holds is still checked (block status only,
+       * unless an earlier attempt left data there). */
+      digest_buffer (NULL, 0, sent);
+      if (!copy->options.verify_readback)
+        memcpy (chunk.digest, sent, sizeof chunk.digest);
+      else if (!digest_chunk (dst, chunk.offset, chunk.length, readback, copy->options.requests_in_flight,
+                              stall_s, copy->stop, chunk.digest, error))
+        return FALSE;
+      if (strcmp (sent, chunk.digest) != 0)
+        {
+          g_set_error (error, FERRY_ERROR, FERRY_ERROR_FAILED,
+                       "chunk %" G_GUINT64_FORMAT ": the destination holds data where the source has none",
+                       index);
+          return FALSE;
+        }
+      g_array_append_val (pending, chunk);
+      return TRUE;
+    }
+  fill_gaps (buf, chunk.offset, chunk.length, ranges);
   gboolean read_ok = read_ranges (src, buf, chunk.offset, ranges, copy->options.requests_in_flight,
                                   copy->options.rate_limit, stall_s, copy->stop, &chunk.bytes_read, error);
   /* Counted as read even if the chunk fails later: this is what crossed
@@ -593,10 +663,12 @@ copy_chunk (FerryNbdCopy *copy, struct nbd_handle *src, struct nbd_handle *dst, 
   digest_buffer (buf, chunk.length, sent);
   if (!write_nonzero (copy, dst, buf, chunk.offset, chunk.length, &chunk.bytes_written, error))
     return FALSE;
-  /* What the destination holds now, read back through its export: this
-   * is the digest the source's own is compared with. */
-  if (!digest_chunk (dst, chunk.offset, chunk.length, readback, copy->options.requests_in_flight,
-                     stall_s, copy->stop, chunk.digest, error))
+  /* The digest the source's own is compared with: of what was written,
+   * or of what the destination holds now, read back through its export. */
+  if (!copy->options.verify_readback)
+    memcpy (chunk.digest, sent, sizeof chunk.digest);
+  else if (!digest_chunk (dst, chunk.offset, chunk.length, readback, copy->options.requests_in_flight,
+                          stall_s, copy->stop, chunk.digest, error))
     return FALSE;
   if (strcmp (sent, chunk.digest) != 0)
     {
@@ -605,13 +677,7 @@ copy_chunk (FerryNbdCopy *copy, struct nbd_handle *src, struct nbd_handle *dst, 
                    "): the destination holds other data than was written", index, chunk.offset);
       return FALSE;
     }
-  g_mutex_lock (&copy->lock);
-  copy->progress.chunks_done++;
-  copy->progress.bytes_done += chunk.length;
-  copy->progress.bytes_written += chunk.bytes_written;
-  g_mutex_unlock (&copy->lock);
-  if (copy->chunk_done)
-    copy->chunk_done (&chunk, copy->chunk_done_data);
+  g_array_append_val (pending, chunk);
   return TRUE;
 }
 
@@ -620,6 +686,18 @@ typedef struct {
   struct nbd_handle *src;   /* may be pre-connected (worker 0) */
   struct nbd_handle *dst;
 } Worker;
+
+/* Chunks without data are cheap to redo and are batched; a chunk that
+ * carried data is made durable right away, so that an interruption costs
+ * at most the data in flight. */
+static gboolean
+flush_due (GArray *pending)
+{
+  guint64 written = 0;
+  for (guint i = 0; i < pending->len; i++)
+    written += g_array_index (pending, FerryCopyChunk, i).bytes_written;
+  return pending->len >= CHUNKS_PER_FLUSH || written > 0;
+}
 
 static gpointer
 worker_run (gpointer user_data)
@@ -638,10 +716,14 @@ worker_run (gpointer user_data)
   if (worker->dst != NULL)
     {
       buf = g_malloc (FERRY_COPY_CHUNK_BYTES);
-      readback = g_malloc (FERRY_COPY_CHUNK_BYTES);
-      while (take_chunk (copy, &index))
-        if (!copy_chunk (copy, worker->src, worker->dst, index, buf, readback, &error))
-          break;
+      readback = copy->options.verify_readback ? g_malloc (FERRY_COPY_CHUNK_BYTES) : NULL;
+      g_autoptr (GArray) pending = g_array_new (FALSE, FALSE, sizeof (FerryCopyChunk));
+      gboolean ok = TRUE;
+      while (ok && take_chunk (copy, &index))
+        ok = copy_chunk (copy, worker->src, worker->dst, index, buf, readback, pending, &error)
+             && (!flush_due (pending) || flush_and_report (copy, worker->dst, pending, &error));
+      if (ok && !g_cancellable_is_cancelled (copy->stop))
+        flush_and_report (copy, worker->dst, pending, &error);
     }
   gboolean polite = error == NULL && !g_cancellable_is_cancelled (copy->stop);
   if (error != NULL)
@@ -761,30 +843,72 @@ ferry_nbd_uri_size (const char *uri, guint64 *size, GError **error)
   return ok;
 }
 
-gboolean
-ferry_nbd_chunk_digests (const char *uri, const guint64 *indexes, guint n_indexes, char *digests,
-                         GCancellable *cancellable, GError **error)
+typedef struct {
+  const char *uri;
+  const guint64 *indexes;
+  guint n_indexes;
+  guint first;               /* this worker takes first, first + stride, … */
+  guint stride;
+  char *digests;
+  GCancellable *cancellable;
+  GError *error;
+} DigestWorker;
+
+static gpointer
+digest_worker_run (gpointer user_data)
 {
+  DigestWorker *worker = user_data;
   guint64 size;
-  struct nbd_handle *h = connect_uri (uri, DEFAULT_STALL_S, cancellable, error);
+  struct nbd_handle *h = connect_uri (worker->uri, DEFAULT_STALL_S, worker->cancellable, &worker->error);
   if (h == NULL)
-    return FALSE;
-  gboolean ok = export_size (h, uri, &size, error);
+    return NULL;
+  gboolean ok = export_size (h, worker->uri, &size, &worker->error);
   g_autofree guint8 *buf = ok ? g_malloc (FERRY_COPY_CHUNK_BYTES) : NULL;
-  for (guint i = 0; ok && i < n_indexes; i++)
+  for (guint i = worker->first; ok && i < worker->n_indexes; i += worker->stride)
     {
-      guint64 offset = indexes[i] * FERRY_COPY_CHUNK_BYTES;
-      if (indexes[i] >= ferry_copy_chunk_count (size))
+      guint64 offset = worker->indexes[i] * FERRY_COPY_CHUNK_BYTES;
+      if (worker->indexes[i] >= ferry_copy_chunk_count (size))
         {
-          g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
-                       "chunks[%u]: %" G_GUINT64_FORMAT " is past the end of the disk", i, indexes[i]);
+          g_set_error (&worker->error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                       "chunks[%u]: %" G_GUINT64_FORMAT " is past the end of the disk", i, worker->indexes[i]);
           ok = FALSE;
           break;
         }
       ok = digest_chunk (h, offset, MIN ((guint64) FERRY_COPY_CHUNK_BYTES, size - offset), buf,
-                         DEFAULT_IN_FLIGHT, DEFAULT_STALL_S, cancellable,
-                         digests + (gsize) i * FERRY_COPY_DIGEST_LEN, error);
+                         DEFAULT_IN_FLIGHT, DEFAULT_STALL_S, worker->cancellable,
+                         worker->digests + (gsize) i * FERRY_COPY_DIGEST_LEN, &worker->error);
     }
   close_handle (h, ok);
+  return NULL;
+}
+
+gboolean
+ferry_nbd_chunk_digests (const char *uri, const guint64 *indexes, guint n_indexes, char *digests,
+                         GCancellable *cancellable, GError **error)
+{
+  /* Hashing is the bottleneck: one connection per worker thread. */
+  guint n_workers = MAX (1, MIN (DEFAULT_CONNECTIONS, n_indexes));
+  g_autofree DigestWorker *workers = g_new0 (DigestWorker, n_workers);
+  g_autofree GThread **threads = g_new0 (GThread *, n_workers);
+  for (guint i = 0; i < n_workers; i++)
+    {
+      workers[i] = (DigestWorker) { uri, indexes, n_indexes, i, n_workers, digests, cancellable, NULL };
+      if (i > 0)
+        threads[i] = g_thread_new ("ferry-digest", digest_worker_run, &workers[i]);
+    }
+  digest_worker_run (&workers[0]);
+  gboolean ok = TRUE;
+  for (guint i = 0; i < n_workers; i++)
+    {
+      if (i > 0)
+        g_thread_join (threads[i]);
+      if (workers[i].error != NULL && ok)
+        {
+          g_propagate_error (error, workers[i].error);
+          ok = FALSE;
+        }
+      else
+        g_clear_error (&workers[i].error);
+    }
   return ok;
 }

@@ -5,13 +5,15 @@
  * unit of work, of resumption and of verification: a worker thread takes the
  * next chunk, asks the source for its block status, reads only the data
  * extents (several requests in flight on its own connection), writes only the
- * blocks that are not all zeroes (so a fresh destination stays sparse),
- * flushes, reads the chunk back from the destination and computes its digest.
- * A chunk is reported done only after all of that; a resumed copy skips the
- * chunks reported done before.
+ * blocks that are not all zeroes (so a fresh destination stays sparse) and
+ * computes the chunk's digest: of the data written or, with
+ * verify_readback, of what the destination returns when read back. After a
+ * chunk that carried data (or a few that did not) the worker flushes the
+ * destination; only then are its chunks reported done, so a resumed copy
+ * can skip every chunk reported before.
  *
  * The digest of a chunk is defined on its content alone, so both hosts can
- * compute it independently from their own storage (ferry_nbd_chunk_digest):
+ * compute it independently from their own storage (ferry_nbd_chunk_digests):
  * SHA-256 over, for every FERRY_COPY_DIGEST_BLOCK-sized block that is not
  * all zeroes, its index within the chunk (64-bit little endian) followed by
  * its bytes. Holes, zero extents and zero-filled data all hash the same.
@@ -45,12 +47,17 @@ void ferry_rate_limit_free (FerryRateLimit *limit);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (FerryRateLimit, ferry_rate_limit_free)
 
 typedef struct {
-  guint connections;          /* per side; 0 = 4 */
+  guint connections;          /* per side; 0 = 8 */
   guint requests_in_flight;   /* per connection; 0 = 8 */
   FerryRateLimit *rate_limit; /* NULL = unlimited; not owned */
   /* A connection that makes no progress this long fails the copy (a cut
    * link otherwise blocks TCP for minutes). 0 = 30 s. */
   guint stall_timeout_s;
+  /* Read every chunk back from the destination after the flush and digest
+   * what is stored, not what was sent: catches a destination that loses
+   * writes, at the cost of reading and hashing the data again (about a
+   * third more CPU on the destination). */
+  gboolean verify_readback;
 } FerryNbdCopyOptions;
 
 typedef struct {
@@ -59,10 +66,10 @@ typedef struct {
   guint64 length;
   guint64 bytes_read;         /* data bytes read from the source */
   guint64 bytes_written;      /* non-zero bytes written to the destination */
-  char digest[FERRY_COPY_DIGEST_LEN]; /* of the destination's content, read back */
+  char digest[FERRY_COPY_DIGEST_LEN]; /* of what was written (read back with verify_readback) */
 } FerryCopyChunk;
 
-/* Called from a worker thread for each chunk copied, flushed and read back. */
+/* Called from a worker thread for each chunk copied and flushed. */
 typedef void (*FerryCopyChunkDone) (const FerryCopyChunk *chunk, gpointer user_data);
 
 typedef struct _FerryNbdCopy FerryNbdCopy;
