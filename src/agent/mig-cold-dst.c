@@ -53,6 +53,10 @@ typedef struct {
   gboolean running;
   gboolean verified;
   guint verify_rounds;
+  GArray *unverified;        /* guint64: done, digest not yet compared */
+  GArray *bad;               /* guint64: digest disagreed */
+  gboolean verify_in_flight;
+  gboolean started;          /* its copy began in this agent process */
   guint64 bytes_read;        /* over every attempt */
   guint64 bytes_written;
   guint attempts;
@@ -89,6 +93,8 @@ cold_disk_free (ColdDisk *disk)
   g_free (disk->source_uri);
   g_free (disk->local_uri);
   g_clear_pointer (&disk->done, g_hash_table_unref);
+  g_clear_pointer (&disk->unverified, g_array_unref);
+  g_clear_pointer (&disk->bad, g_array_unref);
   g_free (disk);
 }
 
@@ -114,7 +120,8 @@ cold_of (FerryJob *job)
 }
 
 static void start_copies (FerryJob *job);
-static void verify_disk (FerryJob *job, ColdDisk *disk);
+static void verify_next (FerryJob *job, ColdDisk *disk);
+static ColdDisk *disk_by_index (ColdDst *cold, guint index);
 
 /* ---- request --------------------------------------------------------------- */
 
@@ -198,6 +205,8 @@ parse_disk (FerryAgent *agent, const FerryVmSpec *spec, JsonNode *node, guint i,
   disk->export_name = g_steal_pointer (&export_name);
   disk->path = g_steal_pointer (&path);
   disk->done = g_hash_table_new_full (g_int64_hash, g_int64_equal, g_free, g_free);
+  disk->unverified = g_array_new (FALSE, FALSE, sizeof (guint64));
+  disk->bad = g_array_new (FALSE, FALSE, sizeof (guint64));
   return disk;
 }
 
@@ -338,10 +347,20 @@ restore_disks (FerryJob *job, JsonObject *request, GError **error)
         return NULL;
       disk->created = TRUE;
       disk->bytes_read = previous_bytes_read (job, disk->index);
-      disk->attempts = 1;
       disk->done = ferry_store_chunks_get (job->agent->store, job->id, disk->index, NULL);
       if (disk->done == NULL)
         disk->done = g_hash_table_new_full (g_int64_hash, g_int64_equal, g_free, g_free);
+      /* Chunks copied before the restart still need the source's word. */
+      disk->unverified = g_array_new (FALSE, FALSE, sizeof (guint64));
+      disk->bad = g_array_new (FALSE, FALSE, sizeof (guint64));
+      GHashTableIter iter;
+      gint64 *chunk;
+      g_hash_table_iter_init (&iter, disk->done);
+      while (g_hash_table_iter_next (&iter, (gpointer *) &chunk, NULL))
+        {
+          guint64 index = (guint64) *chunk;
+          g_array_append_val (disk->unverified, index);
+        }
     }
   return g_steal_pointer (&disks);
 }
@@ -489,6 +508,10 @@ on_chunk_noted (gpointer user_data)
   gint64 *key = g_new (gint64, 1);
   *key = (gint64) note->chunk;
   g_hash_table_replace (disk->done, key, g_strdup (note->digest));
+  guint64 chunk = note->chunk;
+  g_array_append_val (disk->unverified, chunk);
+  if (job->state == FERRY_JOB_COPYING)
+    verify_next (job, disk);
   return G_SOURCE_REMOVE;
 }
 
@@ -577,7 +600,7 @@ on_copy_done (GObject *source, GAsyncResult *result, gpointer user_data)
   if (ok)
     {
       disk->failing_since_us = 0;
-      verify_disk (job, disk);
+      verify_next (job, disk);
       return;
     }
   gint64 failing_s = disk->failing_since_us ? (g_get_monotonic_time () - disk->failing_since_us) / G_USEC_PER_SEC : 0;
@@ -612,6 +635,7 @@ start_disk_copy (FerryJob *job, ColdDisk *disk)
   ferry_nbd_copy_set_chunk_done (copy, on_chunk_done, data);
 
   disk->attempts++;
+  disk->started = TRUE;
   disk->running = TRUE;
   disk->copy = copy;
   if (disk->attempts == 1 && todo->len == n_chunks)
@@ -672,86 +696,61 @@ start_copies (FerryJob *job)
   for (guint i = 0; i < cold->disks->len && running < (guint) MAX (job->options.parallel_disks, 1); i++)
     {
       ColdDisk *disk = g_ptr_array_index (cold->disks, i);
-      if (disk->verified || disk->running || disk->retry_timer != 0 || disk->verify_rounds > 0)
+      if (disk->verified || disk->running || disk->retry_timer != 0 || disk->started)
         continue;
       start_disk_copy (job, disk);
       running++;
     }
 }
 
-/* ---- verification ------------------------------------------------------------------ */
+/* ---- verification ------------------------------------------------------------------
+ *
+ * Runs alongside the copy: every DIGEST_BATCH chunks done, the source is
+ * asked for its digests of them; chunks that disagree are copied again
+ * (at most MAX_VERIFY_ROUNDS times). A disk is verified when its copy has
+ * ended and every chunk's digest agreed. */
+
+static void verify_next (FerryJob *job, ColdDisk *disk);
 
 typedef struct {
   FerryJobRef ref;
   guint disk;
-  GArray *chunks;           /* guint64, all of the disk */
-  guint position;           /* next batch starts here */
-  guint mismatches;
-  GArray *bad;              /* guint64 */
-} VerifyData;
+  GArray *chunks;           /* guint64: this batch */
+} VerifyBatch;
 
 static void
-verify_data_free (VerifyData *data)
+verify_batch_free (VerifyBatch *batch)
 {
-  g_array_unref (data->chunks);
-  g_array_unref (data->bad);
-  g_free (data);
+  g_array_unref (batch->chunks);
+  g_free (batch);
 }
 
-static void request_digests (FerryJob *job, VerifyData *data);
-
-static void
-on_digests (GObject *source, GAsyncResult *result, gpointer user_data)
+static gboolean
+on_verify_retry (gpointer user_data)
 {
-  VerifyData *data = user_data;
+  CopyTaskData *data = user_data;
   FerryJob *job = ferry_job_ref_get (&data->ref);
   ColdDst *cold = job ? cold_of (job) : NULL;
-  g_autoptr (GError) error = NULL;
-  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
-  if (cold == NULL || job->state != FERRY_JOB_COPYING)
-    {
-      verify_data_free (data);
-      return;
-    }
-  ColdDisk *disk = disk_by_index (cold, data->disk);
-  JsonNode *node = reply ? json_object_get_member (reply, "digests") : NULL;
-  guint batch = MIN (DIGEST_BATCH, data->chunks->len - data->position);
-  if (node == NULL || !JSON_NODE_HOLDS_ARRAY (node) || json_array_get_length (json_node_get_array (node)) != batch)
-    {
-      g_autofree char *reason = g_strdup_printf ("cannot verify disk %s/%s: %s", disk->pool, disk->volume,
-                                                 error ? error->message : "the source sent no digests");
-      verify_data_free (data);
-      if (error != NULL && transient (error))
-        {
-          disk->verify_rounds = 0;
-          schedule_retry (job, disk, error);
-          return;
-        }
-      cold_teardown (job, FERRY_JOB_FAILED, reason);
-      return;
-    }
-  JsonArray *digests = json_node_get_array (node);
-  for (guint i = 0; i < batch; i++)
-    {
-      gint64 chunk = (gint64) g_array_index (data->chunks, guint64, data->position + i);
-      const char *ours = g_hash_table_lookup (disk->done, &chunk);
-      const char *theirs = json_array_get_string_element (digests, i);
-      if (ours == NULL || g_strcmp0 (ours, theirs) != 0)
-        g_array_append_val (data->bad, chunk);
-    }
-  data->position += batch;
-  if (data->position < data->chunks->len)
-    {
-      request_digests (job, data);
-      return;
-    }
-  /* Whole disk compared. */
-  if (data->bad->len == 0)
+  if (cold != NULL && job->state == FERRY_JOB_COPYING)
+    verify_next (job, disk_by_index (cold, data->disk));
+  return G_SOURCE_REMOVE;
+}
+
+/* The copy and every batch are over: the disk is verified, or its bad
+ * chunks are copied again. */
+static void
+verify_settle (FerryJob *job, ColdDisk *disk)
+{
+  if (disk->running || disk->retry_timer != 0 || disk->verify_in_flight || disk->unverified->len > 0)
+    return;
+  /* Notes of the last chunks may still be on their way from the workers. */
+  if (disk->bad->len == 0 && g_hash_table_size (disk->done) < ferry_copy_chunk_count (disk->virtual_size))
+    return;
+  if (disk->bad->len == 0)
     {
       disk->verified = TRUE;
       ferry_job_event (job, "info", "disk %s/%s verified: %u chunk digests agree with the source's",
-                       disk->pool, disk->volume, data->chunks->len);
-      verify_data_free (data);
+                       disk->pool, disk->volume, g_hash_table_size (disk->done));
       start_copies (job);
       return;
     }
@@ -759,52 +758,104 @@ on_digests (GObject *source, GAsyncResult *result, gpointer user_data)
     {
       g_autofree char *reason = g_strdup_printf ("disk %s/%s: %u chunks still differ from the source "
                                                  "after copying them again", disk->pool, disk->volume,
-                                                 data->bad->len);
-      verify_data_free (data);
+                                                 disk->bad->len);
       cold_teardown (job, FERRY_JOB_FAILED, reason);
       return;
     }
+  disk->verify_rounds++;
   ferry_job_event (job, "warning", "disk %s/%s: %u chunks differ from the source; copying them again",
-                   disk->pool, disk->volume, data->bad->len);
-  for (guint i = 0; i < data->bad->len; i++)
+                   disk->pool, disk->volume, disk->bad->len);
+  for (guint i = 0; i < disk->bad->len; i++)
     {
-      gint64 chunk = (gint64) g_array_index (data->bad, guint64, i);
+      gint64 chunk = (gint64) g_array_index (disk->bad, guint64, i);
       g_hash_table_remove (disk->done, &chunk);
       ferry_store_chunks_delete (job->agent->store, job->id, (gint) disk->index, chunk, NULL);
     }
-  verify_data_free (data);
+  g_array_set_size (disk->bad, 0);
   start_disk_copy (job, disk);
 }
 
 static void
-request_digests (FerryJob *job, VerifyData *data)
+on_digests (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  VerifyBatch *batch = user_data;
+  FerryJob *job = ferry_job_ref_get (&batch->ref);
+  ColdDst *cold = job ? cold_of (job) : NULL;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
+  if (cold == NULL || job->state != FERRY_JOB_COPYING)
+    {
+      verify_batch_free (batch);
+      return;
+    }
+  ColdDisk *disk = disk_by_index (cold, batch->disk);
+  disk->verify_in_flight = FALSE;
+  JsonNode *node = reply ? json_object_get_member (reply, "digests") : NULL;
+  if (node == NULL || !JSON_NODE_HOLDS_ARRAY (node)
+      || json_array_get_length (json_node_get_array (node)) != batch->chunks->len)
+    {
+      if (error != NULL && transient (error))
+        {
+          /* The source is unreachable or exporting again: ask later. */
+          g_array_append_vals (disk->unverified, batch->chunks->data, batch->chunks->len);
+          CopyTaskData *retry = g_new0 (CopyTaskData, 1);
+          retry->ref = cold->ref;
+          retry->disk = disk->index;
+          g_timeout_add_seconds_full (G_PRIORITY_DEFAULT, 2, on_verify_retry, retry, g_free);
+          verify_batch_free (batch);
+          return;
+        }
+      g_autofree char *reason = g_strdup_printf ("cannot verify disk %s/%s: %s", disk->pool, disk->volume,
+                                                 error ? error->message : "the source sent no digests");
+      verify_batch_free (batch);
+      cold_teardown (job, FERRY_JOB_FAILED, reason);
+      return;
+    }
+  JsonArray *digests = json_node_get_array (node);
+  for (guint i = 0; i < batch->chunks->len; i++)
+    {
+      gint64 chunk = (gint64) g_array_index (batch->chunks, guint64, i);
+      const char *ours = g_hash_table_lookup (disk->done, &chunk);
+      if (ours == NULL || g_strcmp0 (ours, json_array_get_string_element (digests, i)) != 0)
+        g_array_append_val (disk->bad, chunk);
+    }
+  verify_batch_free (batch);
+  verify_next (job, disk);
+}
+
+/* Sends the next batch when there is one (a full one while the copy runs,
+ * whatever is left once it ended), else settles the disk. */
+static void
+verify_next (FerryJob *job, ColdDisk *disk)
 {
   ColdDst *cold = cold_of (job);
-  guint batch = MIN (DIGEST_BATCH, data->chunks->len - data->position);
+  if (disk == NULL || disk->verify_in_flight)
+    return;
+  gboolean copy_over = !disk->running && disk->retry_timer == 0;
+  if (disk->unverified->len == 0 || (!copy_over && disk->unverified->len < DIGEST_BATCH))
+    {
+      if (copy_over)
+        verify_settle (job, disk);
+      return;
+    }
+  VerifyBatch *batch = g_new0 (VerifyBatch, 1);
+  batch->ref = cold->ref;
+  batch->disk = disk->index;
+  guint n = MIN (DIGEST_BATCH, disk->unverified->len);
+  batch->chunks = g_array_sized_new (FALSE, FALSE, sizeof (guint64), n);
+  g_array_append_vals (batch->chunks, disk->unverified->data, n);
+  g_array_remove_range (disk->unverified, 0, n);
+  disk->verify_in_flight = TRUE;
+
   g_autoptr (JsonObject) body = json_object_new ();
   JsonArray *chunks = json_array_new ();
-  for (guint i = 0; i < batch; i++)
-    json_array_add_int_element (chunks, (gint64) g_array_index (data->chunks, guint64, data->position + i));
-  json_object_set_int_member (body, "disk", data->disk);
+  for (guint i = 0; i < n; i++)
+    json_array_add_int_element (chunks, (gint64) g_array_index (batch->chunks, guint64, i));
+  json_object_set_int_member (body, "disk", disk->index);
   json_object_set_array_member (body, "chunks", chunks);
   g_autofree char *path = g_strdup_printf ("/v1/migrations/outgoing/%s/digests", job->uuid);
   ferry_peer_request_async (job->agent, cold->source_url, "POST", path, body, DIGEST_TIMEOUT_S,
-                            NULL, on_digests, data);
-}
-
-static void
-verify_disk (FerryJob *job, ColdDisk *disk)
-{
-  ColdDst *cold = cold_of (job);
-  VerifyData *data = g_new0 (VerifyData, 1);
-  data->ref = cold->ref;
-  data->disk = disk->index;
-  data->chunks = g_array_new (FALSE, FALSE, sizeof (guint64));
-  data->bad = g_array_new (FALSE, FALSE, sizeof (guint64));
-  for (guint64 chunk = 0; chunk < ferry_copy_chunk_count (disk->virtual_size); chunk++)
-    g_array_append_val (data->chunks, chunk);
-  disk->verify_rounds++;
-  request_digests (job, data);
+                            NULL, on_digests, batch);
 }
 
 /* ---- prepare ------------------------------------------------------------------------ */
