@@ -421,6 +421,7 @@ on_prepared (GObject *source, GAsyncResult *result, gpointer user_data)
 }
 
 static JsonObject *prepare_request (FerryJob *job, guint16 api_port, gboolean dry_run);
+static JsonObject *disk_entry (const SrcDisk *disk, const FerryMigrateOptions *options);
 
 static void
 cold_src_prepare (FerryJob *job)
@@ -464,23 +465,7 @@ prepare_request (FerryJob *job, guint16 api_port, gboolean dry_run)
     json_object_set_string_member (request, "source", agent->tls->common_name);
   JsonArray *disks = json_array_new ();
   for (guint i = 0; i < cold->disks->len; i++)
-    {
-      SrcDisk *disk = g_ptr_array_index (cold->disks, i);
-      JsonObject *entry = json_object_new ();
-      json_object_set_int_member (entry, "index", disk->index);
-      json_object_set_string_member (entry, "pool", ferry_migrate_options_map_pool (&job->options, disk->pool));
-      json_object_set_string_member (entry, "volume", disk->volume);
-      json_object_set_string_member (entry, "format", disk->format);
-      json_object_set_int_member (entry, "virtual_size", (gint64) disk->virtual_size);
-      json_object_set_int_member (entry, "allocated_bytes", (gint64) disk->allocated_bytes);
-      if (disk->port != 0)
-        {
-          g_autofree char *name = g_strdup_printf ("disk%u", disk->index);
-          json_object_set_int_member (entry, "port", disk->port);
-          json_object_set_string_member (entry, "export", name);
-        }
-      json_array_add_object_element (disks, entry);
-    }
+    json_array_add_object_element (disks, disk_entry (g_ptr_array_index (cold->disks, i), &job->options));
   json_object_set_array_member (request, "disks", disks);
   return request;
 }
@@ -585,6 +570,68 @@ inspect_disk (FerryAgent *agent, const FerryDiskSpec *spec_disk, guint index, GE
   return disk;
 }
 
+/* Every disk of the VM, checked (pool volumes only, formats as declared)
+ * and measured; *dest_spec is the spec with pools mapped. */
+static GPtrArray *
+inspect_disks (FerryVm *vm, const FerryMigrateOptions *options, JsonNode **dest_spec, GError **error)
+{
+  FerryAgent *agent = vm->agent;
+  if (vm->spec->disks->len == 0)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                   "copy_storage: VM '%s' has no disks to copy", vm->name);
+      return NULL;
+    }
+  for (guint i = 0; i < options->n_storage_map; i++)
+    if (ferry_pool_lookup (agent, options->storage_map_from[i], NULL) == NULL)
+      {
+        g_set_error (error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND,
+                     "storage_map[%u]: pool '%s' does not exist on host %s", i, options->storage_map_from[i],
+                     agent->config.host_name);
+        return NULL;
+      }
+  if (!ferry_spec_check_disks (agent, vm->spec, error))
+    return NULL;
+  g_autoptr (GPtrArray) disks = g_ptr_array_new_with_free_func ((GDestroyNotify) src_disk_free);
+  g_autoptr (FerryVmSpec) mapped = ferry_vm_spec_copy (vm->spec);
+  for (guint i = 0; i < vm->spec->disks->len; i++)
+    {
+      SrcDisk *disk = inspect_disk (agent, g_ptr_array_index (vm->spec->disks, i), i, error);
+      if (disk == NULL)
+        return NULL;
+      g_ptr_array_add (disks, disk);
+      FerryDiskSpec *spec_disk = g_ptr_array_index (mapped->disks, i);
+      const char *pool = ferry_migrate_options_map_pool (options, spec_disk->pool);
+      if (pool != spec_disk->pool)
+        {
+          g_free (spec_disk->pool);
+          spec_disk->pool = g_strdup (pool);
+        }
+    }
+  *dest_spec = ferry_vm_spec_to_json (mapped);
+  return g_steal_pointer (&disks);
+}
+
+/* A disk as the destination's Prepare takes it. */
+static JsonObject *
+disk_entry (const SrcDisk *disk, const FerryMigrateOptions *options)
+{
+  JsonObject *entry = json_object_new ();
+  json_object_set_int_member (entry, "index", disk->index);
+  json_object_set_string_member (entry, "pool", ferry_migrate_options_map_pool (options, disk->pool));
+  json_object_set_string_member (entry, "volume", disk->volume);
+  json_object_set_string_member (entry, "format", disk->format);
+  json_object_set_int_member (entry, "virtual_size", (gint64) disk->virtual_size);
+  json_object_set_int_member (entry, "allocated_bytes", (gint64) disk->allocated_bytes);
+  if (disk->port != 0)
+    {
+      g_autofree char *name = g_strdup_printf ("disk%u", disk->index);
+      json_object_set_int_member (entry, "port", disk->port);
+      json_object_set_string_member (entry, "export", name);
+    }
+  return entry;
+}
+
 FerryJob *
 mig_cold_src_begin (FerryVm *vm, const char *dest_url, const FerryMigrateOptions *options, GError **error)
 {
@@ -603,43 +650,12 @@ mig_cold_src_begin (FerryVm *vm, const char *dest_url, const FerryMigrateOptions
                    vm->name);
       return NULL;
     }
-  if (vm->spec->disks->len == 0)
-    {
-      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
-                   "copy_storage: VM '%s' has no disks to copy", vm->name);
-      return NULL;
-    }
-  for (guint i = 0; i < options->n_storage_map; i++)
-    if (ferry_pool_lookup (agent, options->storage_map_from[i], NULL) == NULL)
-      {
-        g_set_error (error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND,
-                     "storage_map[%u]: pool '%s' does not exist on host %s", i, options->storage_map_from[i],
-                     agent->config.host_name);
-        return NULL;
-      }
-  if (!ferry_spec_check_disks (agent, vm->spec, error))
+  g_autoptr (JsonNode) dest_spec = NULL;
+  g_autoptr (GPtrArray) disks = inspect_disks (vm, options, &dest_spec, error);
+  if (disks == NULL)
     return NULL;
-  g_autoptr (GPtrArray) disks = g_ptr_array_new_with_free_func ((GDestroyNotify) src_disk_free);
-  for (guint i = 0; i < vm->spec->disks->len; i++)
-    {
-      SrcDisk *disk = inspect_disk (agent, g_ptr_array_index (vm->spec->disks, i), i, error);
-      if (disk == NULL)
-        return NULL;
-      g_ptr_array_add (disks, disk);
-    }
-  g_autoptr (FerryVmSpec) dest_spec = ferry_vm_spec_copy (vm->spec);
-  for (guint i = 0; i < dest_spec->disks->len; i++)
-    {
-      FerryDiskSpec *disk = g_ptr_array_index (dest_spec->disks, i);
-      const char *mapped = ferry_migrate_options_map_pool (options, disk->pool);
-      if (mapped != disk->pool)
-        {
-          g_free (disk->pool);
-          disk->pool = g_strdup (mapped);
-        }
-    }
-
   gboolean was_running = vm->state != FERRY_VM_SHUTOFF;
+
   g_autofree char *uuid = g_uuid_string_random ();
   g_autofree char *base = g_str_has_suffix (dest_url, "/") ? g_strndup (dest_url, strlen (dest_url) - 1)
                                                            : g_strdup (dest_url);
@@ -652,7 +668,7 @@ mig_cold_src_begin (FerryVm *vm, const char *dest_url, const FerryMigrateOptions
   cold->ref.agent = agent;
   cold->ref.job_id = job->id;
   cold->disks = g_steal_pointer (&disks);
-  cold->dest_spec = ferry_vm_spec_to_json (dest_spec);
+  cold->dest_spec = g_steal_pointer (&dest_spec);
   cold->was_running = was_running;
   job->cold = cold;
   job->cold_free = (GDestroyNotify) cold_src_free;
@@ -893,44 +909,11 @@ mig_cold_src_recover (FerryAgent *agent, FerryStoreJob *stored)
 JsonArray *
 mig_storage_src_disks (FerryVm *vm, const FerryMigrateOptions *options, JsonNode **dest_spec, GError **error)
 {
-  FerryAgent *agent = vm->agent;
-  if (vm->spec->disks->len == 0)
-    {
-      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
-                   "copy_storage: VM '%s' has no disks to copy", vm->name);
-      return NULL;
-    }
-  for (guint i = 0; i < options->n_storage_map; i++)
-    if (ferry_pool_lookup (agent, options->storage_map_from[i], NULL) == NULL)
-      {
-        g_set_error (error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND,
-                     "storage_map[%u]: pool '%s' does not exist on host %s", i, options->storage_map_from[i],
-                     agent->config.host_name);
-        return NULL;
-      }
-  if (!ferry_spec_check_disks (agent, vm->spec, error))
+  g_autoptr (GPtrArray) disks = inspect_disks (vm, options, dest_spec, error);
+  if (disks == NULL)
     return NULL;
-  g_autoptr (JsonArray) disks = json_array_new ();
-  g_autoptr (FerryVmSpec) mapped = ferry_vm_spec_copy (vm->spec);
-  for (guint i = 0; i < vm->spec->disks->len; i++)
-    {
-      SrcDisk *disk = inspect_disk (agent, g_ptr_array_index (vm->spec->disks, i), i, error);
-      if (disk == NULL)
-        return NULL;
-      const char *pool = ferry_migrate_options_map_pool (options, disk->pool);
-      JsonObject *entry = json_object_new ();
-      json_object_set_int_member (entry, "index", disk->index);
-      json_object_set_string_member (entry, "pool", pool);
-      json_object_set_string_member (entry, "volume", disk->volume);
-      json_object_set_string_member (entry, "format", disk->format);
-      json_object_set_int_member (entry, "virtual_size", (gint64) disk->virtual_size);
-      json_object_set_int_member (entry, "allocated_bytes", (gint64) disk->allocated_bytes);
-      json_array_add_object_element (disks, entry);
-      FerryDiskSpec *spec_disk = g_ptr_array_index (mapped->disks, i);
-      g_free (spec_disk->pool);
-      spec_disk->pool = g_strdup (pool);
-      src_disk_free (disk);
-    }
-  *dest_spec = ferry_vm_spec_to_json (mapped);
-  return g_steal_pointer (&disks);
+  JsonArray *array = json_array_new ();
+  for (guint i = 0; i < disks->len; i++)
+    json_array_add_object_element (array, disk_entry (g_ptr_array_index (disks, i), options));
+  return array;
 }

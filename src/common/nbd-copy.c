@@ -630,41 +630,28 @@ copy_chunk (FerryNbdCopy *copy, struct nbd_handle *src, struct nbd_handle *dst, 
   if (ranges == NULL)
     return FALSE;
   if (ranges->len == 0)
+    /* Nothing but zeroes here: nothing crosses the link or is written. */
+    digest_buffer (NULL, 0, sent);
+  else
     {
-      /* Nothing but zeroes here: nothing crosses the link or is written.
-       * What the destination holds is still checked (block status only,
-       * unless an earlier attempt left data there). */
-      digest_buffer (NULL, 0, sent);
-      if (!copy->options.verify_readback)
-        memcpy (chunk.digest, sent, sizeof chunk.digest);
-      else if (!digest_chunk (dst, chunk.offset, chunk.length, readback, copy->options.requests_in_flight,
-                              stall_s, copy->stop, chunk.digest, error))
+      fill_gaps (buf, chunk.offset, chunk.length, ranges);
+      gboolean read_ok = read_ranges (src, buf, chunk.offset, ranges, copy->options.requests_in_flight,
+                                      copy->options.rate_limit, stall_s, copy->stop, &chunk.bytes_read, error);
+      /* Counted as read even if the chunk fails later: this is what crossed
+       * the link (requests issued; a broken one may have carried less). */
+      g_mutex_lock (&copy->lock);
+      copy->progress.bytes_read += chunk.bytes_read;
+      g_mutex_unlock (&copy->lock);
+      if (!read_ok)
         return FALSE;
-      if (strcmp (sent, chunk.digest) != 0)
-        {
-          g_set_error (error, FERRY_ERROR, FERRY_ERROR_FAILED,
-                       "chunk %" G_GUINT64_FORMAT ": the destination holds data where the source has none",
-                       index);
-          return FALSE;
-        }
-      g_array_append_val (pending, chunk);
-      return TRUE;
+      digest_buffer (buf, chunk.length, sent);
+      if (!write_nonzero (copy, dst, buf, chunk.offset, chunk.length, &chunk.bytes_written, error))
+        return FALSE;
     }
-  fill_gaps (buf, chunk.offset, chunk.length, ranges);
-  gboolean read_ok = read_ranges (src, buf, chunk.offset, ranges, copy->options.requests_in_flight,
-                                  copy->options.rate_limit, stall_s, copy->stop, &chunk.bytes_read, error);
-  /* Counted as read even if the chunk fails later: this is what crossed
-   * the link (requests issued; a broken one may have carried less). */
-  g_mutex_lock (&copy->lock);
-  copy->progress.bytes_read += chunk.bytes_read;
-  g_mutex_unlock (&copy->lock);
-  if (!read_ok)
-    return FALSE;
-  digest_buffer (buf, chunk.length, sent);
-  if (!write_nonzero (copy, dst, buf, chunk.offset, chunk.length, &chunk.bytes_written, error))
-    return FALSE;
   /* The digest the source's own is compared with: of what was written,
-   * or of what the destination holds now, read back through its export. */
+   * or of what the destination holds now, read back through its export
+   * (for a chunk without data, block status alone unless an earlier
+   * attempt left data there). */
   if (!copy->options.verify_readback)
     memcpy (chunk.digest, sent, sizeof chunk.digest);
   else if (!digest_chunk (dst, chunk.offset, chunk.length, readback, copy->options.requests_in_flight,
