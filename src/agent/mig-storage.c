@@ -23,6 +23,7 @@
 #define QEMU_TLS_CREDS_ID "ferry-migration-tls"
 #define MIRROR_POLL_MS 1000
 #define WRITE_SAMPLE_MS 1000
+#define LEFTOVER_DELAY_S 2
 
 typedef struct {
   guint index;
@@ -71,6 +72,14 @@ static Storage *
 storage_of (FerryJob *job)
 {
   return job->storage_free == (GDestroyNotify) storage_free ? job->storage : NULL;
+}
+
+/* A command whose answer nobody waits for (its effect shows in events). */
+static void
+send_and_forget (FerryVm *vm, const char *command, JsonObject *arguments)
+{
+  ferry_qmp_execute_async (vm->qmp, command, arguments, NULL, NULL, NULL);
+  json_object_unref (arguments);
 }
 
 static FerryVm *
@@ -172,6 +181,33 @@ storage_fail (FerryJob *job, const char *reason)
   mig_src_rollback_public (job, reason);
 }
 
+typedef struct {
+  FerryAgent *agent;
+  char *vm_name;
+  GPtrArray *names;         /* job id, node name, job id, node name, … */
+} Leftovers;
+
+static void
+leftovers_free (Leftovers *leftovers)
+{
+  g_free (leftovers->vm_name);
+  g_ptr_array_unref (leftovers->names);
+  g_free (leftovers);
+}
+
+static gboolean
+on_remove_leftovers (gpointer user_data)
+{
+  Leftovers *leftovers = user_data;
+  FerryVm *vm = g_hash_table_lookup (leftovers->agent->vms, leftovers->vm_name);
+  for (guint i = 0; vm != NULL && vm->qmp != NULL && i + 1 < leftovers->names->len; i += 2)
+    {
+      send_and_forget (vm, "job-dismiss", ferry_qmp_args_id ("id", g_ptr_array_index (leftovers->names, i)));
+      send_and_forget (vm, "blockdev-del", ferry_qmp_args_id ("node-name", g_ptr_array_index (leftovers->names, i + 1)));
+    }
+  return G_SOURCE_REMOVE;
+}
+
 void
 mig_storage_src_cancel (FerryJob *job)
 {
@@ -184,14 +220,24 @@ mig_storage_src_cancel (FerryJob *job)
   /* Forced: a mirror that is not ready ends at once; the target is thrown
    * away with the destination's volumes. The NBD node goes when its job
    * is gone (see the events below). */
+  Leftovers *leftovers = g_new0 (Leftovers, 1);
+  leftovers->agent = job->agent;
+  leftovers->vm_name = g_strdup (vm->name);
+  leftovers->names = g_ptr_array_new_with_free_func (g_free);
   for (guint i = 0; i < storage->mirrors->len; i++)
     {
       Mirror *mirror = g_ptr_array_index (storage->mirrors, i);
+      g_ptr_array_add (leftovers->names, g_strdup (mirror->job_id));
+      g_ptr_array_add (leftovers->names, g_strdup (mirror->target));
       if (mirror->ended)
         continue;
-      ferry_qmp_execute_async (vm->qmp, "block-job-cancel", ferry_qmp_args_block_job_cancel (mirror->job_id, TRUE),
-                               NULL, NULL, NULL);
+      send_and_forget (vm, "block-job-cancel", ferry_qmp_args_block_job_cancel (mirror->job_id, TRUE));
     }
+  /* The job ends before the cancelled mirrors report back, so their
+   * events find nobody: remove the jobs and NBD nodes a little later,
+   * whatever became of them (errors ignored). */
+  g_timeout_add_seconds_full (G_PRIORITY_DEFAULT, LEFTOVER_DELAY_S, on_remove_leftovers, leftovers,
+                              (GDestroyNotify) leftovers_free);
 }
 
 /* ---- events --------------------------------------------------------------------- */
@@ -203,9 +249,8 @@ remove_target (FerryVm *vm, Mirror *mirror)
 {
   if (vm == NULL || vm->qmp == NULL)
     return;
-  ferry_qmp_execute_async (vm->qmp, "job-dismiss", ferry_qmp_args_id ("id", mirror->job_id), NULL, NULL, NULL);
-  ferry_qmp_execute_async (vm->qmp, "blockdev-del", ferry_qmp_args_id ("node-name", mirror->target), NULL,
-                           NULL, NULL);
+  send_and_forget (vm, "job-dismiss", ferry_qmp_args_id ("id", mirror->job_id));
+  send_and_forget (vm, "blockdev-del", ferry_qmp_args_id ("node-name", mirror->target));
 }
 
 gboolean
@@ -309,8 +354,7 @@ mig_storage_src_complete (FerryJob *job)
   for (guint i = 0; i < storage->mirrors->len; i++)
     {
       Mirror *mirror = g_ptr_array_index (storage->mirrors, i);
-      ferry_qmp_execute_async (vm->qmp, "block-job-cancel", ferry_qmp_args_block_job_cancel (mirror->job_id, FALSE),
-                               NULL, NULL, NULL);
+      send_and_forget (vm, "block-job-cancel", ferry_qmp_args_block_job_cancel (mirror->job_id, FALSE));
     }
   return TRUE;
 }
