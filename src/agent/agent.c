@@ -10,6 +10,39 @@ FerryVm *ferry_vm_load (FerryAgent *agent, FerryStoreVm *stored, GError **error)
 void ferry_vm_table_free (gpointer data);
 void ferry_job_table_free (gpointer data);
 
+/* --listen ADDRESS:PORT, checked at start-up; the API and the disk exports
+ * listen on that address. */
+static gboolean
+parse_listen (FerryAgent *agent, GError **error)
+{
+  const char *listen = agent->config.listen;
+  const char *colon = listen ? strrchr (listen, ':') : NULL;
+  guint64 port = 0;
+  if (colon == NULL || !g_ascii_string_to_unsigned (colon + 1, 10, 1, 65535, &port, NULL))
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                   "--listen: '%s' is not ADDRESS:PORT", listen ? listen : "");
+      return FALSE;
+    }
+  g_autofree char *host = g_strndup (listen, colon - listen);
+  if (host[0] == '[' && host[strlen (host) - 1] == ']')
+    {
+      char *inner = g_strndup (host + 1, strlen (host) - 2);
+      g_free (host);
+      host = inner;
+    }
+  g_autoptr (GInetAddress) inet = g_inet_address_new_from_string (host);
+  if (inet == NULL)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                   "--listen: '%s' is not an IP address", host);
+      return FALSE;
+    }
+  agent->listen_host = g_steal_pointer (&host);
+  agent->listen_port = (guint16) port;
+  return TRUE;
+}
+
 FerryAgent *
 ferry_agent_new (const FerryAgentConfig *config, GError **error)
 {
@@ -28,6 +61,8 @@ ferry_agent_new (const FerryAgentConfig *config, GError **error)
   agent->vms = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, ferry_vm_table_free);
   agent->jobs = g_hash_table_new_full (g_int64_hash, g_int64_equal, g_free, ferry_job_table_free);
 
+  if (!parse_listen (agent, error))
+    return NULL;
   if (g_str_equal (agent->config.accel, "auto"))
     agent->accel = ferry_qemu_detect_accel ();
   else if (g_str_equal (agent->config.accel, "kvm") || g_str_equal (agent->config.accel, "tcg"))
@@ -103,6 +138,7 @@ ferry_agent_free (FerryAgent *agent)
   g_free (agent->config.state_dir);
   g_free (agent->config.tls_dir);
   g_free (agent->config.listen);
+  g_free (agent->listen_host);
   g_free (agent->config.host_name);
   g_free (agent->config.qemu_binary);
   g_free (agent->config.accel);

@@ -43,6 +43,8 @@ typedef struct {
 struct _FerryAgent {
   FerryAgentConfig config;
   const char *accel;           /* resolved: "kvm" or "tcg" */
+  char *listen_host;           /* config.listen, parsed (no brackets) */
+  guint16 listen_port;
   gboolean pad_ram_for_tcg;    /* see FerryQemuLaunch.pad_ram_for_tcg_dirty_sync */
   FerryStore *store;
   FerryTls *tls;
@@ -303,6 +305,8 @@ FerryJob *ferry_job_restore (FerryAgent *agent, FerryStoreJob *stored, const Fer
 /* Persists job->stats now (they are otherwise saved at transitions). */
 void ferry_job_save_stats (FerryJob *job);
 FerryJob *ferry_job_ref_get (const FerryJobRef *ref);
+/* The VM a job moves (NULL if it was forgotten meanwhile). */
+FerryVm *ferry_job_vm (FerryJob *job);
 
 /* Creates and persists a job in state initial. */
 FerryJob *ferry_job_new (FerryAgent *agent, const char *uuid, const char *vm_name,
@@ -361,10 +365,11 @@ void mig_dst_on_vm_gone (FerryJob *job);
 void mig_dst_on_qmp_event (FerryJob *job, const char *name, JsonObject *data);
 void mig_dst_recover (FerryAgent *agent, FerryStoreJob *stored);
 
-/* mig-src.c's phases, for the storage mirror to hand back to. */
-void mig_src_perform_public (FerryJob *job);
-void mig_src_finish_public (FerryJob *job);
-void mig_src_rollback_public (FerryJob *job, const char *reason);
+/* mig-src.c's phases, for the storage mirror to hand back to: memory
+ * migration, Finish, and the rollback every failure before Finish takes. */
+void mig_src_perform (FerryJob *job);
+void mig_src_finish (FerryJob *job);
+void mig_src_rollback (FerryJob *job, const char *reason);
 
 /* ---- live migration with storage (mig-storage.c, source side) -------------- */
 

@@ -861,28 +861,7 @@ gboolean
 ferry_agent_listen (FerryAgent *agent, GError **error)
 {
   const char *listen = agent->config.listen;
-  const char *colon = strrchr (listen, ':');
-  guint64 port = 0;
-  if (colon == NULL || !g_ascii_string_to_unsigned (colon + 1, 10, 1, 65535, &port, NULL))
-    {
-      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
-                   "--listen: '%s' is not ADDRESS:PORT", listen);
-      return FALSE;
-    }
-  g_autofree char *host = g_strndup (listen, colon - listen);
-  if (host[0] == '[' && host[strlen (host) - 1] == ']')
-    {
-      char *inner = g_strndup (host + 1, strlen (host) - 2);
-      g_free (host);
-      host = inner;
-    }
-  g_autoptr (GInetAddress) inet = g_inet_address_new_from_string (host);
-  if (inet == NULL)
-    {
-      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
-                   "--listen: '%s' is not an IP address", host);
-      return FALSE;
-    }
+  g_autoptr (GInetAddress) inet = g_inet_address_new_from_string (agent->listen_host);
   agent->server = soup_server_new ("tls-certificate", agent->tls->certificate,
                                    "tls-database", agent->tls->ca_database,
                                    "tls-auth-mode", G_TLS_AUTHENTICATION_REQUIRED,
@@ -891,7 +870,7 @@ ferry_agent_listen (FerryAgent *agent, GError **error)
   g_signal_connect (agent->server, "request-started", G_CALLBACK (on_request_started), agent);
   soup_server_add_early_handler (agent->server, NULL, on_request_headers, agent, NULL);
   soup_server_add_handler (agent->server, NULL, on_request, agent, NULL);
-  g_autoptr (GSocketAddress) address = g_inet_socket_address_new (inet, (guint16) port);
+  g_autoptr (GSocketAddress) address = g_inet_socket_address_new (inet, agent->listen_port);
   if (!soup_server_listen (agent->server, address, SOUP_SERVER_LISTEN_HTTPS, error))
     {
       g_prefix_error (error, "cannot listen on %s: ", listen);

@@ -214,6 +214,12 @@ ferry_job_save_stats (FerryJob *job)
     g_warning ("job %" G_GINT64_FORMAT ": cannot persist statistics: %s", job->id, error->message);
 }
 
+FerryVm *
+ferry_job_vm (FerryJob *job)
+{
+  return g_hash_table_lookup (job->agent->vms, job->vm_name);
+}
+
 FerryJob *
 ferry_job_ref_get (const FerryJobRef *ref)
 {

@@ -885,12 +885,8 @@ open_local_export (FerryJob *job, ColdDisk *disk, GError **error)
 static void
 set_source_uri (ColdDst *cold, ColdDisk *disk, const char *host)
 {
-  g_autofree char *name = g_uri_escape_string (disk->export_name, NULL, FALSE);
-  g_autofree char *dir = g_uri_escape_string (cold->client_tls, "/", FALSE);
-  gboolean ipv6 = strchr (host, ':') != NULL;
   g_free (disk->source_uri);
-  disk->source_uri = g_strdup_printf ("nbds://%s%s%s:%u/%s?tls-certificates=%s", ipv6 ? "[" : "", host,
-                                      ipv6 ? "]" : "", disk->port, name, dir);
+  disk->source_uri = ferry_nbd_tls_uri (host, disk->port, disk->export_name, cold->client_tls);
 }
 
 /* Builds the in-memory state from a request (new, or stored for a

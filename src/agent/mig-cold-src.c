@@ -82,12 +82,6 @@ cold_of (FerryJob *job)
   return job->cold_free == (GDestroyNotify) cold_src_free ? job->cold : NULL;
 }
 
-static FerryVm *
-job_vm (FerryJob *job)
-{
-  return g_hash_table_lookup (job->agent->vms, job->vm_name);
-}
-
 /* What a restarted agent needs: the disks (with their ports) and whether
  * the guest ran before. */
 static void
@@ -148,7 +142,7 @@ static void
 cold_src_fail (FerryJob *job, FerryJobState terminal, const char *reason, gboolean tell_destination)
 {
   ColdSrc *cold = cold_of (job);
-  FerryVm *vm = job_vm (job);
+  FerryVm *vm = ferry_job_vm (job);
   if (cold != NULL)
     {
       g_clear_handle_id (&cold->shutdown_timer, g_source_remove);
@@ -176,7 +170,7 @@ static void
 cold_src_confirm (FerryJob *job, JsonObject *reply)
 {
   ColdSrc *cold = cold_of (job);
-  FerryVm *vm = job_vm (job);
+  FerryVm *vm = ferry_job_vm (job);
   g_autoptr (GError) error = NULL;
 
   g_clear_handle_id (&cold->poll_timer, g_source_remove);
@@ -335,37 +329,12 @@ cold_src_finish (FerryJob *job)
 /* ---- prepare -------------------------------------------------------------------------- */
 
 static gboolean
-listen_host_port (FerryAgent *agent, char **host, guint16 *port)
-{
-  const char *colon = strrchr (agent->config.listen, ':');
-  if (colon == NULL)
-    return FALSE;
-  *host = g_strndup (agent->config.listen, colon - agent->config.listen);
-  if (**host == '[')
-    {
-      char *inner = g_strndup (*host + 1, strlen (*host) - 2);
-      g_free (*host);
-      *host = inner;
-    }
-  *port = (guint16) g_ascii_strtoull (colon + 1, NULL, 10);
-  return TRUE;
-}
-
-static gboolean
 start_exports (FerryJob *job, GError **error)
 {
   ColdSrc *cold = cold_of (job);
-  g_autofree char *host = NULL;
-  guint16 api_port = 0;
   g_autofree char *creds = g_build_filename (job->agent->config.state_dir, "qemu-tls", NULL);
   g_autofree char *run_dir = g_build_filename (job->agent->config.state_dir, "run", NULL);
   g_mkdir_with_parents (run_dir, 0700);
-  if (!listen_host_port (job->agent, &host, &api_port))
-    {
-      g_set_error (error, FERRY_ERROR, FERRY_ERROR_FAILED, "cannot tell the agent's address from '%s'",
-                   job->agent->config.listen);
-      return FALSE;
-    }
   for (guint i = 0; i < cold->disks->len; i++)
     {
       SrcDisk *disk = g_ptr_array_index (cold->disks, i);
@@ -374,7 +343,7 @@ start_exports (FerryJob *job, GError **error)
                                                  disk->index);
       FerryNbdExportOptions network = {
         .image = disk->path, .format = disk->format, .export_name = name,
-        .tcp_host = host, .tcp_port = disk->port, .tls_creds_dir = creds,
+        .tcp_host = job->agent->listen_host, .tcp_port = disk->port, .tls_creds_dir = creds,
       };
       FerryNbdExportOptions local = {
         .image = disk->path, .format = disk->format, .export_name = name, .unix_socket = socket,
@@ -420,7 +389,7 @@ on_prepared (GObject *source, GAsyncResult *result, gpointer user_data)
   start_polling (job);
 }
 
-static JsonObject *prepare_request (FerryJob *job, guint16 api_port, gboolean dry_run);
+static JsonObject *prepare_request (FerryJob *job, gboolean dry_run);
 static JsonObject *disk_entry (const SrcDisk *disk, const FerryMigrateOptions *options);
 
 static void
@@ -428,25 +397,22 @@ cold_src_prepare (FerryJob *job)
 {
   FerryAgent *agent = job->agent;
   g_autoptr (GError) error = NULL;
-  g_autofree char *host = NULL;
-  guint16 api_port = 0;
 
   ferry_job_transition (job, FERRY_JOB_PREPARING, "exporting the disks");
-  if (!start_exports (job, &error) || !listen_host_port (agent, &host, &api_port))
+  if (!start_exports (job, &error))
     {
-      g_autofree char *reason = g_strdup_printf ("cannot export the disks: %s",
-                                                 error ? error->message : "no agent address");
+      g_autofree char *reason = g_strdup_printf ("cannot export the disks: %s", error->message);
       cold_src_fail (job, FERRY_JOB_FAILED, reason, FALSE);
       return;
     }
-  g_autoptr (JsonObject) request = prepare_request (job, api_port, FALSE);
+  g_autoptr (JsonObject) request = prepare_request (job, FALSE);
   ferry_peer_request_async (agent, job->peer_url, "POST", "/v1/migrations/offline", request,
                             PREPARE_TIMEOUT_S, NULL, on_prepared, ferry_job_ref_new (job));
 }
 
 /* The Prepare request; a dry run asks whether it would be accepted. */
 static JsonObject *
-prepare_request (FerryJob *job, guint16 api_port, gboolean dry_run)
+prepare_request (FerryJob *job, gboolean dry_run)
 {
   ColdSrc *cold = cold_of (job);
   FerryAgent *agent = job->agent;
@@ -460,7 +426,7 @@ prepare_request (FerryJob *job, guint16 api_port, gboolean dry_run)
   json_object_set_boolean_member (request, "start", job->options.start);
   json_object_set_int_member (request, "bandwidth_mib", job->options.bandwidth_mib);
   json_object_set_int_member (request, "parallel_disks", job->options.parallel_disks);
-  json_object_set_int_member (request, "source_port", api_port);
+  json_object_set_int_member (request, "source_port", agent->listen_port);
   if (agent->tls->common_name)
     json_object_set_string_member (request, "source", agent->tls->common_name);
   JsonArray *disks = json_array_new ();
@@ -511,7 +477,7 @@ on_checked (GObject *source, GAsyncResult *result, gpointer user_data)
   g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
   if (cold == NULL)
     return;
-  FerryVm *vm = job_vm (job);
+  FerryVm *vm = ferry_job_vm (job);
   if (reply == NULL || job->abort_requested || vm == NULL)
     {
       /* Nothing was stopped: the guest stays as it was. */
@@ -676,10 +642,7 @@ mig_cold_src_begin (FerryVm *vm, const char *dest_url, const FerryMigrateOptions
 
   /* Ask the destination before stopping anything: a refusal (name clash,
    * no room, unknown pool) leaves the guest as it is. */
-  g_autofree char *host = NULL;
-  guint16 api_port = 0;
-  listen_host_port (agent, &host, &api_port);
-  g_autoptr (JsonObject) request = prepare_request (job, api_port, TRUE);
+  g_autoptr (JsonObject) request = prepare_request (job, TRUE);
   ferry_job_event (job, "info", "asking the destination whether it can take the disks");
   ferry_peer_request_async (agent, job->peer_url, "POST", "/v1/migrations/offline", request,
                             PEER_TIMEOUT_S, NULL, on_checked, ferry_job_ref_new (job));
@@ -853,7 +816,7 @@ mig_cold_src_recover (FerryAgent *agent, FerryStoreJob *stored)
   options.copy_storage = TRUE;
   FerryJob *job = ferry_job_restore (agent, stored, &options);
   JsonObject *state = json_object_get_object_member (job->stats, "ferry-cold-source");
-  FerryVm *vm = job_vm (job);
+  FerryVm *vm = ferry_job_vm (job);
   ColdSrc *cold = g_new0 (ColdSrc, 1);
   cold->ref.agent = agent;
   cold->ref.job_id = job->id;

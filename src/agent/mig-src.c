@@ -17,34 +17,6 @@
  * is a rate no link reaches. */
 #define UNLIMITED_BANDWIDTH (G_GINT64_CONSTANT (1) << 40)
 
-typedef struct {
-  FerryAgent *agent;
-  gint64 job_id;
-} JobRef;
-
-static JobRef *
-job_ref (FerryJob *job)
-{
-  JobRef *ref = g_new0 (JobRef, 1);
-  ref->agent = job->agent;
-  ref->job_id = job->id;
-  return ref;
-}
-
-/* The job may have ended while a request was in flight. */
-static FerryJob *
-job_deref (JobRef *ref)
-{
-  FerryJob *job = g_hash_table_lookup (ref->agent->jobs, &ref->job_id);
-  return job;
-}
-
-static FerryVm *
-job_vm (FerryJob *job)
-{
-  return g_hash_table_lookup (job->agent->vms, job->vm_name);
-}
-
 static char *
 incoming_path (FerryJob *job, const char *suffix)
 {
@@ -114,13 +86,13 @@ on_peer_abort_done (GObject *source, GAsyncResult *result, gpointer user_data)
 static void
 on_rollback_resumed (GObject *source, GAsyncResult *result, gpointer user_data)
 {
-  g_autofree JobRef *ref = user_data;
-  FerryJob *job = job_deref (ref);
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonNode) reply = ferry_qmp_run_steps_finish (result, &error);
   if (job == NULL)
     return;
-  FerryVm *vm = job_vm (job);
+  FerryVm *vm = ferry_job_vm (job);
   const char *status = reply ? ferry_json_object_string (json_node_get_object (reply), "status") : NULL;
   if (vm != NULL && status != NULL)
     {
@@ -137,10 +109,10 @@ on_rollback_resumed (GObject *source, GAsyncResult *result, gpointer user_data)
 
 /* Every failure before the destination confirmed ends here: the guest
  * must run on the source again and the destination must forget it. */
-static void
+void
 mig_src_rollback (FerryJob *job, const char *reason)
 {
-  FerryVm *vm = job_vm (job);
+  FerryVm *vm = ferry_job_vm (job);
 
   if (job->state == FERRY_JOB_CANCELLING || ferry_job_state_is_terminal (job->state))
     return;
@@ -186,7 +158,7 @@ mig_src_rollback (FerryJob *job, const char *reason)
       steps[1] = steps[2];
       n = 2;
     }
-  ferry_qmp_run_steps_async (vm->qmp, first, n, NULL, on_rollback_resumed, job_ref (job));
+  ferry_qmp_run_steps_async (vm->qmp, first, n, NULL, on_rollback_resumed, ferry_job_ref_new (job));
 }
 
 /* ---- confirm ---------------------------------------------------------------- */
@@ -194,7 +166,7 @@ mig_src_rollback (FerryJob *job, const char *reason)
 static void
 mig_src_complete (FerryJob *job)
 {
-  FerryVm *vm = job_vm (job);
+  FerryVm *vm = ferry_job_vm (job);
   if (vm != NULL)
     {
       vm->job = NULL;
@@ -211,8 +183,8 @@ mig_src_complete (FerryJob *job)
 static void
 on_final_stats (GObject *source, GAsyncResult *result, gpointer user_data)
 {
-  g_autofree JobRef *ref = user_data;
-  FerryJob *job = job_deref (ref);
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
   if (job == NULL)
@@ -221,7 +193,7 @@ on_final_stats (GObject *source, GAsyncResult *result, gpointer user_data)
     {
       update_stats (job, json_node_get_object (reply));
     }
-  FerryVm *vm = job_vm (job);
+  FerryVm *vm = ferry_job_vm (job);
   /* The source copy is stale now; stopping it completes the job when the
    * monitor closes (mig_src_on_qmp_event FERRY_QEMU_EXITED). */
   if (vm != NULL && vm->qmp != NULL)
@@ -233,7 +205,7 @@ on_final_stats (GObject *source, GAsyncResult *result, gpointer user_data)
 static void
 mig_src_confirm (FerryJob *job)
 {
-  FerryVm *vm = job_vm (job);
+  FerryVm *vm = ferry_job_vm (job);
   ferry_job_transition (job, FERRY_JOB_CONFIRMING, "destination runs the guest");
   if (vm == NULL || vm->qmp == NULL)
     {
@@ -242,7 +214,7 @@ mig_src_confirm (FerryJob *job)
     }
   /* QEMU announces "completed" before it fills in total time and downtime;
    * by now it has, so read the final figures before stopping it. */
-  ferry_qmp_execute_async (vm->qmp, "query-migrate", NULL, NULL, on_final_stats, job_ref (job));
+  ferry_qmp_execute_async (vm->qmp, "query-migrate", NULL, NULL, on_final_stats, ferry_job_ref_new (job));
 }
 
 /* ---- finish ----------------------------------------------------------------- */
@@ -252,8 +224,8 @@ static void mig_src_check_destination (FerryJob *job, gint64 deadline_us);
 static void
 on_finish_replied (GObject *source, GAsyncResult *result, gpointer user_data)
 {
-  g_autofree JobRef *ref = user_data;
-  FerryJob *job = job_deref (ref);
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
   gboolean maybe_delivered = FALSE;
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, &maybe_delivered, &error);
@@ -293,7 +265,7 @@ on_finish_replied (GObject *source, GAsyncResult *result, gpointer user_data)
 }
 
 typedef struct {
-  JobRef ref;
+  FerryJobRef ref;
   gint64 deadline_us;
 } CheckData;
 
@@ -303,7 +275,7 @@ static void
 on_check_replied (GObject *source, GAsyncResult *result, gpointer user_data)
 {
   CheckData *check = user_data;
-  FerryJob *job = job_deref (&check->ref);
+  FerryJob *job = ferry_job_ref_get (&check->ref);
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
 
@@ -344,7 +316,7 @@ static gboolean
 on_check_retry (gpointer user_data)
 {
   CheckData *check = user_data;
-  FerryJob *job = job_deref (&check->ref);
+  FerryJob *job = ferry_job_ref_get (&check->ref);
   if (job == NULL)
     {
       g_free (check);
@@ -366,10 +338,10 @@ mig_src_check_destination (FerryJob *job, gint64 deadline_us)
   on_check_retry (check);
 }
 
-static void
+void
 mig_src_finish (FerryJob *job)
 {
-  FerryVm *vm = job_vm (job);
+  FerryVm *vm = ferry_job_vm (job);
   stop_timers (job);
   if (vm != NULL)
     ferry_vm_set_state (vm, FERRY_VM_MIGRATED);
@@ -377,13 +349,13 @@ mig_src_finish (FerryJob *job)
   g_autofree char *path = incoming_path (job, "/finish");
   g_autoptr (JsonObject) body = json_object_new ();
   ferry_peer_request_async (job->agent, job->peer_url, "POST", path, body, PEER_TIMEOUT_S, NULL,
-                            on_finish_replied, job_ref (job));
+                            on_finish_replied, ferry_job_ref_new (job));
 }
 
 /* ---- perform ---------------------------------------------------------------- */
 
 typedef struct {
-  JobRef ref;
+  FerryJobRef ref;
   char *reason;
 } PeerViewData;
 
@@ -391,7 +363,7 @@ static void
 on_peer_view (GObject *source, GAsyncResult *result, gpointer user_data)
 {
   PeerViewData *data = user_data;
-  FerryJob *job = job_deref (&data->ref);
+  FerryJob *job = ferry_job_ref_get (&data->ref);
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
   if (job != NULL)
@@ -427,8 +399,8 @@ static void mig_src_postcopy_switched (FerryJob *job);
 static void
 on_postcopy_started (GObject *source, GAsyncResult *result, gpointer user_data)
 {
-  g_autofree JobRef *ref = user_data;
-  FerryJob *job = job_deref (ref);
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
   if (job == NULL)
@@ -445,7 +417,7 @@ on_postcopy_started (GObject *source, GAsyncResult *result, gpointer user_data)
 static gboolean
 request_postcopy (FerryJob *job, const char *why, GError **error)
 {
-  FerryVm *vm = job_vm (job);
+  FerryVm *vm = ferry_job_vm (job);
   if (!job->options.postcopy)
     {
       g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
@@ -464,7 +436,7 @@ request_postcopy (FerryJob *job, const char *why, GError **error)
   job->postcopy_requested = TRUE;
   ferry_job_event (job, "info", "switching to post-copy: %s", why);
   ferry_qmp_execute_async (vm->qmp, "migrate-start-postcopy", NULL, NULL, on_postcopy_started,
-                           job_ref (job));
+                           ferry_job_ref_new (job));
   return TRUE;
 }
 
@@ -484,8 +456,8 @@ on_postcopy_timer (gpointer user_data)
 static void
 on_postcopy_resumed (GObject *source, GAsyncResult *result, gpointer user_data)
 {
-  g_autofree JobRef *ref = user_data;
-  FerryJob *job = job_deref (ref);
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
   if (job == NULL)
@@ -517,14 +489,14 @@ mig_src_postcopy_switched (FerryJob *job)
 {
   /* Persist first: from now on the guest belongs to the destination. */
   ferry_job_transition (job, FERRY_JOB_POSTCOPY, "device state sent; the destination takes over");
-  FerryVm *vm = job_vm (job);
+  FerryVm *vm = ferry_job_vm (job);
   if (vm != NULL)
     ferry_vm_set_state (vm, FERRY_VM_MIGRATED);
   g_autofree char *path = incoming_path (job, "/finish");
   g_autoptr (JsonObject) body = json_object_new ();
   json_object_set_boolean_member (body, "postcopy", TRUE);
   ferry_peer_request_async (job->agent, job->peer_url, "POST", path, body, PEER_TIMEOUT_S, NULL,
-                            on_postcopy_resumed, job_ref (job));
+                            on_postcopy_resumed, ferry_job_ref_new (job));
 }
 
 /* ---- post-copy recovery -------------------------------------------------------- */
@@ -563,8 +535,8 @@ schedule_recovery (FerryJob *job)
 static void
 on_resumed_stream (GObject *source, GAsyncResult *result, gpointer user_data)
 {
-  g_autofree JobRef *ref = user_data;
-  FerryJob *job = job_deref (ref);
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
   if (job == NULL)
@@ -583,13 +555,13 @@ on_resumed_stream (GObject *source, GAsyncResult *result, gpointer user_data)
 static void
 on_destination_listening (GObject *source, GAsyncResult *result, gpointer user_data)
 {
-  g_autofree JobRef *ref = user_data;
-  FerryJob *job = job_deref (ref);
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
   if (job == NULL)
     return;
-  FerryVm *vm = job_vm (job);
+  FerryVm *vm = ferry_job_vm (job);
   const char *uri = ferry_json_object_string (reply, "uri");
   if (reply == NULL || uri == NULL || vm == NULL || vm->qmp == NULL)
     {
@@ -602,7 +574,7 @@ on_destination_listening (GObject *source, GAsyncResult *result, gpointer user_d
   g_free (job->incoming_uri);
   job->incoming_uri = g_strdup (uri);
   g_autoptr (JsonObject) arguments = ferry_qmp_args_migrate_resume (uri);
-  ferry_qmp_execute_async (vm->qmp, "migrate", arguments, NULL, on_resumed_stream, job_ref (job));
+  ferry_qmp_execute_async (vm->qmp, "migrate", arguments, NULL, on_resumed_stream, ferry_job_ref_new (job));
 }
 
 static void
@@ -615,14 +587,14 @@ attempt_recovery (FerryJob *job)
   g_autofree char *path = incoming_path (job, "/recover");
   g_autoptr (JsonObject) body = json_object_new ();
   ferry_peer_request_async (job->agent, job->peer_url, "POST", path, body, 30, NULL,
-                            on_destination_listening, job_ref (job));
+                            on_destination_listening, ferry_job_ref_new (job));
 }
 
 static void
 on_paused_here (GObject *source, GAsyncResult *result, gpointer user_data)
 {
-  g_autofree JobRef *ref = user_data;
-  FerryJob *job = job_deref (ref);
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
   if (job != NULL && reply == NULL)
@@ -635,11 +607,11 @@ on_paused_here (GObject *source, GAsyncResult *result, gpointer user_data)
 static void
 pause_stuck_postcopy (FerryJob *job)
 {
-  FerryVm *vm = job_vm (job);
+  FerryVm *vm = ferry_job_vm (job);
   if (vm == NULL || vm->qmp == NULL || job->recover_attempts > 0 || job->recover_timer != 0)
     return;
   ferry_job_event (job, "warning", "destination unreachable during post-copy; pausing the stream");
-  ferry_qmp_execute_oob_async (vm->qmp, "migrate-pause", NULL, NULL, on_paused_here, job_ref (job));
+  ferry_qmp_execute_oob_async (vm->qmp, "migrate-pause", NULL, NULL, on_paused_here, ferry_job_ref_new (job));
 }
 
 gboolean
@@ -727,8 +699,8 @@ check_watchdogs (FerryJob *job, JsonObject *stats)
 static void
 on_progress (GObject *source, GAsyncResult *result, gpointer user_data)
 {
-  g_autofree JobRef *ref = user_data;
-  FerryJob *job = job_deref (ref);
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
   if (job == NULL || reply == NULL || !JSON_NODE_HOLDS_OBJECT (reply))
@@ -793,9 +765,9 @@ on_progress (GObject *source, GAsyncResult *result, gpointer user_data)
 static void
 query_progress (FerryJob *job)
 {
-  FerryVm *vm = job_vm (job);
+  FerryVm *vm = ferry_job_vm (job);
   if (vm != NULL && vm->qmp != NULL)
-    ferry_qmp_execute_async (vm->qmp, "query-migrate", NULL, NULL, on_progress, job_ref (job));
+    ferry_qmp_execute_async (vm->qmp, "query-migrate", NULL, NULL, on_progress, ferry_job_ref_new (job));
 }
 
 static gboolean
@@ -808,8 +780,8 @@ on_poll_timer (gpointer user_data)
 static void
 on_keepalive_replied (GObject *source, GAsyncResult *result, gpointer user_data)
 {
-  g_autofree JobRef *ref = user_data;
-  FerryJob *job = job_deref (ref);
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
 
@@ -876,7 +848,7 @@ on_keepalive_timer (gpointer user_data)
   g_autofree char *path = incoming_path (job, NULL);
   guint timeout_s = MAX (1, job->agent->config.keepalive_timeout_ms / 1000);
   ferry_peer_request_async (job->agent, job->peer_url, "GET", path, NULL, timeout_s, NULL,
-                            on_keepalive_replied, job_ref (job));
+                            on_keepalive_replied, ferry_job_ref_new (job));
   return G_SOURCE_CONTINUE;
 }
 
@@ -885,8 +857,8 @@ on_keepalive_timer (gpointer user_data)
 static void
 on_parameters_read (GObject *source, GAsyncResult *result, gpointer user_data)
 {
-  g_autofree JobRef *ref = user_data;
-  FerryJob *job = job_deref (ref);
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
   if (job == NULL || reply == NULL || !JSON_NODE_HOLDS_OBJECT (reply))
@@ -906,8 +878,8 @@ on_parameters_read (GObject *source, GAsyncResult *result, gpointer user_data)
 static void
 on_capabilities_read (GObject *source, GAsyncResult *result, gpointer user_data)
 {
-  g_autofree JobRef *ref = user_data;
-  FerryJob *job = job_deref (ref);
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
   if (job == NULL || reply == NULL || !JSON_NODE_HOLDS_ARRAY (reply))
@@ -933,8 +905,8 @@ on_capabilities_read (GObject *source, GAsyncResult *result, gpointer user_data)
 static void
 on_migrate_started (GObject *source, GAsyncResult *result, gpointer user_data)
 {
-  g_autofree JobRef *ref = user_data;
-  FerryJob *job = job_deref (ref);
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonNode) reply = ferry_qmp_run_steps_finish (result, &error);
 
@@ -954,13 +926,13 @@ on_migrate_started (GObject *source, GAsyncResult *result, gpointer user_data)
       mig_src_rollback (job, "aborted by the user");
       return;
     }
-  FerryVm *vm = job_vm (job);
+  FerryVm *vm = ferry_job_vm (job);
   if (vm != NULL && vm->qmp != NULL)
     {
       ferry_qmp_execute_async (vm->qmp, "query-migrate-parameters", NULL, NULL, on_parameters_read,
-                               job_ref (job));
+                               ferry_job_ref_new (job));
       ferry_qmp_execute_async (vm->qmp, "query-migrate-capabilities", NULL, NULL,
-                               on_capabilities_read, job_ref (job));
+                               on_capabilities_read, ferry_job_ref_new (job));
     }
   job->peer_last_seen_us = g_get_monotonic_time ();
   job->perform_started_us = g_get_monotonic_time ();
@@ -970,10 +942,10 @@ on_migrate_started (GObject *source, GAsyncResult *result, gpointer user_data)
   job->keepalive_timer = g_timeout_add (job->agent->config.keepalive_interval_ms, on_keepalive_timer, job);
 }
 
-static void
+void
 mig_src_perform (FerryJob *job)
 {
-  FerryVm *vm = job_vm (job);
+  FerryVm *vm = ferry_job_vm (job);
   if (vm == NULL || vm->qmp == NULL)
     {
       mig_src_rollback (job, "source QEMU is gone");
@@ -1013,7 +985,7 @@ mig_src_perform (FerryJob *job)
   steps[n++] = (FerryQmpStep) { "migrate-set-capabilities", ferry_qmp_args_migrate_capabilities (&capabilities) };
   steps[n++] = (FerryQmpStep) { "migrate-set-parameters", ferry_qmp_args_migrate_parameters (&parameters) };
   steps[n++] = (FerryQmpStep) { "migrate", ferry_qmp_args_migrate (job->incoming_uri) };
-  ferry_qmp_run_steps_async (vm->qmp, steps, n, NULL, on_migrate_started, job_ref (job));
+  ferry_qmp_run_steps_async (vm->qmp, steps, n, NULL, on_migrate_started, ferry_job_ref_new (job));
 }
 
 void
@@ -1063,8 +1035,8 @@ mig_src_on_qmp_event (FerryJob *job, const char *name, JsonObject *data)
 static void
 on_prepared (GObject *source, GAsyncResult *result, gpointer user_data)
 {
-  g_autofree JobRef *ref = user_data;
-  FerryJob *job = job_deref (ref);
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
 
@@ -1106,7 +1078,7 @@ static void
 mig_src_prepare (FerryJob *job)
 {
   FerryAgent *agent = job->agent;
-  FerryVm *vm = job_vm (job);
+  FerryVm *vm = ferry_job_vm (job);
   const FerryMigrateOptions *options = &job->options;
   if (vm == NULL)
     {
@@ -1142,14 +1114,14 @@ mig_src_prepare (FerryJob *job)
   ferry_job_transition (job, FERRY_JOB_PREPARING, NULL);
   ferry_peer_request_async (agent, job->peer_url, "POST",
                             options->live ? "/v1/migrations/incoming" : "/v1/migrations/offline",
-                            request, PEER_TIMEOUT_S, NULL, on_prepared, job_ref (job));
+                            request, PEER_TIMEOUT_S, NULL, on_prepared, ferry_job_ref_new (job));
 }
 
 static void
 on_planned (GObject *source, GAsyncResult *result, gpointer user_data)
 {
-  g_autofree JobRef *ref = user_data;
-  FerryJob *job = job_deref (ref);
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
   g_autoptr (GError) error = NULL;
   FerryMigrateOptions chosen;
   g_autoptr (JsonObject) plan = ferry_plan_finish (result, &chosen, &error);
@@ -1248,7 +1220,7 @@ mig_src_begin (FerryVm *vm, const char *dest_url, const FerryMigrateOptions *opt
        * prediction is recorded for every live migration, so that the
        * outcome can be compared with it. */
       ferry_job_event (job, "info", "measuring the link and the guest's dirty rate");
-      ferry_plan_async (vm, job->peer_url, options, on_planned, job_ref (job));
+      ferry_plan_async (vm, job->peer_url, options, on_planned, ferry_job_ref_new (job));
     }
   else
     mig_src_prepare (job);
@@ -1302,8 +1274,8 @@ running_outgoing_job (FerryVm *vm, GError **error)
 static void
 on_parameter_set (GObject *source, GAsyncResult *result, gpointer user_data)
 {
-  g_autofree JobRef *ref = user_data;
-  FerryJob *job = job_deref (ref);
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
   if (job != NULL && reply == NULL)
@@ -1325,10 +1297,10 @@ mig_src_set_parameter (FerryVm *vm, const char *name, gint64 value, GError **err
   if (g_str_equal (name, "max-bandwidth"))
     json_object_set_int_member (arguments, "max-postcopy-bandwidth", value);
   ferry_qmp_execute_async (vm->qmp, "migrate-set-parameters", arguments, NULL, on_parameter_set,
-                           job_ref (job));
+                           ferry_job_ref_new (job));
   /* Read back what QEMU now uses, for the job log and the tests. */
   ferry_qmp_execute_async (vm->qmp, "query-migrate-parameters", NULL, NULL, on_parameters_read,
-                           job_ref (job));
+                           ferry_job_ref_new (job));
   return TRUE;
 }
 
@@ -1348,8 +1320,8 @@ static gboolean on_restored_check_due (gpointer user_data);
 static void
 on_restored_postcopy_checked (GObject *source, GAsyncResult *result, gpointer user_data)
 {
-  g_autofree JobRef *ref = user_data;
-  FerryJob *job = job_deref (ref);
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
   if (job == NULL || job->state != FERRY_JOB_POSTCOPY)
@@ -1369,7 +1341,7 @@ on_restored_postcopy_checked (GObject *source, GAsyncResult *result, gpointer us
       g_autoptr (JsonObject) body = json_object_new ();
       json_object_set_boolean_member (body, "postcopy", TRUE);
       ferry_peer_request_async (job->agent, job->peer_url, "POST", path, body, PEER_TIMEOUT_S, NULL,
-                                on_postcopy_resumed, job_ref (job));
+                                on_postcopy_resumed, ferry_job_ref_new (job));
     }
   else if (reply == NULL)
     {
@@ -1378,7 +1350,7 @@ on_restored_postcopy_checked (GObject *source, GAsyncResult *result, gpointer us
       if (!job->restored_check_logged)
         ferry_job_event (job, "warning", "cannot ask the destination yet (%s); asking again", error->message);
       job->restored_check_logged = TRUE;
-      g_timeout_add_seconds_full (G_PRIORITY_DEFAULT, 2, on_restored_check_due, job_ref (job), g_free);
+      g_timeout_add_seconds_full (G_PRIORITY_DEFAULT, 2, on_restored_check_due, ferry_job_ref_new (job), g_free);
     }
   else
     ferry_job_event (job, "warning", "destination state after the restart: %s", state);
@@ -1387,12 +1359,12 @@ on_restored_postcopy_checked (GObject *source, GAsyncResult *result, gpointer us
 static gboolean
 on_restored_check_due (gpointer user_data)
 {
-  FerryJob *job = job_deref (user_data);
+  FerryJob *job = ferry_job_ref_get (user_data);
   if (job != NULL && job->state == FERRY_JOB_POSTCOPY && !job->postcopy_dest_running)
     {
       g_autofree char *path = incoming_path (job, NULL);
       ferry_peer_request_async (job->agent, job->peer_url, "GET", path, NULL, PEER_TIMEOUT_S, NULL,
-                                on_restored_postcopy_checked, job_ref (job));
+                                on_restored_postcopy_checked, ferry_job_ref_new (job));
     }
   return G_SOURCE_REMOVE;
 }
@@ -1434,7 +1406,7 @@ mig_src_recover (FerryAgent *agent, FerryStoreJob *stored)
       /* Did the destination hear Finish before we went down? */
       g_autofree char *path = incoming_path (job, NULL);
       ferry_peer_request_async (agent, job->peer_url, "GET", path, NULL, PEER_TIMEOUT_S, NULL,
-                                on_restored_postcopy_checked, job_ref (job));
+                                on_restored_postcopy_checked, ferry_job_ref_new (job));
       return;
     }
   if (state == FERRY_JOB_POSTCOPY)
@@ -1468,24 +1440,4 @@ mig_src_recover (FerryAgent *agent, FerryStoreJob *stored)
                           "agent restarted during the migration; guest kept on the source", NULL, NULL);
   ferry_store_job_add_event (agent->store, stored->id, "error",
                              "agent restarted during the migration; guest kept on the source", NULL);
-}
-
-/* ---- for the storage mirror (mig-storage.c) ------------------------------------ */
-
-void
-mig_src_perform_public (FerryJob *job)
-{
-  mig_src_perform (job);
-}
-
-void
-mig_src_finish_public (FerryJob *job)
-{
-  mig_src_finish (job);
-}
-
-void
-mig_src_rollback_public (FerryJob *job, const char *reason)
-{
-  mig_src_rollback (job, reason);
 }

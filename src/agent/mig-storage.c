@@ -82,12 +82,6 @@ send_and_forget (FerryVm *vm, const char *command, JsonObject *arguments)
   json_object_unref (arguments);
 }
 
-static FerryVm *
-job_vm (FerryJob *job)
-{
-  return g_hash_table_lookup (job->agent->vms, job->vm_name);
-}
-
 static Mirror *
 mirror_by_job_id (Storage *storage, const char *job_id)
 {
@@ -160,7 +154,7 @@ static gboolean
 on_mirror_poll (gpointer user_data)
 {
   FerryJob *job = ferry_job_ref_get (user_data);
-  FerryVm *vm = job ? job_vm (job) : NULL;
+  FerryVm *vm = job ? ferry_job_vm (job) : NULL;
   if (job == NULL || storage_of (job) == NULL)
     return G_SOURCE_REMOVE;
   if (vm != NULL && vm->qmp != NULL)
@@ -178,7 +172,7 @@ storage_fail (FerryJob *job, const char *reason)
     return;
   storage->failed = TRUE;
   g_clear_handle_id (&storage->poll_timer, g_source_remove);
-  mig_src_rollback_public (job, reason);
+  mig_src_rollback (job, reason);
 }
 
 typedef struct {
@@ -212,7 +206,7 @@ void
 mig_storage_src_cancel (FerryJob *job)
 {
   Storage *storage = storage_of (job);
-  FerryVm *vm = job_vm (job);
+  FerryVm *vm = ferry_job_vm (job);
   if (storage == NULL || vm == NULL || vm->qmp == NULL)
     return;
   storage->failed = TRUE;
@@ -262,7 +256,7 @@ mig_storage_src_on_event (FerryJob *job, const char *name, JsonObject *data)
   Mirror *mirror = mirror_by_job_id (storage, ferry_json_object_string (data, "device"));
   if (mirror == NULL)
     return TRUE;
-  FerryVm *vm = job_vm (job);
+  FerryVm *vm = ferry_job_vm (job);
   if (g_str_equal (name, "BLOCK_JOB_READY") && !mirror->ready)
     {
       mirror->ready = TRUE;
@@ -282,7 +276,7 @@ mig_storage_src_on_event (FerryJob *job, const char *name, JsonObject *data)
           if (job->abort_requested)
             storage_fail (job, "aborted by the user");
           else
-            mig_src_perform_public (job);
+            mig_src_perform (job);
         }
     }
   else if (g_str_equal (name, "BLOCK_JOB_COMPLETED") || g_str_equal (name, "BLOCK_JOB_CANCELLED"))
@@ -331,14 +325,14 @@ on_mirrors_completed (FerryJob *job)
   g_clear_handle_id (&storage->poll_timer, g_source_remove);
   publish (job);
   ferry_job_event (job, "info", "disk mirrors completed: the destination's disks match");
-  mig_src_finish_public (job);
+  mig_src_finish (job);
 }
 
 gboolean
 mig_storage_src_complete (FerryJob *job)
 {
   Storage *storage = storage_of (job);
-  FerryVm *vm = job_vm (job);
+  FerryVm *vm = ferry_job_vm (job);
   if (storage == NULL)
     return FALSE;
   if (storage->completing)
@@ -387,7 +381,7 @@ static void
 start_mirrors (FerryJob *job)
 {
   Storage *storage = storage_of (job);
-  FerryVm *vm = job_vm (job);
+  FerryVm *vm = ferry_job_vm (job);
   g_autofree char *creds_dir = g_build_filename (job->agent->config.state_dir, "qemu-tls", NULL);
   guint n = 0;
   g_autofree FerryQmpStep *steps = g_new0 (FerryQmpStep, 2 + 2 * storage->mirrors->len);
@@ -438,7 +432,7 @@ static gboolean
 on_write_sample_due (gpointer user_data)
 {
   FerryJob *job = ferry_job_ref_get (user_data);
-  FerryVm *vm = job ? job_vm (job) : NULL;
+  FerryVm *vm = job ? ferry_job_vm (job) : NULL;
   if (job == NULL || storage_of (job) == NULL)
     return G_SOURCE_REMOVE;
   if (vm == NULL || vm->qmp == NULL)
@@ -488,14 +482,14 @@ mig_storage_src_start (FerryJob *job, JsonObject *prepare_reply)
 {
   if (!job->options.copy_storage)
     return FALSE;
-  FerryVm *vm = job_vm (job);
+  FerryVm *vm = ferry_job_vm (job);
   JsonObject *nbd = prepare_reply && json_object_has_member (prepare_reply, "nbd")
                       ? json_object_get_object_member (prepare_reply, "nbd") : NULL;
   const char *host = ferry_json_object_string (nbd, "host");
   gint64 port = ferry_json_object_int (nbd, "port");
   if (host == NULL || port <= 0 || port > 65535 || vm == NULL || vm->qmp == NULL)
     {
-      mig_src_rollback_public (job, "the destination did not say where its disks are served");
+      mig_src_rollback (job, "the destination did not say where its disks are served");
       return TRUE;
     }
   Storage *storage = g_new0 (Storage, 1);

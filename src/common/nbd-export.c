@@ -5,7 +5,6 @@
 #include <errno.h>
 #include <sys/prctl.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -164,16 +163,23 @@ ferry_nbd_export_get_pid (FerryNbdExport *export)
 char *
 ferry_nbd_export_uri (FerryNbdExport *export, const char *host, const char *client_tls_dir)
 {
-  g_autofree char *name = g_uri_escape_string (export->export_name, NULL, FALSE);
   if (export->unix_socket)
     {
+      g_autofree char *name = g_uri_escape_string (export->export_name, NULL, FALSE);
       g_autofree char *socket = g_uri_escape_string (export->unix_socket, "/", FALSE);
       return g_strdup_printf ("nbd+unix:///%s?socket=%s", name, socket);
     }
+  return ferry_nbd_tls_uri (host, export->port, export->export_name, client_tls_dir);
+}
+
+char *
+ferry_nbd_tls_uri (const char *host, guint16 port, const char *export_name, const char *client_tls_dir)
+{
+  g_autofree char *name = g_uri_escape_string (export_name, NULL, FALSE);
   g_autofree char *dir = g_uri_escape_string (client_tls_dir, "/", FALSE);
   gboolean ipv6 = strchr (host, ':') != NULL;
   return g_strdup_printf ("nbds://%s%s%s:%u/%s?tls-certificates=%s", ipv6 ? "[" : "", host,
-                          ipv6 ? "]" : "", export->port, name, dir);
+                          ipv6 ? "]" : "", port, name, dir);
 }
 
 void

@@ -39,6 +39,8 @@ GPid ferry_nbd_export_get_pid (FerryNbdExport *export);
 /* The URI a client uses: nbds://HOST:PORT/NAME?tls-certificates=DIR for
  * TCP (host as given: the address the peer reaches), nbd+unix otherwise. */
 char *ferry_nbd_export_uri (FerryNbdExport *export, const char *host, const char *client_tls_dir);
+/* nbds://HOST:PORT/NAME?tls-certificates=DIR, IPv6 hosts bracketed. */
+char *ferry_nbd_tls_uri (const char *host, guint16 port, const char *export_name, const char *client_tls_dir);
 /* Stops the server (SIGTERM, and waits for it). */
 void ferry_nbd_export_free (FerryNbdExport *export);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (FerryNbdExport, ferry_nbd_export_free)
