@@ -191,8 +191,11 @@ close_failed (struct nbd_handle *h)
   close_handle (h, FALSE);
 }
 
+/* extra_context: a meta context asked for besides base:allocation (a
+ * dirty bitmap), or NULL. */
 static struct nbd_handle *
-connect_uri (const char *uri, guint stall_s, GCancellable *cancellable, GError **error)
+connect_uri (const char *uri, const char *extra_context, guint stall_s, GCancellable *cancellable,
+             GError **error)
 {
   struct nbd_handle *h = nbd_create ();
   if (h == NULL)
@@ -201,6 +204,7 @@ connect_uri (const char *uri, guint stall_s, GCancellable *cancellable, GError *
       return NULL;
     }
   if (nbd_add_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1
+      || (extra_context != NULL && nbd_add_meta_context (h, extra_context) == -1)
       || nbd_set_uri_allow_local_file (h, true) == -1
       || nbd_aio_connect_uri (h, uri) == -1)
     {
@@ -239,22 +243,29 @@ typedef struct {
 } Range;
 
 typedef struct {
-  GArray *data;        /* of Range: extents that are not known zero */
+  const char *context; /* the meta context read */
+  gboolean dirty;      /* select dirty extents (a bitmap), else not-known-zero ones */
+  GArray *data;        /* of Range: the selected extents */
   guint64 covered_to;  /* absolute end of what the replies described */
 } ExtentScan;
+
+/* A dirty bitmap's context marks dirty blocks with flag 1. */
+#define DIRTY_FLAG 1u
 
 static int
 on_extents (void *user_data, const char *metacontext, uint64_t offset, uint32_t *entries,
             size_t n_entries, int *error)
 {
   ExtentScan *scan = user_data;
-  if (strcmp (metacontext, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0)
+  if (strcmp (metacontext, scan->context) != 0)
     return 0;
   guint64 position = offset;
   for (size_t i = 0; i + 1 < n_entries; i += 2)
     {
       guint64 length = entries[i];
-      if (!(entries[i + 1] & LIBNBD_STATE_ZERO) && length > 0)
+      gboolean selected = scan->dirty ? (entries[i + 1] & DIRTY_FLAG) != 0
+                                      : !(entries[i + 1] & LIBNBD_STATE_ZERO);
+      if (selected && length > 0)
         {
           Range *last = scan->data->len ? &g_array_index (scan->data, Range, scan->data->len - 1) : NULL;
           if (last != NULL && last->offset + last->length == position)
@@ -268,24 +279,32 @@ on_extents (void *user_data, const char *metacontext, uint64_t offset, uint32_t 
   return 0;
 }
 
-/* The data (not known-zero) ranges of [offset, offset+length), clipped. */
+/* The ranges of [offset, offset+length), clipped, that block status of
+ * `context` selects: not known zero (base:allocation), or dirty (a
+ * bitmap's context). */
 static GArray *
-data_ranges (struct nbd_handle *h, guint64 offset, guint64 length, guint stall_s,
-             GCancellable *cancellable, GError **error)
+scan_ranges (struct nbd_handle *h, const char *context, gboolean dirty, guint64 offset, guint64 length,
+             guint stall_s, GCancellable *cancellable, GError **error)
 {
   g_autoptr (GArray) data = g_array_new (FALSE, FALSE, sizeof (Range));
   guint64 end = offset + length;
   guint64 position = offset;
 
-  if (!nbd_can_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION))
+  if (!nbd_can_meta_context (h, context))
     {
+      if (dirty)
+        {
+          g_set_error (error, FERRY_ERROR, FERRY_ERROR_FAILED,
+                       "the source does not export the dirty bitmap '%s'", context);
+          return NULL;
+        }
       /* No block status: everything is data (still zero-detected). */
       g_array_append_val (data, ((Range) { offset, length }));
       return g_steal_pointer (&data);
     }
   while (position < end)
     {
-      ExtentScan scan = { .data = data, .covered_to = position };
+      ExtentScan scan = { .context = context, .dirty = dirty, .data = data, .covered_to = position };
       Batch batch = { 0 };
       if (nbd_aio_block_status (h, end - position, position,
                                 (nbd_extent_callback) { .callback = on_extents, .user_data = &scan },
@@ -315,6 +334,35 @@ data_ranges (struct nbd_handle *h, guint64 offset, guint64 length, guint stall_s
       range->length = range_end > range->offset ? range_end - range->offset : 0;
     }
   return g_steal_pointer (&data);
+}
+
+static GArray *
+data_ranges (struct nbd_handle *h, guint64 offset, guint64 length, guint stall_s,
+             GCancellable *cancellable, GError **error)
+{
+  return scan_ranges (h, LIBNBD_CONTEXT_BASE_ALLOCATION, FALSE, offset, length, stall_s, cancellable, error);
+}
+
+/* The parts of sorted, disjoint range lists a and b that both cover. */
+static GArray *
+intersect_ranges (GArray *a, GArray *b)
+{
+  GArray *both = g_array_new (FALSE, FALSE, sizeof (Range));
+  guint i = 0, j = 0;
+  while (i < a->len && j < b->len)
+    {
+      const Range *x = &g_array_index (a, Range, i);
+      const Range *y = &g_array_index (b, Range, j);
+      guint64 start = MAX (x->offset, y->offset);
+      guint64 end = MIN (x->offset + x->length, y->offset + y->length);
+      if (start < end)
+        g_array_append_val (both, ((Range) { start, end - start }));
+      if (x->offset + x->length < y->offset + y->length)
+        i++;
+      else
+        j++;
+    }
+  return both;
 }
 
 /* Reads the ranges into buf (buf[0] is absolute offset `base`), several
@@ -440,6 +488,7 @@ ferry_copy_chunk_count (guint64 size)
 struct _FerryNbdCopy {
   char *source_uri;
   char *destination_uri;
+  char *dirty_context;         /* "qemu:dirty-bitmap:NAME" for a delta */
   FerryNbdCopyOptions options;
   GArray *selected;            /* guint64 chunk indexes; NULL = all */
   FerryCopyChunkDone chunk_done;
@@ -470,6 +519,9 @@ ferry_nbd_copy_new (const char *source_uri, const char *destination_uri,
   copy->options.requests_in_flight = MIN (copy->options.requests_in_flight, FERRY_COPY_MAX_IN_FLIGHT);
   if (copy->options.stall_timeout_s == 0)
     copy->options.stall_timeout_s = DEFAULT_STALL_S;
+  if (copy->options.dirty_bitmap != NULL)
+    copy->dirty_context = g_strdup_printf ("qemu:dirty-bitmap:%s", copy->options.dirty_bitmap);
+  copy->options.dirty_bitmap = NULL; /* not ours to keep: dirty_context is */
   g_mutex_init (&copy->lock);
   return copy;
 }
@@ -481,6 +533,7 @@ ferry_nbd_copy_free (FerryNbdCopy *copy)
     return;
   g_free (copy->source_uri);
   g_free (copy->destination_uri);
+  g_free (copy->dirty_context);
   if (copy->selected)
     g_array_unref (copy->selected);
   g_clear_error (&copy->first_error);
@@ -583,6 +636,55 @@ write_nonzero (FerryNbdCopy *copy, struct nbd_handle *h, const guint8 *buf, guin
   return drain (h, 0, stall_s, copy->stop, "write", error) && batch_check (&batch, "write", error);
 }
 
+/* A delta's dirty ranges: runs of data blocks are written, runs of zero
+ * blocks zeroed (the destination may punch holes), so the destination
+ * ends up with what the source holds there now. */
+static gboolean
+write_delta (FerryNbdCopy *copy, struct nbd_handle *h, const guint8 *buf, guint64 base, GArray *dirty,
+             guint64 *bytes_written, GError **error)
+{
+  Batch batch = { 0 };
+  guint stall_s = copy->options.stall_timeout_s;
+  for (guint i = 0; i < dirty->len; i++)
+    {
+      const Range *range = &g_array_index (dirty, Range, i);
+      guint64 run_start = range->offset, position = range->offset, end = range->offset + range->length;
+      gboolean run_data = FALSE;
+      while (position <= end)
+        {
+          guint64 size = position < end ? MIN (ZERO_BLOCK, end - position) : 0;
+          gboolean data = size > 0 && !block_is_zero (buf + (position - base), size);
+          gboolean flush_run = position > run_start
+                               && (size == 0 || data != run_data || position - run_start >= FERRY_COPY_MAX_REQUEST);
+          if (flush_run)
+            {
+              guint64 length = position - run_start;
+              int r;
+              if (!drain (h, (int) copy->options.requests_in_flight - 1, stall_s, copy->stop, "write", error))
+                return FALSE;
+              nbd_completion_callback done = { .callback = on_command_done, .user_data = &batch };
+              if (run_data)
+                r = nbd_aio_pwrite (h, buf + (run_start - base), length, run_start, done, 0);
+              else
+                r = nbd_aio_zero (h, length, run_start, done, 0);
+              if (r == -1)
+                {
+                  set_nbd_error (error, run_data ? "write" : "write zeroes");
+                  return FALSE;
+                }
+              *bytes_written += length;
+              run_start = position;
+            }
+          if (size == 0)
+            break;
+          if (position == run_start)
+            run_data = data;
+          position += size;
+        }
+    }
+  return drain (h, 0, stall_s, copy->stop, "write", error) && batch_check (&batch, "write", error);
+}
+
 /* Makes the worker's writes durable, then reports its chunks done; a
  * crash before the flush only costs these chunks again. */
 static gboolean
@@ -607,11 +709,45 @@ flush_and_report (FerryNbdCopy *copy, struct nbd_handle *h, GArray *pending, GEr
       copy->progress.chunks_done++;
       copy->progress.bytes_done += chunk->length;
       copy->progress.bytes_written += chunk->bytes_written;
+      copy->progress.chunks_changed += chunk->changed;
       g_mutex_unlock (&copy->lock);
       if (copy->chunk_done)
         copy->chunk_done (chunk, copy->chunk_done_data);
     }
   g_array_set_size (pending, 0);
+  return TRUE;
+}
+
+/* A delta's chunk: only what the bitmap marks dirty is read and written;
+ * the digest is of what the destination holds afterwards. */
+static gboolean
+copy_chunk_delta (FerryNbdCopy *copy, struct nbd_handle *src, struct nbd_handle *dst, FerryCopyChunk *chunk,
+                  guint8 *buf, guint8 *readback, GArray *pending, GError **error)
+{
+  guint stall_s = copy->options.stall_timeout_s;
+  g_autoptr (GArray) dirty = scan_ranges (src, copy->dirty_context, TRUE, chunk->offset, chunk->length, stall_s,
+                                          copy->stop, error);
+  if (dirty == NULL)
+    return FALSE;
+  if (dirty->len > 0)
+    {
+      g_autoptr (GArray) data = data_ranges (src, chunk->offset, chunk->length, stall_s, copy->stop, error);
+      if (data == NULL)
+        return FALSE;
+      g_autoptr (GArray) reads = intersect_ranges (data, dirty);
+      fill_gaps (buf, chunk->offset, chunk->length, reads);
+      gboolean read_ok = read_ranges (src, buf, chunk->offset, reads, copy->options.requests_in_flight,
+                                      copy->options.rate_limit, stall_s, copy->stop, &chunk->bytes_read, error);
+      g_mutex_lock (&copy->lock);
+      copy->progress.bytes_read += chunk->bytes_read;
+      g_mutex_unlock (&copy->lock);
+      if (!read_ok || !write_delta (copy, dst, buf, chunk->offset, dirty, &chunk->bytes_written, error)
+          || !digest_chunk (dst, chunk->offset, chunk->length, readback, copy->options.requests_in_flight,
+                            stall_s, copy->stop, chunk->digest, error))
+        return FALSE;
+      chunk->changed = TRUE;
+    }
+  g_array_append_val (pending, *chunk);
   return TRUE;
 }
 
@@ -626,6 +762,9 @@ copy_chunk (FerryNbdCopy *copy, struct nbd_handle *src, struct nbd_handle *dst, 
   guint stall_s = copy->options.stall_timeout_s;
   char sent[FERRY_COPY_DIGEST_LEN];
 
+  if (copy->dirty_context != NULL)
+    return copy_chunk_delta (copy, src, dst, &chunk, buf, readback, pending, error);
+  chunk.changed = TRUE;
   g_autoptr (GArray) ranges = data_ranges (src, chunk.offset, chunk.length, stall_s, copy->stop, error);
   if (ranges == NULL)
     return FALSE;
@@ -697,13 +836,14 @@ worker_run (gpointer user_data)
   guint64 index;
 
   if (worker->src == NULL)
-    worker->src = connect_uri (copy->source_uri, copy->options.stall_timeout_s, copy->stop, &error);
+    worker->src = connect_uri (copy->source_uri, copy->dirty_context, copy->options.stall_timeout_s, copy->stop,
+                               &error);
   if (worker->src != NULL && worker->dst == NULL)
-    worker->dst = connect_uri (copy->destination_uri, copy->options.stall_timeout_s, copy->stop, &error);
+    worker->dst = connect_uri (copy->destination_uri, NULL, copy->options.stall_timeout_s, copy->stop, &error);
   if (worker->dst != NULL)
     {
       buf = g_malloc (FERRY_COPY_CHUNK_BYTES);
-      readback = copy->options.verify_readback ? g_malloc (FERRY_COPY_CHUNK_BYTES) : NULL;
+      readback = copy->options.verify_readback || copy->dirty_context ? g_malloc (FERRY_COPY_CHUNK_BYTES) : NULL;
       g_autoptr (GArray) pending = g_array_new (FALSE, FALSE, sizeof (FerryCopyChunk));
       gboolean ok = TRUE;
       while (ok && take_chunk (copy, &index))
@@ -766,8 +906,8 @@ ferry_nbd_copy_run (FerryNbdCopy *copy, GCancellable *cancellable, GError **erro
     forward = g_cancellable_connect (cancellable, G_CALLBACK (g_cancellable_cancel),
                                      g_object_ref (copy->stop), g_object_unref);
 
-  struct nbd_handle *src = connect_uri (copy->source_uri, stall_s, copy->stop, error);
-  struct nbd_handle *dst = src ? connect_uri (copy->destination_uri, stall_s, copy->stop, error) : NULL;
+  struct nbd_handle *src = connect_uri (copy->source_uri, copy->dirty_context, stall_s, copy->stop, error);
+  struct nbd_handle *dst = src ? connect_uri (copy->destination_uri, NULL, stall_s, copy->stop, error) : NULL;
   if (dst == NULL || !export_size (src, "the source", &source_size, error)
       || !export_size (dst, "the destination", &destination_size, error))
     goto failed;
@@ -822,7 +962,7 @@ failed:
 gboolean
 ferry_nbd_uri_size (const char *uri, guint64 *size, GError **error)
 {
-  struct nbd_handle *h = connect_uri (uri, DEFAULT_STALL_S, NULL, error);
+  struct nbd_handle *h = connect_uri (uri, NULL, DEFAULT_STALL_S, NULL, error);
   if (h == NULL)
     return FALSE;
   gboolean ok = export_size (h, uri, size, error);
@@ -846,7 +986,7 @@ digest_worker_run (gpointer user_data)
 {
   DigestWorker *worker = user_data;
   guint64 size;
-  struct nbd_handle *h = connect_uri (worker->uri, DEFAULT_STALL_S, worker->cancellable, &worker->error);
+  struct nbd_handle *h = connect_uri (worker->uri, NULL, DEFAULT_STALL_S, worker->cancellable, &worker->error);
   if (h == NULL)
     return NULL;
   gboolean ok = export_size (h, worker->uri, &size, &worker->error);

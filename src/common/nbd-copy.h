@@ -58,6 +58,14 @@ typedef struct {
    * writes, at the cost of reading and hashing the data again (about a
    * third more CPU on the destination). */
   gboolean verify_readback;
+  /* Delta copy: only the blocks this dirty bitmap of the source marks
+   * (NBD meta context "qemu:dirty-bitmap:NAME", as QEMU exports one) are
+   * copied; dirty blocks that read as zeroes now are zeroed on the
+   * destination. Each chunk's digest is then of the whole chunk as the
+   * destination holds it (read back), so it compares with the source's
+   * digest of the same point in time; a chunk without a dirty block is
+   * reported unchanged, with an empty digest. NULL = copy everything. */
+  const char *dirty_bitmap;
 } FerryNbdCopyOptions;
 
 typedef struct {
@@ -65,7 +73,8 @@ typedef struct {
   guint64 offset;
   guint64 length;
   guint64 bytes_read;         /* data bytes read from the source */
-  guint64 bytes_written;      /* non-zero bytes written to the destination */
+  guint64 bytes_written;      /* bytes written (and, for a delta, zeroed) on the destination */
+  gboolean changed;           /* FALSE: a delta found nothing dirty here (digest empty) */
   char digest[FERRY_COPY_DIGEST_LEN]; /* of what was written (read back with verify_readback) */
 } FerryCopyChunk;
 
@@ -97,6 +106,7 @@ typedef struct {
   guint64 bytes_done;         /* virtual bytes of chunks done */
   guint64 bytes_read;         /* data bytes asked of the source, failed chunks included (≈ on the wire) */
   guint64 bytes_written;
+  guint64 chunks_changed;     /* chunks a delta found dirty (all chunks otherwise) */
 } FerryNbdCopyProgress;
 
 /* Thread-safe snapshot. */

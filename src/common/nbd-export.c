@@ -119,6 +119,8 @@ ferry_nbd_export_start (const FerryNbdExportOptions *options, GError **error)
                                     options->tls_creds_dir);
       g_strv_builder_add_many (argv, "--object", tls_object, "--tls-creds", TLS_CREDS_ID, NULL);
     }
+  if (options->bitmap != NULL)
+    g_strv_builder_add_many (argv, "--bitmap", options->bitmap, NULL);
   g_strv_builder_add_many (argv, "--", options->image, NULL);
   g_auto (GStrv) args = g_strv_builder_end (argv);
 

@@ -28,6 +28,9 @@ typedef struct {
    * client must present a certificate from the same CA. Required for TCP. */
   const char *tls_creds_dir;
   guint max_connections;       /* 0 = 16 */
+  /* A persistent dirty bitmap of the image, exported as the meta context
+   * "qemu:dirty-bitmap:NAME" (a delta copy reads it). NULL = none. */
+  const char *bitmap;
   const char *qemu_nbd;        /* NULL = "qemu-nbd" from PATH */
 } FerryNbdExportOptions;
 

@@ -49,7 +49,7 @@ allocated_bytes (const char *path)
 }
 
 static FerryNbdExport *
-export (Fixture *f, const char *image, const char *format, gboolean source)
+export_bitmap (Fixture *f, const char *image, const char *format, gboolean source, const char *bitmap)
 {
   g_autoptr (GError) error = NULL;
   g_autofree char *socket = g_build_filename (f->dir, "dst.sock", NULL);
@@ -61,10 +61,17 @@ export (Fixture *f, const char *image, const char *format, gboolean source)
     .tcp_host = source ? "127.0.0.1" : NULL,
     .unix_socket = source ? NULL : socket,
     .tls_creds_dir = source ? f->qemu_tls : NULL,
+    .bitmap = bitmap,
   };
   FerryNbdExport *export = ferry_nbd_export_start (&options, &error);
   g_assert_no_error (error);
   return export;
+}
+
+static FerryNbdExport *
+export (Fixture *f, const char *image, const char *format, gboolean source)
+{
+  return export_bitmap (f, image, format, source, NULL);
 }
 
 static void
@@ -224,6 +231,68 @@ test_resume_copies_only_selected (Fixture *f, gconstpointer data)
   g_assert_true (images_identical (f, "qcow2"));
 }
 
+/* A delta: after a full copy, the source changes under a persistent dirty
+ * bitmap (data rewritten, data zeroed, data added); copying only what the
+ * bitmap marks makes the images identical again, reading only that. */
+static void
+test_delta_copies_dirty_blocks (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  start_exports (f, "raw");
+  g_autoptr (FerryNbdCopy) full = ferry_nbd_copy_new (f->source_uri, f->destination_uri, NULL);
+  g_assert_true (ferry_nbd_copy_run (full, NULL, &error));
+  g_clear_pointer (&f->source_export, ferry_nbd_export_free);
+
+  run ((const char *const[]) { "qemu-img", "bitmap", "--add", f->source_image, "since-full", NULL });
+  qemu_io (f->source_image, "qcow2", "write -P 0x77 2M 64k");   /* chunk 0: rewritten */
+  qemu_io (f->source_image, "qcow2", "write -z 71M 1M");        /* chunk 4: zeroed */
+  qemu_io (f->source_image, "qcow2", "write -P 0x42 40M 64k");  /* chunk 2: new data */
+  g_assert_false (images_identical (f, "raw"));
+
+  f->source_export = export_bitmap (f, f->source_image, "qcow2", TRUE, "since-full");
+  g_free (f->source_uri);
+  f->source_uri = ferry_nbd_export_uri (f->source_export, "127.0.0.1", f->qemu_tls);
+  FerryNbdCopyOptions options = { .dirty_bitmap = "since-full" };
+  g_autoptr (FerryNbdCopy) delta = ferry_nbd_copy_new (f->source_uri, f->destination_uri, &options);
+  Seen seen = { .indexes = g_array_new (FALSE, FALSE, sizeof (guint64)),
+                .digests = g_ptr_array_new_with_free_func (g_free) };
+  g_mutex_init (&seen.lock);
+  ferry_nbd_copy_set_chunk_done (delta, on_chunk_done, &seen);
+  g_assert_true (ferry_nbd_copy_run (delta, NULL, &error));
+  g_assert_no_error (error);
+  g_assert_true (images_identical (f, "raw"));
+  qemu_io (f->destination_image, "raw", "read -P 0 71M 1M");
+
+  FerryNbdCopyProgress progress;
+  ferry_nbd_copy_get_progress (delta, &progress);
+  g_assert_cmpuint (progress.chunks_done, ==, 6);
+  g_assert_cmpuint (progress.chunks_changed, ==, 3);
+  /* Only the two dirty data clusters cross; the zeroed range is not read. */
+  g_assert_cmpuint (progress.bytes_read, ==, 2 * 64 * 1024);
+  g_assert_cmpuint (progress.bytes_written, ==, 2 * 64 * 1024 + 1024 * 1024);
+
+  /* Changed chunks carry the digest of the whole chunk, equal to the
+   * source's; unchanged ones an empty digest. */
+  guint64 indexes[6] = { 0, 1, 2, 3, 4, 5 };
+  char digests[6 * FERRY_COPY_DIGEST_LEN];
+  g_assert_true (ferry_nbd_chunk_digests (f->source_uri, indexes, 6, digests, NULL, &error));
+  for (guint i = 0; i < 6; i++)
+    {
+      gboolean changed = i == 0 || i == 2 || i == 4;
+      g_autofree char *expected = g_strdup_printf ("%u=%s", i, changed ? digests + i * FERRY_COPY_DIGEST_LEN : "");
+      g_assert_true (g_ptr_array_find_with_equal_func (seen.digests, expected, g_str_equal, NULL));
+    }
+  g_array_unref (seen.indexes);
+  g_ptr_array_unref (seen.digests);
+  g_mutex_clear (&seen.lock);
+
+  /* Asking for a bitmap the source lacks fails with its name. */
+  FerryNbdCopyOptions missing = { .dirty_bitmap = "no-such-bitmap" };
+  g_autoptr (FerryNbdCopy) wrong = ferry_nbd_copy_new (f->source_uri, f->destination_uri, &missing);
+  g_assert_false (ferry_nbd_copy_run (wrong, NULL, &error));
+  g_assert_nonnull (strstr (error->message, "no-such-bitmap"));
+}
+
 static void
 test_rate_limit_and_digest_mismatch (Fixture *f, gconstpointer data)
 {
@@ -302,6 +371,8 @@ main (int argc, char **argv)
               test_copy_sparse_identical, fixture_tear_down);
   g_test_add ("/nbd-copy/qcow2-to-raw", Fixture, "raw", fixture_set_up,
               test_copy_sparse_identical, fixture_tear_down);
+  g_test_add ("/nbd-copy/delta", Fixture, NULL, fixture_set_up, test_delta_copies_dirty_blocks,
+              fixture_tear_down);
   g_test_add ("/nbd-copy/resume", Fixture, NULL, fixture_set_up, test_resume_copies_only_selected,
               fixture_tear_down);
   g_test_add ("/nbd-copy/rate-limit-digest-mismatch", Fixture, NULL, fixture_set_up,
