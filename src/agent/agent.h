@@ -156,6 +156,8 @@ typedef enum {
   FERRY_JOB_FINISHING,      /* source: asked destination to finish; destination: resuming the VM */
   FERRY_JOB_CONFIRMING,     /* source: destination runs the VM; stopping the source copy */
   FERRY_JOB_CANCELLING,     /* either: rolling back */
+  FERRY_JOB_PRECOPY,        /* source, warm: the guest runs; its disks go over in passes */
+  FERRY_JOB_CUTOVER,        /* source, warm: the guest shuts down; the last changes go over */
   FERRY_JOB_COMPLETED,
   FERRY_JOB_FAILED,
   FERRY_JOB_CANCELLED,
@@ -216,7 +218,14 @@ typedef struct {
   guint n_storage_map;        /* SRCPOOL=DSTPOOL pairs; unmapped pools keep their name */
   char storage_map_from[FERRY_MAX_STORAGE_MAP][FERRY_SPEC_MAX_NAME + 1];
   char storage_map_to[FERRY_MAX_STORAGE_MAP][FERRY_SPEC_MAX_NAME + 1];
+  /* warm migration (mode "warm"; implies copy_storage and start) */
+  gboolean warm;
+  gint64 precopy_interval_s;  /* between passes */
+  gint64 cutover_at;          /* unix seconds; 0 = when asked (ferry migrate cutover) */
 } FerryMigrateOptions;
+
+#define FERRY_WARM_DEFAULT_INTERVAL_S 3600
+#define FERRY_WARM_MIN_INTERVAL_S 5
 
 /* migrate-options.c: defaults, validation, JSON. */
 void ferry_migrate_options_init (FerryMigrateOptions *options);
@@ -409,11 +418,52 @@ void mig_cold_src_digests_async (FerryAgent *agent, const char *uuid, JsonObject
 JsonObject *mig_cold_src_digests_finish (GAsyncResult *result, GError **error);
 void mig_cold_src_recover (FerryAgent *agent, FerryStoreJob *stored);
 
+/* ---- warm migration (mig-warm.c: the source's passes and cutover; the
+ * destination copies each pass as mig-cold-dst.c copies a cold disk) ---- */
+typedef struct _WarmSrc WarmSrc;
+typedef struct {
+  guint index;
+  const char *path;
+  const char *format;
+  guint64 virtual_size;
+} FerryWarmDisk;
+WarmSrc *mig_warm_src_new (FerryJob *job, const FerryWarmDisk *disks, guint n_disks);
+/* From the job's stats (a restarted agent); NULL when they hold none. */
+WarmSrc *mig_warm_src_restore (FerryJob *job);
+void mig_warm_src_free (WarmSrc *warm);
+/* The destination created the volumes: pre-copy begins. */
+void mig_warm_src_start (FerryJob *job);
+/* A restarted agent: carry on from the persisted pass. */
+void mig_warm_src_resume (FerryJob *job);
+/* The destination's answer to a poll; TRUE when mig-cold-src.c has
+ * nothing more to do with it. */
+gboolean mig_warm_src_on_destination (FerryJob *job, const char *state, JsonObject *reply);
+void mig_warm_src_on_qmp_event (FerryJob *job, const char *name, JsonObject *data, gint64 timestamp_us);
+void mig_warm_src_on_vm_gone (FerryJob *job);
+/* Undoes everything on the source, then ends the job as terminal. */
+void mig_warm_src_roll_back (FerryJob *job, FerryJobState terminal, const char *reason);
+/* ferry migrate cutover: at (unix s) or now (0). */
+gboolean mig_warm_src_cutover (FerryJob *job, gint64 at, GError **error);
+/* The NBD URI the source digests its snapshot of a disk at; NULL between passes. */
+char *mig_warm_src_digest_uri (FerryJob *job, guint disk);
+/* The destination runs the VM: the downtime is measured. */
+void mig_warm_src_destination_running (FerryJob *job);
+/* mig-cold-src.c, for mig-warm.c */
+WarmSrc *mig_cold_src_warm (FerryJob *job);
+void mig_cold_src_fail (FerryJob *job, FerryJobState terminal, const char *reason, gboolean tell_destination);
+void mig_cold_src_finish (FerryJob *job);
+/* How often the destination is asked how the copy goes (1 s by default). */
+void mig_cold_src_poll_every (FerryJob *job, guint interval_ms);
+
 /* POST /v1/migrations/offline with copy_storage; peer_address is where
  * the request came from (the source's exports listen there). */
 JsonObject *mig_cold_dst_prepare (FerryAgent *agent, JsonObject *request, const char *peer_address,
                                   GError **error);
-JsonObject *mig_cold_dst_finish (FerryJob *job, GError **error);
+/* Defines (and starts) the VM; returns into task (consumed). A warm
+ * migration answers once the VM runs. */
+void mig_cold_dst_finish (FerryJob *job, GTask *task);
+/* POST /v1/migrations/incoming/UUID/pass (warm migration). */
+JsonObject *mig_cold_dst_pass (FerryAgent *agent, const char *uuid, JsonObject *request, GError **error);
 void mig_cold_dst_abort (FerryJob *job, const char *reason);
 void mig_cold_dst_recover (FerryAgent *agent, FerryStoreJob *stored);
 JsonObject *mig_cold_dst_status (FerryJob *job);
@@ -469,6 +519,29 @@ JsonObject *ferry_qmp_args_blockdev_add_nbd (const char *node_name, const char *
 JsonObject *ferry_qmp_args_blockdev_mirror (const char *job_id, const char *device, const char *target,
                                             gboolean write_blocking, gint64 speed_bytes);
 JsonObject *ferry_qmp_args_block_job_cancel (const char *job_id, gboolean force);
+/* Warm migration: a point-in-time snapshot of each disk (a qcow2 node
+ * backed by the disk, filled by a copy-before-write backup job) exported
+ * read-only, with the dirty bitmap of the changes since the previous one. */
+JsonObject *ferry_qmp_args_block_export_add_snapshot (const char *id, const char *node_name,
+                                                      const char *export_name, const char *bitmap_node,
+                                                      const char *bitmap);
+JsonObject *ferry_qmp_args_block_export_del (const char *id);
+JsonObject *ferry_qmp_args_blockdev_add_snapshot (const char *node_name, const char *filename,
+                                                  const char *backing);
+typedef struct {
+  const char *node;           /* the disk's format node */
+  const char *new_bitmap;     /* starts tracking changes from this instant; NULL = none */
+  gboolean persistent;        /* stored in the image (qcow2 only) */
+  const char *old_bitmap;     /* the previous one, frozen at this instant; NULL = none */
+  const char *snapshot_node;
+  const char *job_id;
+} FerryQmpSnapshotDisk;
+/* One transaction for every disk, so all snapshots and bitmaps share the
+ * same instant. */
+JsonObject *ferry_qmp_args_snapshot_transaction (const FerryQmpSnapshotDisk *disks, guint n_disks);
+JsonObject *ferry_qmp_args_bitmap_remove (const char *node, const char *name);
+/* set-action: a guest's shutdown pauses QEMU (pause) or ends it (poweroff). */
+JsonObject *ferry_qmp_args_set_shutdown_action (gboolean pause);
 /* {member: id}: blockdev-del (node-name), job-dismiss / block-export-del (id). */
 JsonObject *ferry_qmp_args_id (const char *member, const char *id);
 

@@ -292,9 +292,33 @@ handle_migrate (FerryAgent *agent, SoupServerMessage *msg, FerryVm *vm, gboolean
 
 static const char *const job_set_fields[] = { "max_downtime_ms", "bandwidth_mib", NULL };
 
+static const char *const cutover_fields[] = { "at", NULL };
+
+/* POST …/job/cutover {"at": unix seconds}: a warm migration's cutover,
+ * now or at that time. */
+static gboolean
+handle_cutover (SoupServerMessage *msg, FerryVm *vm, GError **error)
+{
+  g_autoptr (JsonObject) request = request_object (msg);
+  gint64 at = 0;
+  if (request == NULL)
+    return TRUE; /* already answered */
+  if (!ferry_json_reject_unknown (request, cutover_fields, error)
+      || !ferry_json_get_int (request, "at", FALSE, 0, G_MAXINT64, &at, error))
+    return FALSE;
+  if (vm->job == NULL || vm->job->role != FERRY_JOB_ROLE_SOURCE)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "VM '%s' has no outgoing migration", vm->name);
+      return FALSE;
+    }
+  return mig_warm_src_cutover (vm->job, at, error);
+}
+
 static gboolean
 handle_job_control (SoupServerMessage *msg, FerryVm *vm, const char *action, GError **error)
 {
+  if (g_str_equal (action, "cutover"))
+    return handle_cutover (msg, vm, error);
   if (g_str_equal (action, "postcopy"))
     return mig_src_start_postcopy (vm, "asked by the user", error);
   if (g_str_equal (action, "recover"))
@@ -331,6 +355,54 @@ on_estimated (GObject *source, GAsyncResult *result, gpointer user_data)
   finish_paused (user_data, plan, 200, error);
 }
 
+
+static void
+on_block_nodes (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (SoupServerMessage) msg = user_data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) nodes = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
+  g_autoptr (JsonObject) reply = NULL;
+  if (nodes != NULL && JSON_NODE_HOLDS_ARRAY (nodes))
+    {
+      /* What an admin asks: which nodes, on which files, tracking what. */
+      reply = json_object_new ();
+      JsonArray *list = json_array_new ();
+      JsonArray *array = json_node_get_array (nodes);
+      for (guint i = 0; i < json_array_get_length (array); i++)
+        {
+          JsonObject *node = json_array_get_object_element (array, i);
+          JsonObject *entry = json_object_new ();
+          json_object_set_string_member (entry, "node", ferry_json_object_string (node, "node-name"));
+          json_object_set_string_member (entry, "driver", ferry_json_object_string (node, "drv"));
+          json_object_set_string_member (entry, "file", ferry_json_object_string (node, "file"));
+          JsonNode *bitmaps = json_object_get_member (node, "dirty-bitmaps");
+          json_object_set_member (entry, "dirty_bitmaps", bitmaps ? json_node_copy (bitmaps)
+                                                                  : json_node_init_array (json_node_alloc (),
+                                                                                          json_array_new ()));
+          json_array_add_object_element (list, entry);
+        }
+      json_object_set_array_member (reply, "nodes", list);
+    }
+  else if (error == NULL)
+    error = g_error_new_literal (FERRY_ERROR, FERRY_ERROR_QEMU, "query-named-block-nodes: unexpected reply");
+  finish_paused (msg, reply, 200, error);
+}
+
+/* GET /v1/vms/NAME/block: the running QEMU's block nodes and dirty bitmaps. */
+static void
+handle_block (FerryVm *vm, SoupServerMessage *msg)
+{
+  if (vm->qmp == NULL)
+    {
+      reply_error_literal (msg, FERRY_ERROR_CONFLICT, "the VM is not running");
+      return;
+    }
+  g_autoptr (JsonObject) args = json_object_new ();
+  json_object_set_boolean_member (args, "flat", TRUE);
+  soup_server_message_pause (msg);
+  ferry_qmp_execute_async (vm->qmp, "query-named-block-nodes", args, NULL, on_block_nodes, g_object_ref (msg));
+}
 
 static void
 handle_job (FerryAgent *agent, SoupServerMessage *msg, const char *vm_name, const char *action)
@@ -443,6 +515,11 @@ handle_vms (FerryAgent *agent, SoupServerMessage *msg, const char *method, char 
   if (n == 3 && g_str_equal (parts[2], "console") && g_str_equal (method, "GET"))
     {
       handle_console (vm, msg);
+      return;
+    }
+  if (n == 3 && g_str_equal (parts[2], "block") && g_str_equal (method, "GET"))
+    {
+      handle_block (vm, msg);
       return;
     }
   if (n == 3 && g_str_equal (parts[2], "migrate") && g_str_equal (method, "POST"))
@@ -735,6 +812,18 @@ handle_migrations (FerryAgent *agent, SoupServerMessage *msg, const char *method
       soup_server_message_pause (msg);
       mig_dst_recover_async (agent, parts[2], local ? local : "0.0.0.0", on_recover_ready,
                              g_object_ref (msg));
+      return;
+    }
+  if (n == 4 && g_str_equal (parts[3], "pass") && g_str_equal (method, "POST"))
+    {
+      g_autoptr (JsonObject) request = request_object (msg);
+      if (request == NULL)
+        return;
+      g_autoptr (JsonObject) reply = mig_cold_dst_pass (agent, parts[2], request, &error);
+      if (reply == NULL)
+        reply_error (msg, error);
+      else
+        reply_json (msg, 202, reply);
       return;
     }
   if (n == 4 && g_str_equal (parts[3], "finish") && g_str_equal (method, "POST"))

@@ -13,6 +13,8 @@ static const char *const job_state_names[] = {
   [FERRY_JOB_FINISHING] = "finishing",
   [FERRY_JOB_CONFIRMING] = "confirming",
   [FERRY_JOB_CANCELLING] = "cancelling",
+  [FERRY_JOB_PRECOPY] = "precopy",
+  [FERRY_JOB_CUTOVER] = "cutover",
   [FERRY_JOB_COMPLETED] = "completed",
   [FERRY_JOB_FAILED] = "failed",
   [FERRY_JOB_CANCELLED] = "cancelled",
@@ -67,8 +69,14 @@ transition_allowed (FerryJobRole role, FerryJobState from, FerryJobState to)
       case FERRY_JOB_BEGIN:
         return to == FERRY_JOB_PREPARING;
       case FERRY_JOB_PREPARING:
-        /* Offline migration has no perform phase; with disks, it copies. */
-        return to == FERRY_JOB_PERFORMING || to == FERRY_JOB_CONFIRMING || to == FERRY_JOB_COPYING;
+        /* Offline migration has no perform phase; with disks, it copies;
+         * a warm one copies while the guest runs. */
+        return to == FERRY_JOB_PERFORMING || to == FERRY_JOB_CONFIRMING || to == FERRY_JOB_COPYING
+               || to == FERRY_JOB_PRECOPY;
+      case FERRY_JOB_PRECOPY:
+        return to == FERRY_JOB_CUTOVER;
+      case FERRY_JOB_CUTOVER:
+        return to == FERRY_JOB_FINISHING;
       case FERRY_JOB_COPYING:
         return to == FERRY_JOB_FINISHING;
       case FERRY_JOB_PERFORMING:
@@ -89,7 +97,8 @@ transition_allowed (FerryJobRole role, FerryJobState from, FerryJobState to)
     case FERRY_JOB_COPYING:
       return to == FERRY_JOB_PREPARED;
     case FERRY_JOB_PREPARED:
-      return to == FERRY_JOB_FINISHING || to == FERRY_JOB_POSTCOPY;
+      /* A warm migration's next pass copies again. */
+      return to == FERRY_JOB_FINISHING || to == FERRY_JOB_POSTCOPY || to == FERRY_JOB_COPYING;
     case FERRY_JOB_FINISHING:
     case FERRY_JOB_POSTCOPY:
       return to == FERRY_JOB_COMPLETED;
@@ -291,6 +300,8 @@ phase_floor (FerryJobState state)
     case FERRY_JOB_PREPARED: return 5;
     case FERRY_JOB_PERFORMING: return 5;
     case FERRY_JOB_COPYING: return 5;
+    case FERRY_JOB_PRECOPY: return 5;
+    case FERRY_JOB_CUTOVER: return 80;
     case FERRY_JOB_POSTCOPY: return 50;
     case FERRY_JOB_FINISHING: return 95;
     case FERRY_JOB_CONFIRMING: return 98;

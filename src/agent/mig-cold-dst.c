@@ -42,6 +42,7 @@ typedef struct {
   guint64 allocated_bytes;
   guint16 port;
   char *export_name;
+  char *bitmap;              /* warm pass: copy only what this bitmap marks (NULL = all) */
   char *path;
   gboolean created;
   FerryNbdExport *local;
@@ -69,6 +70,9 @@ typedef struct {
   JsonObject *request;       /* as received: what a restarted agent needs */
   GPtrArray *disks;          /* of ColdDisk* */
   char *source_url;          /* https://ADDR:PORT of the source agent */
+  char *peer_address;        /* where the source's exports listen */
+  gboolean warm;             /* passes come one by one (POST …/pass) */
+  guint pass;                /* the last pass asked for */
   char *client_tls;          /* QEMU-layout creds: ca, client cert */
   FerryRateLimit *limit;
   GCancellable *cancel;
@@ -88,6 +92,7 @@ cold_disk_free (ColdDisk *disk)
   g_free (disk->volume);
   g_free (disk->format);
   g_free (disk->export_name);
+  g_free (disk->bitmap);
   g_free (disk->path);
   g_free (disk->local_socket);
   g_free (disk->source_uri);
@@ -109,6 +114,7 @@ cold_dst_free (ColdDst *cold)
   g_clear_pointer (&cold->request, json_object_unref);
   g_ptr_array_unref (cold->disks);
   g_free (cold->source_url);
+  g_free (cold->peer_address);
   g_free (cold->client_tls);
   g_free (cold);
 }
@@ -127,7 +133,7 @@ static ColdDisk *disk_by_index (ColdDst *cold, guint index);
 
 static const char *const cold_fields[] = {
   "uuid", "spec", "live", "persistent", "tls", "source", "source_port", "copy_storage", "start",
-  "bandwidth_mib", "parallel_disks", "disks", "dry_run", NULL
+  "bandwidth_mib", "parallel_disks", "disks", "dry_run", "warm", NULL
 };
 static const char *const disk_fields[] = {
   "index", "pool", "volume", "format", "virtual_size", "allocated_bytes", "port", "export", NULL
@@ -263,7 +269,9 @@ disks_array (JsonObject *request, GError **error)
   return json_node_get_array (node);
 }
 
-/* Every disk checked against the spec and this host (pools, names, room). */
+/* Every disk checked against the spec and this host (pools, names, room).
+ * A copy needs each disk's export; a dry run and a warm migration (whose
+ * exports come with each pass) do not. */
 static GPtrArray *
 parse_disks (FerryAgent *agent, JsonObject *request, const FerryVmSpec *spec, gboolean dry_run,
              GError **error)
@@ -271,13 +279,14 @@ parse_disks (FerryAgent *agent, JsonObject *request, const FerryVmSpec *spec, gb
   JsonArray *array = disks_array (request, error);
   if (array == NULL)
     return NULL;
+  gboolean needs_export = !dry_run && !json_object_get_boolean_member_with_default (request, "warm", FALSE);
   g_autoptr (GPtrArray) disks = g_ptr_array_new_with_free_func ((GDestroyNotify) cold_disk_free);
   for (guint i = 0; i < json_array_get_length (array); i++)
     {
       ColdDisk *disk = parse_disk (agent, spec, json_array_get_element (array, i), i, error);
       if (disk == NULL)
         return NULL;
-      if (!dry_run && (disk->port == 0 || disk->export_name == NULL))
+      if (needs_export && (disk->port == 0 || disk->export_name == NULL))
         {
           g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "disks[%u].port: required", i);
           cold_disk_free (disk);
@@ -355,11 +364,14 @@ restore_disks (FerryJob *job, JsonObject *request, GError **error)
       disk->bad = g_array_new (FALSE, FALSE, sizeof (guint64));
       GHashTableIter iter;
       gint64 *chunk;
+      const char *digest;
       g_hash_table_iter_init (&iter, disk->done);
-      while (g_hash_table_iter_next (&iter, (gpointer *) &chunk, NULL))
+      while (g_hash_table_iter_next (&iter, (gpointer *) &chunk, (gpointer *) &digest))
         {
           guint64 index = (guint64) *chunk;
-          g_array_append_val (disk->unverified, index);
+          /* A warm pass's unchanged chunks have nothing to compare. */
+          if (digest != NULL && *digest != '\0')
+            g_array_append_val (disk->unverified, index);
         }
     }
   return g_steal_pointer (&disks);
@@ -407,23 +419,28 @@ mig_cold_dst_status (FerryJob *job)
   ColdDst *cold = cold_of (job);
   JsonObject *status = json_object_new ();
   JsonArray *disks = json_array_new ();
-  guint64 total = 0, done = 0, read = 0;
+  guint64 total = 0, done = 0, read = 0, written = 0, changed = 0;
   for (guint i = 0; cold != NULL && i < cold->disks->len; i++)
     {
       ColdDisk *disk = g_ptr_array_index (cold->disks, i);
       guint64 chunks = ferry_copy_chunk_count (disk->virtual_size);
-      guint64 disk_done = 0, disk_read = disk->bytes_read;
+      guint64 disk_done = 0, disk_read = disk->bytes_read, disk_written = disk->bytes_written, disk_changed = 0;
       GHashTableIter iter;
       gint64 *chunk;
+      const char *digest;
       g_hash_table_iter_init (&iter, disk->done);
-      while (g_hash_table_iter_next (&iter, (gpointer *) &chunk, NULL))
-        disk_done += MIN ((guint64) FERRY_COPY_CHUNK_BYTES,
-                          disk->virtual_size - (guint64) *chunk * FERRY_COPY_CHUNK_BYTES);
+      while (g_hash_table_iter_next (&iter, (gpointer *) &chunk, (gpointer *) &digest))
+        {
+          disk_done += MIN ((guint64) FERRY_COPY_CHUNK_BYTES,
+                            disk->virtual_size - (guint64) *chunk * FERRY_COPY_CHUNK_BYTES);
+          disk_changed += digest != NULL && *digest != '\0';
+        }
       if (disk->copy != NULL)
         {
           FerryNbdCopyProgress progress;
           ferry_nbd_copy_get_progress (disk->copy, &progress);
           disk_read += progress.bytes_read;
+          disk_written += progress.bytes_written;
         }
       JsonObject *entry = json_object_new ();
       json_object_set_int_member (entry, "index", disk->index);
@@ -433,6 +450,8 @@ mig_cold_dst_status (FerryJob *job)
       json_object_set_int_member (entry, "allocated_bytes", (gint64) disk->allocated_bytes);
       json_object_set_int_member (entry, "bytes_done", (gint64) disk_done);
       json_object_set_int_member (entry, "bytes_read", (gint64) disk_read);
+      json_object_set_int_member (entry, "bytes_written", (gint64) disk_written);
+      json_object_set_int_member (entry, "chunks_changed", (gint64) disk_changed);
       json_object_set_int_member (entry, "chunks_done", g_hash_table_size (disk->done));
       json_object_set_int_member (entry, "chunks_total", (gint64) chunks);
       json_object_set_int_member (entry, "attempts", disk->attempts);
@@ -441,11 +460,17 @@ mig_cold_dst_status (FerryJob *job)
       total += disk->virtual_size;
       done += disk_done;
       read += disk_read;
+      written += disk_written;
+      changed += disk_changed;
     }
   json_object_set_array_member (status, "disks", disks);
   json_object_set_int_member (status, "bytes_total", (gint64) total);
   json_object_set_int_member (status, "bytes_done", (gint64) done);
   json_object_set_int_member (status, "bytes_read", (gint64) read);
+  json_object_set_int_member (status, "bytes_written", (gint64) written);
+  json_object_set_int_member (status, "chunks_changed", (gint64) changed);
+  if (cold != NULL && cold->warm)
+    json_object_set_int_member (status, "pass", cold->pass);
   if (cold != NULL)
     {
       json_object_set_double_member (status, "rate_mib_s", cold->rate_bytes_s / 1048576.0);
@@ -509,7 +534,9 @@ on_chunk_noted (gpointer user_data)
   *key = (gint64) note->chunk;
   g_hash_table_replace (disk->done, key, g_strdup (note->digest));
   guint64 chunk = note->chunk;
-  g_array_append_val (disk->unverified, chunk);
+  /* A warm pass's unchanged chunk (empty digest) has nothing to compare. */
+  if (note->digest[0] != '\0')
+    g_array_append_val (disk->unverified, chunk);
   if (job->state == FERRY_JOB_COPYING)
     verify_next (job, disk);
   return G_SOURCE_REMOVE;
@@ -626,7 +653,7 @@ start_disk_copy (FerryJob *job, ColdDisk *disk)
       if (!g_hash_table_contains (disk->done, &key))
         g_array_append_val (todo, chunk);
     }
-  FerryNbdCopyOptions options = { .rate_limit = cold->limit };
+  FerryNbdCopyOptions options = { .rate_limit = cold->limit, .dirty_bitmap = disk->bitmap };
   FerryNbdCopy *copy = ferry_nbd_copy_new (disk->source_uri, disk->local_uri, &options);
   ferry_nbd_copy_select_chunks (copy, (const guint64 *) todo->data, todo->len);
   CopyTaskData *data = g_new0 (CopyTaskData, 1);
@@ -638,7 +665,10 @@ start_disk_copy (FerryJob *job, ColdDisk *disk)
   disk->started = TRUE;
   disk->running = TRUE;
   disk->copy = copy;
-  if (disk->attempts == 1 && todo->len == n_chunks)
+  if (disk->attempts == 1 && todo->len == n_chunks && disk->bitmap != NULL)
+    ferry_job_event (job, "info", "pass %u: copying the blocks of disk %s/%s changed since the last pass",
+                     cold->pass, disk->pool, disk->volume);
+  else if (disk->attempts == 1 && todo->len == n_chunks)
     ferry_job_event (job, "info", "copying disk %s/%s (%" G_GUINT64_FORMAT " MiB allocated of %"
                      G_GUINT64_FORMAT " MiB)", disk->pool, disk->volume, disk->allocated_bytes >> 20,
                      disk->virtual_size >> 20);
@@ -690,7 +720,9 @@ start_copies (FerryJob *job)
       ferry_job_event (job, "info", "all disks copied and verified: %" G_GINT64_FORMAT " MiB read from the "
                        "source in %.1f s", ferry_json_object_int (status, "bytes_read") >> 20,
                        (double) elapsed_ms / 1000);
-      ferry_job_transition (job, FERRY_JOB_PREPARED, "disks copied and verified");
+      g_autofree char *what = cold->warm ? g_strdup_printf ("pass %u copied and verified", cold->pass)
+                                         : g_strdup ("disks copied and verified");
+      ferry_job_transition (job, FERRY_JOB_PREPARED, what);
       return;
     }
   for (guint i = 0; i < cold->disks->len && running < (guint) MAX (job->options.parallel_disks, 1); i++)
@@ -909,6 +941,8 @@ cold_dst_new (FerryJob *job, JsonObject *request, const FerryVmSpec *spec, const
   cold->disks = g_steal_pointer (&disks);
   cold->cancel = g_cancellable_new ();
   cold->client_tls = g_build_filename (agent->config.state_dir, "qemu-tls", NULL);
+  cold->peer_address = g_strdup (peer_address);
+  cold->warm = json_object_get_boolean_member_with_default (request, "warm", FALSE);
   gint64 source_port = ferry_json_object_int (request, "source_port");
   gboolean ipv6 = strchr (peer_address, ':') != NULL;
   cold->source_url = g_strdup_printf ("https://%s%s%s:%" G_GINT64_FORMAT, ipv6 ? "[" : "", peer_address,
@@ -928,6 +962,9 @@ static void
 begin_copying (FerryJob *job)
 {
   ColdDst *cold = cold_of (job);
+  cold->rate_mark_us = 0;
+  cold->rate_bytes_s = 0;
+  g_clear_handle_id (&cold->progress_timer, g_source_remove);
   cold->copy_started_us = g_get_monotonic_time ();
   cold->progress_timer = g_timeout_add_full (G_PRIORITY_DEFAULT, PROGRESS_MS, on_progress_timer,
                                              g_memdup2 (&cold->ref, sizeof cold->ref), g_free);
@@ -953,7 +990,8 @@ mig_cold_dst_prepare (FerryAgent *agent, JsonObject *request, const char *peer_a
       || !ferry_json_get_bool (request, "start", FALSE, &options.start, error)
       || !ferry_json_get_int (request, "bandwidth_mib", FALSE, 0, 1024 * 1024, &options.bandwidth_mib, error)
       || !ferry_json_get_int (request, "parallel_disks", FALSE, 1, FERRY_MAX_PARALLEL_DISKS,
-                              &options.parallel_disks, error))
+                              &options.parallel_disks, error)
+      || !ferry_json_get_bool (request, "warm", FALSE, &options.warm, error))
     return NULL;
   options.copy_storage = TRUE;
   if (live || !g_uuid_string_is_valid (uuid))
@@ -1031,8 +1069,13 @@ mig_cold_dst_prepare (FerryAgent *agent, JsonObject *request, const char *peer_a
       g_propagate_error (error, g_steal_pointer (&local));
       return NULL;
     }
-  ferry_job_transition (job, FERRY_JOB_COPYING, "volumes created; pulling the disks from the source");
-  begin_copying (job);
+  if (cold->warm)
+    ferry_job_transition (job, FERRY_JOB_PREPARED, "volumes created; the source sends passes while its guest runs");
+  else
+    {
+      ferry_job_transition (job, FERRY_JOB_COPYING, "volumes created; pulling the disks from the source");
+      begin_copying (job);
+    }
   JsonObject *reply = json_object_new ();
   json_object_set_string_member (reply, "uuid", job->uuid);
   json_object_set_int_member (reply, "job_id", job->id);
@@ -1040,18 +1083,193 @@ mig_cold_dst_prepare (FerryAgent *agent, JsonObject *request, const char *peer_a
   return reply;
 }
 
+/* ---- warm passes ------------------------------------------------------------------------ */
+
+static const char *const pass_fields[] = { "pass", "final", "disks", NULL };
+static const char *const pass_disk_fields[] = { "index", "port", "export", "bitmap", NULL };
+
+/* Points each disk at the pass's snapshot export and forgets the previous
+ * pass's chunks. */
+static gboolean
+apply_pass (FerryJob *job, JsonObject *request, GError **error)
+{
+  ColdDst *cold = cold_of (job);
+  JsonNode *node = json_object_get_member (request, "disks");
+  if (node == NULL || !JSON_NODE_HOLDS_ARRAY (node)
+      || json_array_get_length (json_node_get_array (node)) != cold->disks->len)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                   "disks: a list with one entry for each of the %u disks", cold->disks->len);
+      return FALSE;
+    }
+  JsonArray *array = json_node_get_array (node);
+  for (guint i = 0; i < json_array_get_length (array); i++)
+    {
+      JsonNode *element = json_array_get_element (array, i);
+      JsonObject *entry = JSON_NODE_HOLDS_OBJECT (element) ? json_node_get_object (element) : NULL;
+      g_autoptr (GError) local = NULL;
+      gint64 index = 0, port = 0;
+      g_autofree char *export = NULL, *bitmap = NULL;
+      if (entry == NULL)
+        {
+          g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "disks[%u]: must be an object", i);
+          return FALSE;
+        }
+      if (!ferry_json_reject_unknown (entry, pass_disk_fields, &local)
+          || !ferry_json_get_int (entry, "index", TRUE, 0, FERRY_SPEC_MAX_DISKS - 1, &index, &local)
+          || !ferry_json_get_int (entry, "port", TRUE, 1, 65535, &port, &local)
+          || !ferry_json_get_string (entry, "export", TRUE, &export, &local)
+          || !ferry_json_get_string (entry, "bitmap", FALSE, &bitmap, &local))
+        {
+          g_set_error (error, FERRY_ERROR, local->code, "disks[%u].%s", i, local->message);
+          return FALSE;
+        }
+      if (disk_by_index (cold, (guint) index) == NULL)
+        {
+          g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "disks[%u].index: no disk %"
+                       G_GINT64_FORMAT " in this migration", i, index);
+          return FALSE;
+        }
+    }
+  for (guint i = 0; i < json_array_get_length (array); i++)
+    {
+      JsonObject *entry = json_array_get_object_element (array, i);
+      ColdDisk *disk = disk_by_index (cold, (guint) ferry_json_object_int (entry, "index"));
+      disk->port = (guint16) ferry_json_object_int (entry, "port");
+      g_free (disk->export_name);
+      disk->export_name = g_strdup (ferry_json_object_string (entry, "export"));
+      g_free (disk->bitmap);
+      disk->bitmap = g_strdup (ferry_json_object_string (entry, "bitmap"));
+      set_source_uri (cold, disk, cold->peer_address);
+    }
+  return TRUE;
+}
+
+/* POST /v1/migrations/incoming/UUID/pass: pull the next warm pass. */
+JsonObject *
+mig_cold_dst_pass (FerryAgent *agent, const char *uuid, JsonObject *request, GError **error)
+{
+  FerryJob *job = ferry_job_lookup_uuid (agent, uuid, FERRY_JOB_ROLE_DESTINATION);
+  ColdDst *cold = job ? cold_of (job) : NULL;
+  gint64 pass = 0;
+  gboolean final = FALSE;
+  if (cold == NULL || !cold->warm)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "destination: no warm migration %s", uuid);
+      return NULL;
+    }
+  if (!ferry_json_reject_unknown (request, pass_fields, error)
+      || !ferry_json_get_int (request, "pass", TRUE, 1, G_MAXINT32, &pass, error)
+      || !ferry_json_get_bool (request, "final", FALSE, &final, error))
+    return NULL;
+  JsonObject *reply = json_object_new ();
+  json_object_set_string_member (reply, "uuid", job->uuid);
+  json_object_set_int_member (reply, "pass", pass);
+  if ((guint) pass == cold->pass && job->state == FERRY_JOB_COPYING)
+    return reply; /* asked again (a lost answer): it runs */
+  if (job->state != FERRY_JOB_PREPARED || (guint) pass != cold->pass + 1)
+    {
+      json_object_unref (reply);
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT, "destination: pass %" G_GINT64_FORMAT " does not "
+                   "follow pass %u (state %s)", pass, cold->pass, ferry_job_state_to_string (job->state));
+      return NULL;
+    }
+  if (!apply_pass (job, request, error))
+    {
+      json_object_unref (reply);
+      return NULL;
+    }
+  cold->pass = (guint) pass;
+  for (guint i = 0; i < cold->disks->len; i++)
+    {
+      ColdDisk *disk = g_ptr_array_index (cold->disks, i);
+      g_hash_table_remove_all (disk->done);
+      g_array_set_size (disk->unverified, 0);
+      g_array_set_size (disk->bad, 0);
+      disk->verified = disk->started = disk->running = FALSE;
+      disk->attempts = disk->verify_rounds = 0;
+      disk->bytes_read = disk->bytes_written = 0;
+      disk->failing_since_us = 0;
+    }
+  ferry_store_chunks_delete (agent->store, job->id, -1, -1, NULL);
+  /* Persisted before acted on: a restarted agent resumes this pass. */
+  json_object_set_object_member (job->stats, "ferry-warm-pass", json_object_ref (request));
+  json_object_remove_member (job->stats, "ferry-copy");
+  g_autofree char *what = g_strdup_printf ("pass %" G_GINT64_FORMAT "%s: pulling %s", pass, final ? " (final)" : "",
+                                           pass == 1 ? "every allocated block" : "the blocks changed since the last pass");
+  ferry_job_transition (job, FERRY_JOB_COPYING, what);
+  begin_copying (job);
+  return reply;
+}
+
 /* ---- finish ---------------------------------------------------------------------------- */
 
-JsonObject *
-mig_cold_dst_finish (FerryJob *job, GError **error)
+static JsonObject *
+finish_reply (FerryJob *job, gboolean starting)
+{
+  JsonObject *reply = json_object_new ();
+  json_object_set_string_member (reply, "uuid", job->uuid);
+  json_object_set_boolean_member (reply, "defined", TRUE);
+  json_object_set_string_member (reply, "state", "completed");
+  json_object_set_object_member (reply, "copy", mig_cold_dst_status (job));
+  if (starting)
+    json_object_set_boolean_member (reply, "starting", TRUE);
+  return reply;
+}
+
+typedef struct {
+  FerryJobRef ref;
+  GTask *task;
+} WarmStart;
+
+/* A warm migration's VM started (or not) on the destination: only a
+ * running VM completes the migration; otherwise the definition and the
+ * volumes go, and the source boots its guest again. */
+static void
+on_warm_started (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree WarmStart *start = user_data;
+  g_autoptr (GTask) task = start->task;
+  g_autoptr (GError) error = NULL;
+  FerryVm *vm;
+  FerryJob *job = ferry_job_ref_get (&start->ref);
+  ColdDst *cold = job ? cold_of (job) : NULL;
+  if (cold == NULL)
+    {
+      g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_FAILED, "destination: the migration ended meanwhile");
+      return;
+    }
+  vm = g_hash_table_lookup (job->agent->vms, job->vm_name);
+  if (vm == NULL || !ferry_vm_start_finish (vm, result, &error))
+    {
+      g_autofree char *reason = g_strdup_printf ("destination: the VM did not start: %s",
+                                                 error ? error->message : "it vanished");
+      if (vm != NULL)
+        ferry_vm_forget (vm);
+      for (guint i = 0; i < cold->disks->len; i++)
+        ((ColdDisk *) g_ptr_array_index (cold->disks, i))->created = TRUE;
+      cold_teardown (job, FERRY_JOB_FAILED, reason);
+      g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_FAILED, "%s", reason);
+      return;
+    }
+  ferry_job_event (job, "info", "VM defined and running");
+  JsonObject *reply = finish_reply (job, FALSE);
+  json_object_set_boolean_member (reply, "running", TRUE);
+  ferry_job_finish (job, FERRY_JOB_COMPLETED, NULL);
+  g_task_return_pointer (task, reply, (GDestroyNotify) json_object_unref);
+}
+
+void
+mig_cold_dst_finish (FerryJob *job, GTask *task)
 {
   ColdDst *cold = cold_of (job);
   if (cold == NULL || job->state != FERRY_JOB_PREPARED)
     {
-      g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
-                   "destination: the disks of migration %s are not all copied and verified (state %s)",
-                   job->uuid, ferry_job_state_to_string (job->state));
-      return NULL;
+      g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_CONFLICT,
+                               "destination: the disks of migration %s are not all copied and verified (state %s)",
+                               job->uuid, ferry_job_state_to_string (job->state));
+      g_object_unref (task);
+      return;
     }
   ferry_job_transition (job, FERRY_JOB_FINISHING, "defining the VM");
   for (guint i = 0; i < cold->disks->len; i++)
@@ -1067,29 +1285,37 @@ mig_cold_dst_finish (FerryJob *job, GError **error)
     {
       g_prefix_error (&local, "destination: cannot define the VM: ");
       cold_teardown (job, FERRY_JOB_FAILED, local->message);
-      g_propagate_error (error, g_steal_pointer (&local));
-      return NULL;
+      g_task_return_error (task, g_steal_pointer (&local));
+      g_object_unref (task);
+      return;
     }
   /* The volumes belong to the VM now. */
   for (guint i = 0; i < cold->disks->len; i++)
     ((ColdDisk *) g_ptr_array_index (cold->disks, i))->created = FALSE;
   ferry_store_chunks_delete (job->agent->store, job->id, -1, -1, NULL);
-  JsonObject *reply = json_object_new ();
-  json_object_set_string_member (reply, "uuid", job->uuid);
-  json_object_set_boolean_member (reply, "defined", TRUE);
-  json_object_set_string_member (reply, "state", "completed");
-  json_object_set_object_member (reply, "copy", mig_cold_dst_status (job));
+  FerryVmStartOptions start_options = { 0 };
+  if (cold->warm)
+    {
+      /* The source's guest is off until this answer: it comes once the VM
+       * runs here (or failed to). */
+      WarmStart *start = g_new0 (WarmStart, 1);
+      start->ref = cold->ref;
+      start->task = task;
+      ferry_job_event (job, "info", "VM defined; starting it");
+      ferry_vm_start_async (vm, &start_options, NULL, on_warm_started, start);
+      return;
+    }
+  JsonObject *reply = finish_reply (job, job->options.start);
   if (job->options.start)
     {
-      FerryVmStartOptions start = { 0 };
-      ferry_vm_start_async (vm, &start, NULL, NULL, NULL);
-      json_object_set_boolean_member (reply, "starting", TRUE);
+      ferry_vm_start_async (vm, &start_options, NULL, NULL, NULL);
       ferry_job_event (job, "info", "VM defined; starting it");
     }
   else
     ferry_job_event (job, "info", "VM defined (not started)");
   ferry_job_finish (job, FERRY_JOB_COMPLETED, NULL);
-  return reply;
+  g_task_return_pointer (task, reply, (GDestroyNotify) json_object_unref);
+  g_object_unref (task);
 }
 
 /* ---- restart ------------------------------------------------------------------------------ */
@@ -1123,6 +1349,17 @@ mig_cold_dst_recover (FerryAgent *agent, FerryStoreJob *stored)
     }
   job->cold = cold;
   job->cold_free = (GDestroyNotify) cold_dst_free;
+  JsonNode *pass_node = json_object_get_member (job->stats, "ferry-warm-pass");
+  if (cold->warm && pass_node != NULL && JSON_NODE_HOLDS_OBJECT (pass_node))
+    {
+      JsonObject *pass = json_node_get_object (pass_node);
+      cold->pass = (guint) ferry_json_object_int (pass, "pass");
+      if (!apply_pass (job, pass, &error))
+        {
+          cold_teardown (job, FERRY_JOB_FAILED, error->message);
+          return;
+        }
+    }
   for (guint i = 0; i < cold->disks->len; i++)
     {
       ColdDisk *disk = g_ptr_array_index (cold->disks, i);
@@ -1133,6 +1370,11 @@ mig_cold_dst_recover (FerryAgent *agent, FerryStoreJob *stored)
         }
       if (job->state == FERRY_JOB_PREPARED)
         disk->verified = TRUE;
+    }
+  if (job->state == FERRY_JOB_COPYING && cold->warm && cold->pass == 0)
+    {
+      cold_teardown (job, FERRY_JOB_FAILED, "agent restarted with a pass it has no record of");
+      return;
     }
   if (job->state == FERRY_JOB_COPYING)
     {

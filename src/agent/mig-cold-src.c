@@ -50,6 +50,7 @@ typedef struct {
   gboolean poll_in_flight;
   gint64 peer_seen_us;
   guint reexport_attempts;
+  WarmSrc *warm;             /* a warm migration's passes (mig-warm.c) */
 } ColdSrc;
 
 static void
@@ -73,6 +74,7 @@ cold_src_free (ColdSrc *cold)
   g_ptr_array_unref (cold->disks);
   if (cold->dest_spec)
     json_node_unref (cold->dest_spec);
+  mig_warm_src_free (cold->warm);
   g_free (cold);
 }
 
@@ -80,6 +82,13 @@ static ColdSrc *
 cold_of (FerryJob *job)
 {
   return job->cold_free == (GDestroyNotify) cold_src_free ? job->cold : NULL;
+}
+
+WarmSrc *
+mig_cold_src_warm (FerryJob *job)
+{
+  ColdSrc *cold = cold_of (job);
+  return cold ? cold->warm : NULL;
 }
 
 /* What a restarted agent needs: the disks (with their ports) and whether
@@ -138,8 +147,8 @@ on_peer_told (GObject *source, GAsyncResult *result, gpointer user_data)
 }
 
 /* Before Finish: the VM stays here, as it was. */
-static void
-cold_src_fail (FerryJob *job, FerryJobState terminal, const char *reason, gboolean tell_destination)
+void
+mig_cold_src_fail (FerryJob *job, FerryJobState terminal, const char *reason, gboolean tell_destination)
 {
   ColdSrc *cold = cold_of (job);
   FerryVm *vm = ferry_job_vm (job);
@@ -154,6 +163,12 @@ cold_src_fail (FerryJob *job, FerryJobState terminal, const char *reason, gboole
       g_autofree char *path = g_strdup_printf ("/v1/migrations/incoming/%s", job->uuid);
       ferry_peer_request_async (job->agent, job->peer_url, "DELETE", path, NULL, 10, NULL, on_peer_told, NULL);
     }
+  if (cold != NULL && cold->warm != NULL)
+    {
+      /* The guest never stopped (or boots again): QEMU's side is undone. */
+      mig_warm_src_roll_back (job, terminal, reason);
+      return;
+    }
   gboolean restart = cold != NULL && cold->was_running && vm != NULL && vm->state == FERRY_VM_SHUTOFF;
   ferry_job_finish (job, terminal, reason);
   if (restart)
@@ -166,21 +181,45 @@ cold_src_fail (FerryJob *job, FerryJobState terminal, const char *reason, gboole
 
 /* ---- confirm ------------------------------------------------------------------- */
 
+static void remove_source (FerryJob *job);
+
 static void
 cold_src_confirm (FerryJob *job, JsonObject *reply)
 {
   ColdSrc *cold = cold_of (job);
   FerryVm *vm = ferry_job_vm (job);
-  g_autoptr (GError) error = NULL;
 
   g_clear_handle_id (&cold->poll_timer, g_source_remove);
   stop_exports (cold);
-  ferry_job_transition (job, FERRY_JOB_CONFIRMING, "destination defined the VM");
+  if (cold->warm != NULL)
+    mig_warm_src_destination_running (job);
+  ferry_job_transition (job, FERRY_JOB_CONFIRMING, cold->warm ? "destination runs the VM"
+                                                              : "destination defined the VM");
   JsonNode *copy = reply ? json_object_get_member (reply, "copy") : NULL;
   if (copy != NULL && JSON_NODE_HOLDS_OBJECT (copy))
     json_object_set_member (job->stats, "ferry-copy", json_node_copy (copy));
   if (reply != NULL && json_object_get_boolean_member_with_default (reply, "starting", FALSE))
     ferry_job_event (job, "info", "destination is starting the VM");
+  if (cold->warm != NULL && vm != NULL && vm->state != FERRY_VM_SHUTOFF)
+    {
+      /* The powered-off guest's QEMU waited to serve the last changes;
+       * it goes now, and the rest follows once it is gone. */
+      g_autoptr (GError) error = NULL;
+      if (ferry_vm_destroy (vm, &error))
+        return;
+      ferry_job_event (job, "warning", "cannot stop the source's QEMU: %s", error->message);
+    }
+  remove_source (job);
+}
+
+/* The destination has the VM: the source's definition and disks go when
+ * asked. */
+static void
+remove_source (FerryJob *job)
+{
+  ColdSrc *cold = cold_of (job);
+  FerryVm *vm = ferry_job_vm (job);
+  g_autoptr (GError) error = NULL;
   if (vm != NULL && job->options.undefine_source)
     {
       vm->job = NULL;
@@ -207,7 +246,7 @@ cold_src_confirm (FerryJob *job, JsonObject *reply)
 
 /* ---- polling the destination ------------------------------------------------------ */
 
-static void cold_src_finish (FerryJob *job);
+
 
 static void
 on_polled (GObject *source, GAsyncResult *result, gpointer user_data)
@@ -225,7 +264,7 @@ on_polled (GObject *source, GAsyncResult *result, gpointer user_data)
     {
       if (g_error_matches (error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND))
         {
-          cold_src_fail (job, FERRY_JOB_FAILED, "the destination forgot the migration", FALSE);
+          mig_cold_src_fail (job, FERRY_JOB_FAILED, "the destination forgot the migration", FALSE);
           return;
         }
       gint64 silent_s = (now - cold->peer_seen_us) / G_USEC_PER_SEC;
@@ -233,7 +272,7 @@ on_polled (GObject *source, GAsyncResult *result, gpointer user_data)
         {
           g_autofree char *reason = g_strdup_printf ("destination unreachable for %" G_GINT64_FORMAT " s: %s",
                                                      silent_s, error->message);
-          cold_src_fail (job, FERRY_JOB_FAILED, reason, TRUE);
+          mig_cold_src_fail (job, FERRY_JOB_FAILED, reason, TRUE);
         }
       return;
     }
@@ -241,16 +280,19 @@ on_polled (GObject *source, GAsyncResult *result, gpointer user_data)
   const char *state = ferry_json_object_string (reply, "state");
   JsonNode *copy = json_object_get_member (reply, "copy");
   if (copy != NULL && JSON_NODE_HOLDS_OBJECT (copy))
+    json_object_set_member (job->stats, "ferry-copy", json_node_copy (copy));
+  if (cold->warm != NULL && mig_warm_src_on_destination (job, state, reply))
+    return;
+  if (copy != NULL && JSON_NODE_HOLDS_OBJECT (copy))
     {
       JsonObject *progress = json_node_get_object (copy);
-      json_object_set_member (job->stats, "ferry-copy", json_node_copy (copy));
       double total = (double) ferry_json_object_int (progress, "bytes_total");
       double done = (double) ferry_json_object_int (progress, "bytes_done");
       double eta = json_object_get_double_member_with_default (progress, "eta_s", -1);
       ferry_job_set_progress (job, total > 0 ? 5 + 85 * done / total : 5, eta);
     }
   if (g_strcmp0 (state, "prepared") == 0 && job->state == FERRY_JOB_COPYING)
-    cold_src_finish (job);
+    mig_cold_src_finish (job);
   else if (g_strcmp0 (state, "completed") == 0 && job->state == FERRY_JOB_FINISHING)
     cold_src_confirm (job, reply);
   else if (g_strcmp0 (state, "failed") == 0 || g_strcmp0 (state, "cancelled") == 0)
@@ -258,7 +300,7 @@ on_polled (GObject *source, GAsyncResult *result, gpointer user_data)
       g_autofree char *reason = g_strdup_printf ("destination: %s",
                                                  ferry_json_object_string (reply, "error")
                                                    ? ferry_json_object_string (reply, "error") : state);
-      cold_src_fail (job, FERRY_JOB_FAILED, reason, FALSE);
+      mig_cold_src_fail (job, FERRY_JOB_FAILED, reason, FALSE);
     }
 }
 
@@ -288,6 +330,15 @@ start_polling (FerryJob *job)
                                            ferry_job_ref_new (job), g_free);
 }
 
+void
+mig_cold_src_poll_every (FerryJob *job, guint interval_ms)
+{
+  ColdSrc *cold = cold_of (job);
+  g_clear_handle_id (&cold->poll_timer, g_source_remove);
+  cold->poll_timer = g_timeout_add_full (G_PRIORITY_DEFAULT, interval_ms, on_poll_timer,
+                                         ferry_job_ref_new (job), g_free);
+}
+
 /* ---- finish ------------------------------------------------------------------------ */
 
 static void
@@ -313,11 +364,11 @@ on_finish_replied (GObject *source, GAsyncResult *result, gpointer user_data)
     }
   g_autofree char *reason = g_strdup_printf ("destination could not define the VM: %s",
                                              error ? error->message : "unexpected reply");
-  cold_src_fail (job, FERRY_JOB_FAILED, reason, TRUE);
+  mig_cold_src_fail (job, FERRY_JOB_FAILED, reason, TRUE);
 }
 
-static void
-cold_src_finish (FerryJob *job)
+void
+mig_cold_src_finish (FerryJob *job)
 {
   ferry_job_transition (job, FERRY_JOB_FINISHING, "disks copied and verified; asking the destination to define the VM");
   g_autofree char *path = g_strdup_printf ("/v1/migrations/incoming/%s/finish", job->uuid);
@@ -377,16 +428,19 @@ on_prepared (GObject *source, GAsyncResult *result, gpointer user_data)
     {
       /* Pool room, name clashes and formats are refused here, before any copy. */
       g_autofree char *reason = g_strdup_printf ("destination refused the disks: %s", error->message);
-      cold_src_fail (job, FERRY_JOB_FAILED, reason, FALSE);
+      mig_cold_src_fail (job, FERRY_JOB_FAILED, reason, FALSE);
       return;
     }
   if (job->abort_requested)
     {
-      cold_src_fail (job, FERRY_JOB_CANCELLED, "aborted by the user", TRUE);
+      mig_cold_src_fail (job, FERRY_JOB_CANCELLED, "aborted by the user", TRUE);
       return;
     }
-  ferry_job_transition (job, FERRY_JOB_COPYING, "the destination pulls the disks");
   start_polling (job);
+  if (cold_of (job)->warm != NULL)
+    mig_warm_src_start (job);
+  else
+    ferry_job_transition (job, FERRY_JOB_COPYING, "the destination pulls the disks");
 }
 
 static JsonObject *prepare_request (FerryJob *job, gboolean dry_run);
@@ -398,11 +452,15 @@ cold_src_prepare (FerryJob *job)
   FerryAgent *agent = job->agent;
   g_autoptr (GError) error = NULL;
 
-  ferry_job_transition (job, FERRY_JOB_PREPARING, "exporting the disks");
-  if (!start_exports (job, &error))
+  if (cold_of (job)->warm != NULL)
+    /* The guest runs: QEMU exports snapshots of its disks, pass by pass. */
+    ferry_job_transition (job, FERRY_JOB_PREPARING, "asking the destination to create the volumes");
+  else
+    ferry_job_transition (job, FERRY_JOB_PREPARING, "exporting the disks");
+  if (cold_of (job)->warm == NULL && !start_exports (job, &error))
     {
       g_autofree char *reason = g_strdup_printf ("cannot export the disks: %s", error->message);
-      cold_src_fail (job, FERRY_JOB_FAILED, reason, FALSE);
+      mig_cold_src_fail (job, FERRY_JOB_FAILED, reason, FALSE);
       return;
     }
   g_autoptr (JsonObject) request = prepare_request (job, FALSE);
@@ -424,6 +482,8 @@ prepare_request (FerryJob *job, gboolean dry_run)
   json_object_set_boolean_member (request, "persistent", TRUE);
   json_object_set_boolean_member (request, "copy_storage", TRUE);
   json_object_set_boolean_member (request, "start", job->options.start);
+  if (job->options.warm)
+    json_object_set_boolean_member (request, "warm", TRUE);
   json_object_set_int_member (request, "bandwidth_mib", job->options.bandwidth_mib);
   json_object_set_int_member (request, "parallel_disks", job->options.parallel_disks);
   json_object_set_int_member (request, "source_port", agent->listen_port);
@@ -442,6 +502,14 @@ void
 mig_cold_src_on_vm_state (FerryJob *job, FerryVmState state)
 {
   ColdSrc *cold = cold_of (job);
+  if (cold != NULL && cold->warm != NULL)
+    {
+      if (state == FERRY_VM_SHUTOFF && job->state == FERRY_JOB_CONFIRMING)
+        remove_source (job);
+      else if (state == FERRY_VM_SHUTOFF)
+        mig_warm_src_on_vm_gone (job);
+      return;
+    }
   /* Only once we asked it to stop (not while the destination is asked). */
   if (cold == NULL || job->state != FERRY_JOB_BEGIN || state != FERRY_VM_SHUTOFF || cold->shutdown_timer == 0)
     return;
@@ -463,7 +531,7 @@ on_shutdown_timeout (gpointer user_data)
   cold->was_running = FALSE;
   g_autofree char *reason = g_strdup_printf ("the guest did not shut down within %u s; pass --force-stop "
                                              "to power it off", job->agent->config.shutdown_timeout_s);
-  cold_src_fail (job, FERRY_JOB_FAILED, reason, FALSE);
+  mig_cold_src_fail (job, FERRY_JOB_FAILED, reason, FALSE);
   return G_SOURCE_REMOVE;
 }
 
@@ -484,12 +552,12 @@ on_checked (GObject *source, GAsyncResult *result, gpointer user_data)
       cold->was_running = FALSE;
       g_autofree char *reason = reply == NULL ? g_strdup_printf ("destination refused the disks: %s", error->message)
                                               : g_strdup (job->abort_requested ? "aborted by the user" : "the VM disappeared");
-      cold_src_fail (job, job->abort_requested ? FERRY_JOB_CANCELLED : FERRY_JOB_FAILED, reason, FALSE);
+      mig_cold_src_fail (job, job->abort_requested ? FERRY_JOB_CANCELLED : FERRY_JOB_FAILED, reason, FALSE);
       return;
     }
-  if (vm->state == FERRY_VM_SHUTOFF)
+  if (vm->state == FERRY_VM_SHUTOFF || cold->warm != NULL)
     {
-      cold->was_running = FALSE;
+      cold->was_running = cold->warm != NULL;
       cold_src_prepare (job);
       return;
     }
@@ -499,7 +567,7 @@ on_checked (GObject *source, GAsyncResult *result, gpointer user_data)
   if (!ferry_vm_shutdown (vm, job->options.force_stop ? timeout_s : 0, &error))
     {
       cold->was_running = FALSE;
-      cold_src_fail (job, FERRY_JOB_FAILED, error->message, FALSE);
+      mig_cold_src_fail (job, FERRY_JOB_FAILED, error->message, FALSE);
       return;
     }
   cold->shutdown_timer = g_timeout_add_seconds_full (G_PRIORITY_DEFAULT,
@@ -616,6 +684,14 @@ mig_cold_src_begin (FerryVm *vm, const char *dest_url, const FerryMigrateOptions
                    vm->name);
       return NULL;
     }
+  if (options->warm && vm->state != FERRY_VM_RUNNING)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
+                   "VM '%s' is %s; a warm migration copies the disks while the guest runs — use a cold "
+                   "migration (--offline --copy-storage) for a VM that is not running", vm->name,
+                   ferry_vm_state_to_string (vm->state));
+      return NULL;
+    }
   g_autoptr (JsonNode) dest_spec = NULL;
   g_autoptr (GPtrArray) disks = inspect_disks (vm, options, &dest_spec, error);
   if (disks == NULL)
@@ -638,6 +714,16 @@ mig_cold_src_begin (FerryVm *vm, const char *dest_url, const FerryMigrateOptions
   cold->was_running = was_running;
   job->cold = cold;
   job->cold_free = (GDestroyNotify) cold_src_free;
+  if (options->warm)
+    {
+      g_autofree FerryWarmDisk *warm_disks = g_new0 (FerryWarmDisk, cold->disks->len);
+      for (guint i = 0; i < cold->disks->len; i++)
+        {
+          SrcDisk *disk = g_ptr_array_index (cold->disks, i);
+          warm_disks[i] = (FerryWarmDisk) { disk->index, disk->path, disk->format, disk->virtual_size };
+        }
+      cold->warm = mig_warm_src_new (job, warm_disks, cold->disks->len);
+    }
   save_state (job);
 
   /* Ask the destination before stopping anything: a refusal (name clash,
@@ -660,8 +746,12 @@ mig_cold_src_abort (FerryJob *job, GError **error)
     }
   job->abort_requested = TRUE;
   ferry_job_event (job, "warning", "abort requested");
+  if (job->state == FERRY_JOB_CANCELLING)
+    return TRUE;
   if (job->state != FERRY_JOB_PREPARING)
-    cold_src_fail (job, FERRY_JOB_CANCELLED, "aborted by the user", job->state == FERRY_JOB_COPYING);
+    mig_cold_src_fail (job, FERRY_JOB_CANCELLED, "aborted by the user",
+                       job->state == FERRY_JOB_COPYING || job->state == FERRY_JOB_PRECOPY
+                         || job->state == FERRY_JOB_CUTOVER);
   /* In PREPARING the prepare reply sees abort_requested. */
   return TRUE;
 }
@@ -727,7 +817,9 @@ mig_cold_src_digests_async (FerryAgent *agent, const char *uuid, JsonObject *req
   for (guint i = 0; i < cold->disks->len; i++)
     if (((SrcDisk *) g_ptr_array_index (cold->disks, i))->index == (guint) index)
       disk = g_ptr_array_index (cold->disks, i);
-  if (disk != NULL && disk->local == NULL)
+  g_autofree char *uri = disk == NULL ? NULL
+                         : cold->warm != NULL ? mig_warm_src_digest_uri (job, disk->index) : g_strdup (disk->local_uri);
+  if (disk != NULL && uri == NULL)
     {
       /* A restarted agent exporting again: worth asking once more. */
       g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE,
@@ -746,7 +838,7 @@ mig_cold_src_digests_async (FerryAgent *agent, const char *uuid, JsonObject *req
   JsonArray *array = json_node_get_array (node);
   guint64 n_chunks = ferry_copy_chunk_count (disk->virtual_size);
   DigestWork *work = g_new0 (DigestWork, 1);
-  work->uri = g_strdup (disk->local_uri);
+  work->uri = g_steal_pointer (&uri);
   work->chunks = g_array_new (FALSE, FALSE, sizeof (guint64));
   g_task_set_task_data (task, work, (GDestroyNotify) digest_work_free);
   for (guint i = 0; i < json_array_get_length (array); i++)
@@ -795,7 +887,7 @@ reexport (FerryJob *job)
       return;
     }
   g_autofree char *reason = g_strdup_printf ("cannot export the disks again: %s", error->message);
-  cold_src_fail (job, FERRY_JOB_FAILED, reason, TRUE);
+  mig_cold_src_fail (job, FERRY_JOB_FAILED, reason, TRUE);
 }
 
 static gboolean
@@ -857,10 +949,20 @@ mig_cold_src_recover (FerryAgent *agent, FerryStoreJob *stored)
       cold->dest_spec = spec ? json_node_copy (spec) : NULL;
     }
   g_autoptr (GError) error = NULL;
+  if (options.warm && state != NULL && cold->dest_spec != NULL
+      && (cold->warm = mig_warm_src_restore (job)) != NULL
+      && (job->state == FERRY_JOB_PRECOPY || job->state == FERRY_JOB_CUTOVER
+          || job->state == FERRY_JOB_FINISHING || job->state == FERRY_JOB_CANCELLING))
+    {
+      if (job->state != FERRY_JOB_CANCELLING)
+        start_polling (job);
+      mig_warm_src_resume (job);
+      return;
+    }
   if (state == NULL || cold->dest_spec == NULL || cold->disks->len == 0
       || (job->state != FERRY_JOB_COPYING && job->state != FERRY_JOB_FINISHING))
     {
-      cold_src_fail (job, FERRY_JOB_FAILED, "agent restarted before the disks were handed over", TRUE);
+      mig_cold_src_fail (job, FERRY_JOB_FAILED, "agent restarted before the disks were handed over", TRUE);
       return;
     }
   start_polling (job);

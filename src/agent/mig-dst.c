@@ -10,6 +10,8 @@
  */
 #include "agent.h"
 
+#include "nbd-export.h"
+
 #include "jsonutil.h"
 
 #define QEMU_TLS_CREDS_ID "ferry-migration-tls"
@@ -166,27 +168,6 @@ on_prepare_listening (GObject *source, GAsyncResult *result, gpointer user_data)
   g_task_return_pointer (task, job_status_json (job), (GDestroyNotify) json_object_unref);
 }
 
-/* A port for the NBD server. QEMU 7.2 cannot report the port it bound for
- * port 0, so the kernel picks one here; the window until QEMU binds it is
- * a few milliseconds. */
-static guint16
-pick_free_port (const char *host, GError **error)
-{
-  g_autoptr (GInetAddress) address = g_inet_address_new_from_string (host);
-  if (address == NULL)
-    {
-      g_set_error (error, FERRY_ERROR, FERRY_ERROR_FAILED, "destination: '%s' is not an address", host);
-      return 0;
-    }
-  g_autoptr (GSocketAddress) any_port = g_inet_socket_address_new (address, 0);
-  g_autoptr (GSocket) socket = g_socket_new (g_inet_address_get_family (address), G_SOCKET_TYPE_STREAM,
-                                             G_SOCKET_PROTOCOL_TCP, error);
-  if (socket == NULL || !g_socket_bind (socket, any_port, FALSE, error))
-    return 0;
-  g_autoptr (GSocketAddress) bound = g_socket_get_local_address (socket, error);
-  return bound ? g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (bound)) : 0;
-}
-
 static void
 on_prepare_started (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -223,7 +204,7 @@ on_prepare_started (GObject *source, GAsyncResult *result, gpointer user_data)
     {
       /* The new disks are served to the source's mirrors (QEMU activates
        * an exported image although the VM waits for its state). */
-      guint16 port = pick_free_port (data->listen_address, &error);
+      guint16 port = ferry_free_tcp_port (data->listen_address, &error);
       if (port == 0)
         {
           prepare_fail (task, error);
@@ -609,13 +590,7 @@ mig_dst_finish_async (FerryAgent *agent, const char *uuid, gboolean postcopy,
   FerryJob *job = ferry_job_lookup_uuid (agent, uuid, FERRY_JOB_ROLE_DESTINATION);
   if (job != NULL && job->cold != NULL)
     {
-      GError *error = NULL;
-      JsonObject *reply = mig_cold_dst_finish (job, &error);
-      if (reply != NULL)
-        g_task_return_pointer (task, reply, (GDestroyNotify) json_object_unref);
-      else
-        g_task_return_error (task, error);
-      g_object_unref (task);
+      mig_cold_dst_finish (job, task);
       return;
     }
   if (job == NULL || job->state != FERRY_JOB_PREPARED)
@@ -672,23 +647,6 @@ recover_data_free (RecoverData *data)
   g_free (data);
 }
 
-/* A port the kernel says is free now. Another process could take it before
- * QEMU binds; the source then simply retries. */
-static guint16
-free_port (const char *address)
-{
-  g_autoptr (GInetAddress) inet = g_inet_address_new_from_string (address);
-  if (inet == NULL)
-    return 0;
-  g_autoptr (GSocket) socket = g_socket_new (g_inet_address_get_family (inet), G_SOCKET_TYPE_STREAM,
-                                             G_SOCKET_PROTOCOL_TCP, NULL);
-  g_autoptr (GSocketAddress) any = g_inet_socket_address_new (inet, 0);
-  if (socket == NULL || !g_socket_bind (socket, any, TRUE, NULL))
-    return 0;
-  g_autoptr (GSocketAddress) bound = g_socket_get_local_address (socket, NULL);
-  return bound ? g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (bound)) : 0;
-}
-
 static void
 on_recover_listening (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -716,7 +674,7 @@ recover_listen (GTask *task)
   RecoverData *data = g_task_get_task_data (task);
   FerryJob *job = g_hash_table_lookup (data->agent->jobs, &data->job_id);
   FerryVm *vm = job ? g_hash_table_lookup (data->agent->vms, job->vm_name) : NULL;
-  guint16 port = free_port (data->listen_address);
+  guint16 port = ferry_free_tcp_port (data->listen_address, NULL);
   if (vm == NULL || vm->qmp == NULL || port == 0)
     {
       g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_FAILED,

@@ -33,6 +33,7 @@ ferry_migrate_options_init (FerryMigrateOptions *options)
     .progress_timeout_s = 150,
     .timeout_action = FERRY_TIMEOUT_ABORT,
     .parallel_disks = 2,
+    .precopy_interval_s = FERRY_WARM_DEFAULT_INTERVAL_S,
   };
 }
 
@@ -68,6 +69,11 @@ ferry_migrate_options_validate (const FerryMigrateOptions *options, GError **err
                           "post-copy apply to live migration only");
   if (!options->live && !options->copy_storage && options->bandwidth_mib > 0)
     return refuse (error, "bandwidth_mib: an offline migration without copy_storage sends no data");
+  if (options->warm && (options->live || !options->copy_storage || !options->start))
+    return refuse (error, "mode: a warm migration copies the disks and starts the VM on the destination");
+  if (!options->warm && (options->cutover_at != 0
+                         || options->precopy_interval_s != FERRY_WARM_DEFAULT_INTERVAL_S))
+    return refuse (error, "precopy_interval_s: precopy_interval_s and cutover_at apply to warm migration");
   if (options->live && options->copy_storage && options->postcopy)
     return refuse (error, "copy_storage: post-copy cannot be used with a storage copy (the disk mirrors "
                           "end while the guest is paused on the source)");
@@ -100,7 +106,8 @@ static const char *const migrate_fields[] = {
   "dest", "mode", "persistent", "undefine_source", "bandwidth_mib", "max_downtime_ms", "tls",
   "strategy", "parallel_connections", "compress", "xbzrle", "auto_converge", "postcopy",
   "postcopy_after_s", "completion_timeout_per_gib_s", "progress_timeout_s", "timeout_action",
-  "copy_storage", "start", "delete_source_disks", "force_stop", "parallel_disks", "storage_map", NULL
+  "copy_storage", "start", "delete_source_disks", "force_stop", "parallel_disks", "storage_map",
+  "precopy_interval_s", "cutover_at", NULL
 };
 
 static gboolean
@@ -170,7 +177,7 @@ gboolean
 ferry_migrate_options_parse (JsonObject *request, char **dest, FerryMigrateOptions *options,
                              GError **error)
 {
-  static const char *const modes[] = { "live", "offline", NULL };
+  static const char *const modes[] = { "live", "offline", "warm", NULL };
   static const char *const strategies[] = { "auto", "manual", NULL };
   static const char *const compressions[] = { "none", "zlib", "zstd", NULL };
   static const char *const actions[] = { "abort", "postcopy", NULL };
@@ -180,7 +187,7 @@ ferry_migrate_options_parse (JsonObject *request, char **dest, FerryMigrateOptio
   ferry_migrate_options_init (options);
   if (!ferry_json_reject_unknown (request, migrate_fields, error)
       || !ferry_json_get_string (request, "dest", TRUE, dest, error)
-      || !parse_choice (request, "mode", modes, 2, &mode, error)
+      || !parse_choice (request, "mode", modes, 3, &mode, error)
       || !ferry_json_get_bool (request, "persistent", FALSE, &options->persistent, error)
       || !ferry_json_get_bool (request, "undefine_source", FALSE, &options->undefine_source, error)
       || !ferry_json_get_bool (request, "tls", FALSE, &options->tls, error)
@@ -209,11 +216,27 @@ ferry_migrate_options_parse (JsonObject *request, char **dest, FerryMigrateOptio
       || !ferry_json_get_bool (request, "force_stop", FALSE, &options->force_stop, error)
       || !ferry_json_get_int (request, "parallel_disks", FALSE, 1, FERRY_MAX_PARALLEL_DISKS,
                               &options->parallel_disks, error)
-      || !parse_storage_map (request, options, error))
+      || !parse_storage_map (request, options, error)
+      || !ferry_json_get_int (request, "precopy_interval_s", FALSE, FERRY_WARM_MIN_INTERVAL_S, 7 * 86400,
+                              &options->precopy_interval_s, error)
+      || !ferry_json_get_int (request, "cutover_at", FALSE, 0, G_MAXINT64, &options->cutover_at, error))
     return FALSE;
   if (mode == G_MAXUINT)
-    return refuse (error, "mode: required ('live' or 'offline')");
+    return refuse (error, "mode: required ('live', 'offline' or 'warm')");
   options->live = mode == 0;
+  if (mode == 2)
+    {
+      /* Warm: the disks go over while the guest runs; it starts on the
+       * destination after the cutover. */
+      options->warm = options->copy_storage = options->start = TRUE;
+    }
+  if (options->cutover_at != 0 && options->cutover_at * G_USEC_PER_SEC < g_get_real_time ())
+    {
+      g_autoptr (GDateTime) when = g_date_time_new_from_unix_utc (options->cutover_at);
+      g_autofree char *text = when ? g_date_time_format_iso8601 (when) : g_strdup ("?");
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "cutover_at: %s is in the past", text);
+      return FALSE;
+    }
   options->strategy = strategy;
   options->compress = compress;
   options->timeout_action = action;
@@ -224,7 +247,12 @@ JsonObject *
 ferry_migrate_options_to_json (const FerryMigrateOptions *options)
 {
   JsonObject *json = json_object_new ();
-  json_object_set_string_member (json, "mode", options->live ? "live" : "offline");
+  json_object_set_string_member (json, "mode", options->live ? "live" : options->warm ? "warm" : "offline");
+  if (options->warm)
+    {
+      json_object_set_int_member (json, "precopy_interval_s", options->precopy_interval_s);
+      json_object_set_int_member (json, "cutover_at", options->cutover_at);
+    }
   json_object_set_boolean_member (json, "persistent", options->persistent);
   json_object_set_boolean_member (json, "undefine_source", options->undefine_source);
   json_object_set_boolean_member (json, "tls", options->tls);
@@ -270,6 +298,10 @@ ferry_migrate_options_from_stored (const char *options_json, FerryMigrateOptions
   if (saved == NULL)
     return;
   options->live = g_strcmp0 (ferry_json_object_string (saved, "mode"), "live") == 0;
+  options->warm = g_strcmp0 (ferry_json_object_string (saved, "mode"), "warm") == 0;
+  options->precopy_interval_s = json_object_get_int_member_with_default (saved, "precopy_interval_s",
+                                                                         FERRY_WARM_DEFAULT_INTERVAL_S);
+  options->cutover_at = json_object_get_int_member_with_default (saved, "cutover_at", 0);
   options->persistent = json_object_get_boolean_member_with_default (saved, "persistent", FALSE);
   options->undefine_source = json_object_get_boolean_member_with_default (saved, "undefine_source", FALSE);
   options->tls = json_object_get_boolean_member_with_default (saved, "tls", TRUE);

@@ -234,6 +234,114 @@ ferry_qmp_args_block_export_add (const char *id, const char *node_name, const ch
 }
 
 JsonObject *
+ferry_qmp_args_block_export_add_snapshot (const char *id, const char *node_name, const char *export_name,
+                                          const char *bitmap_node, const char *bitmap)
+{
+  JsonObject *args = json_object_new ();
+  json_object_set_string_member (args, "type", "nbd");
+  json_object_set_string_member (args, "id", id);
+  json_object_set_string_member (args, "node-name", node_name);
+  json_object_set_string_member (args, "name", export_name);
+  json_object_set_boolean_member (args, "writable", FALSE);
+  if (bitmap != NULL)
+    {
+      /* The bitmap lives on the disk, below the snapshot node exported. */
+      JsonArray *bitmaps = json_array_new ();
+      JsonObject *entry = json_object_new ();
+      json_object_set_string_member (entry, "node", bitmap_node);
+      json_object_set_string_member (entry, "name", bitmap);
+      json_array_add_object_element (bitmaps, entry);
+      json_object_set_array_member (args, "bitmaps", bitmaps);
+    }
+  return args;
+}
+
+JsonObject *
+ferry_qmp_args_block_export_del (const char *id)
+{
+  JsonObject *args = ferry_qmp_args_id ("id", id);
+  /* Connected clients are cut: the export goes now, not when they leave. */
+  json_object_set_string_member (args, "mode", "hard");
+  return args;
+}
+
+JsonObject *
+ferry_qmp_args_blockdev_add_snapshot (const char *node_name, const char *filename, const char *backing)
+{
+  JsonObject *args = json_object_new ();
+  JsonObject *file = json_object_new ();
+  json_object_set_string_member (file, "driver", "file");
+  json_object_set_string_member (file, "filename", filename);
+  json_object_set_string_member (args, "driver", "qcow2");
+  json_object_set_string_member (args, "node-name", node_name);
+  json_object_set_object_member (args, "file", file);
+  /* Reads of blocks the guest has not overwritten since go to the disk. */
+  json_object_set_string_member (args, "backing", backing);
+  return args;
+}
+
+static void
+add_action (JsonArray *actions, const char *type, JsonObject *data)
+{
+  JsonObject *action = json_object_new ();
+  json_object_set_string_member (action, "type", type);
+  json_object_set_object_member (action, "data", data);
+  json_array_add_object_element (actions, action);
+}
+
+static JsonObject *
+bitmap_args (const char *node, const char *name)
+{
+  JsonObject *args = json_object_new ();
+  json_object_set_string_member (args, "node", node);
+  json_object_set_string_member (args, "name", name);
+  return args;
+}
+
+JsonObject *
+ferry_qmp_args_snapshot_transaction (const FerryQmpSnapshotDisk *disks, guint n_disks)
+{
+  JsonObject *args = json_object_new ();
+  JsonArray *actions = json_array_new ();
+  for (guint i = 0; i < n_disks; i++)
+    {
+      const FerryQmpSnapshotDisk *disk = &disks[i];
+      if (disk->new_bitmap != NULL)
+        {
+          JsonObject *add = bitmap_args (disk->node, disk->new_bitmap);
+          json_object_set_boolean_member (add, "persistent", disk->persistent);
+          add_action (actions, "block-dirty-bitmap-add", add);
+        }
+      if (disk->old_bitmap != NULL)
+        add_action (actions, "block-dirty-bitmap-disable", bitmap_args (disk->node, disk->old_bitmap));
+      JsonObject *backup = json_object_new ();
+      json_object_set_string_member (backup, "job-id", disk->job_id);
+      json_object_set_string_member (backup, "device", disk->node);
+      json_object_set_string_member (backup, "target", disk->snapshot_node);
+      /* Copy-before-write only: every block the guest overwrites from now
+       * on keeps its old content in the snapshot node. */
+      json_object_set_string_member (backup, "sync", "none");
+      add_action (actions, "blockdev-backup", backup);
+    }
+  json_object_set_array_member (args, "actions", actions);
+  return args;
+}
+
+JsonObject *
+ferry_qmp_args_bitmap_remove (const char *node, const char *name)
+{
+  return bitmap_args (node, name);
+}
+
+JsonObject *
+ferry_qmp_args_set_shutdown_action (gboolean pause)
+{
+  JsonObject *args = json_object_new ();
+  json_object_set_string_member (args, "shutdown", pause ? "pause" : "poweroff");
+  return args;
+}
+
+JsonObject *
 ferry_qmp_args_blockdev_add_nbd (const char *node_name, const char *host, guint16 port,
                                  const char *export_name, const char *tls_creds, const char *tls_hostname)
 {

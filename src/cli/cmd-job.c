@@ -24,6 +24,51 @@ print_bytes_line (const char *label, gint64 value)
   g_print ("%-20s %s\n", label, text);
 }
 
+static char *
+format_wall_us (gint64 us)
+{
+  g_autoptr (GDateTime) time = us > 0 ? g_date_time_new_from_unix_local (us / G_USEC_PER_SEC) : NULL;
+  return time ? g_date_time_format (time, "%Y-%m-%d %H:%M:%S") : g_strdup ("-");
+}
+
+/* A warm migration: its passes, the next one and the cutover. */
+static void
+print_warm (JsonObject *warm)
+{
+  if (warm == NULL)
+    return;
+  g_print ("%-20s %" G_GINT64_FORMAT " (every %" G_GINT64_FORMAT " s)%s\n", "Passes:",
+           ferry_json_object_int (warm, "pass"), ferry_json_object_int (warm, "precopy_interval_s"),
+           json_object_get_boolean_member_with_default (warm, "pass_running", FALSE) ? ", one running" : "");
+  if (ferry_json_object_int (warm, "next_pass_at_us") > 0)
+    {
+      g_autofree char *next = format_wall_us (ferry_json_object_int (warm, "next_pass_at_us"));
+      g_print ("%-20s %s\n", "Next pass:", next);
+    }
+  g_autofree char *cutover = ferry_json_object_int (warm, "cutover_at_us") > 0
+                               ? format_wall_us (ferry_json_object_int (warm, "cutover_at_us"))
+                               : g_strdup ("when asked (ferry migrate cutover NAME)");
+  g_print ("%-20s %s\n", "Cutover:", cutover);
+  JsonNode *node = json_object_get_member (warm, "iterations");
+  JsonArray *iterations = node && JSON_NODE_HOLDS_ARRAY (node) ? json_node_get_array (node) : NULL;
+  if (iterations == NULL || json_array_get_length (iterations) == 0)
+    return;
+  g_print ("Iterations:\n  %4s  %-19s  %12s  %12s  %9s\n", "pass", "started", "changed", "copied", "duration");
+  if (ferry_json_object_int (warm, "iterations_dropped") > 0)
+    g_print ("  (%" G_GINT64_FORMAT " earlier passes not kept)\n", ferry_json_object_int (warm, "iterations_dropped"));
+  for (guint i = 0; i < json_array_get_length (iterations); i++)
+    {
+      JsonObject *entry = json_array_get_object_element (iterations, i);
+      g_autofree char *started = format_wall_us (ferry_json_object_int (entry, "started_at") * G_USEC_PER_SEC);
+      g_autofree char *changed = ferry_format_bytes (ferry_json_object_int (entry, "bytes_changed"));
+      g_autofree char *copied = ferry_format_bytes (ferry_json_object_int (entry, "bytes_copied"));
+      JsonNode *duration = json_object_get_member (entry, "duration_s");
+      g_print ("  %4" G_GINT64_FORMAT "  %-19s  %12s  %12s  %8.1fs%s\n", ferry_json_object_int (entry, "pass"),
+               started, changed, copied, duration ? json_node_get_double (duration) : 0.0,
+               json_object_get_boolean_member_with_default (entry, "final", FALSE) ? "  (final)" : "");
+    }
+}
+
 void
 ferry_print_job (JsonObject *job)
 {
@@ -93,6 +138,7 @@ ferry_print_job (JsonObject *job)
     g_print ("%-20s %" G_GINT64_FORMAT " ms\n", "Setup time:", ferry_json_object_int (stats, "setup-time"));
   if (stats != NULL && json_object_has_member (stats, "total-time"))
     g_print ("%-20s %" G_GINT64_FORMAT " ms\n", "Total time:", ferry_json_object_int (stats, "total-time"));
+  print_warm (member_object (stats, "ferry-warm"));
   if (ferry_json_object_string (job, "error"))
     g_print ("%-20s %s\n", "Error:", ferry_json_object_string (job, "error"));
 }

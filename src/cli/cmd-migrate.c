@@ -72,6 +72,15 @@ print_summary (JsonObject *job)
                                                           : "no reason given");
       return;
     }
+  JsonObject *warm = member_object (stats, "ferry-warm");
+  if (warm != NULL)
+    {
+      g_print ("warm migration completed in %.1f s: %" G_GINT64_FORMAT " passes, cutover downtime %.1f s "
+               "(guest shut down on the source → running on the destination)\n",
+               ferry_json_object_int (job, "elapsed_ms") / 1000.0, ferry_json_object_int (warm, "pass"),
+               ferry_json_object_int (stats, "ferry-guest-downtime-ms") / 1000.0);
+      return;
+    }
   JsonObject *copy = member_object (stats, "ferry-copy");
   if (copy != NULL)
     {
@@ -221,6 +230,96 @@ migrate_recover (const char *name, gboolean verbose)
   return wait_for_job (client, escaped, ferry_json_object_int (job, "id"), verbose);
 }
 
+/* "90", "90s", "10m", "2h", "1d": seconds, or -1. */
+static gint64
+parse_duration (const char *text)
+{
+  char *end = NULL;
+  if (text == NULL || !g_ascii_isdigit (*text))
+    return -1;
+  guint64 value = g_ascii_strtoull (text, &end, 10);
+  guint64 unit = 1;
+  if (g_str_equal (end, "m"))
+    unit = 60;
+  else if (g_str_equal (end, "h"))
+    unit = 3600;
+  else if (g_str_equal (end, "d"))
+    unit = 86400;
+  else if (*end != '\0' && !g_str_equal (end, "s"))
+    return -1;
+  if (value > G_MAXINT64 / unit / 2)
+    return -1;
+  return (gint64) (value * unit);
+}
+
+/* An ISO 8601 time (local time unless it names a zone), or "+DURATION"
+ * from now: unix seconds, or -1. */
+static gint64
+parse_time (const char *text)
+{
+  if (text != NULL && text[0] == '+')
+    {
+      gint64 delta = parse_duration (text + 1);
+      return delta < 0 ? -1 : g_get_real_time () / G_USEC_PER_SEC + delta;
+    }
+  g_autoptr (GTimeZone) local = g_time_zone_new_local ();
+  g_autoptr (GDateTime) time = text ? g_date_time_new_from_iso8601 (text, local) : NULL;
+  return time ? g_date_time_to_unix (time) : -1;
+}
+
+/* ferry migrate cutover NAME [--at TIME]: a warm migration's cutover. */
+static int
+migrate_cutover (int argc, char **argv)
+{
+  g_autofree char *at = NULL;
+  gboolean verbose = FALSE;
+  GOptionEntry entries[] = {
+    { "at", 0, 0, G_OPTION_ARG_STRING, &at, "When (ISO 8601, or +DURATION from now); default now", "TIME" },
+    { "verbose", 0, 0, G_OPTION_ARG_NONE, &verbose, "Print the job's event log at the end", NULL },
+    { NULL }
+  };
+  if (!ferry_cli_parse ("cutover NAME [--at TIME]", "Cut a warm migration over: shut the guest down, copy the "
+                        "last changes, start it on the destination.", entries, &argc, &argv))
+    return 2;
+  if (argc != 3)
+    {
+      g_printerr ("ferry migrate: usage: migrate cutover NAME [--at TIME]\n");
+      return 2;
+    }
+  gint64 when = at ? parse_time (at) : 0;
+  if (when < 0)
+    {
+      g_printerr ("ferry migrate cutover: --at: '%s' is neither an ISO 8601 time (2026-11-22T15:00:00) nor "
+                  "+DURATION (+30m)\n", at);
+      return 2;
+    }
+  g_autoptr (FerryClient) client = ferry_cli_client ();
+  if (client == NULL)
+    return 1;
+  g_autoptr (GError) error = NULL;
+  g_autofree char *escaped = ferry_client_escape (argv[2]);
+  g_autofree char *path = g_strdup_printf ("/v1/vms/%s/job/cutover", escaped);
+  g_autoptr (JsonObject) body = json_object_new ();
+  if (when > 0)
+    json_object_set_int_member (body, "at", when);
+  g_autoptr (JsonObject) reply = ferry_client_call (client, "POST", path, body, &error);
+  if (reply == NULL)
+    return ferry_cli_fail (error);
+  if (when > 0)
+    {
+      if (ferry_global.json)
+        ferry_cli_print_json (reply);
+      else
+        g_print ("cutover of %s scheduled at %s\n", argv[2], at);
+      return 0;
+    }
+  g_autofree char *job_path = g_strdup_printf ("/v1/vms/%s/job", escaped);
+  g_autoptr (JsonObject) job = ferry_client_call (client, "GET", job_path, NULL, &error);
+  if (job == NULL)
+    return ferry_cli_fail (error);
+  return wait_for_job (client, escaped, ferry_json_object_int (job, "id"), verbose);
+}
+
 static int
 migrate_control (int argc, char **argv)
 {
@@ -287,6 +386,9 @@ ferry_cmd_migrate (int argc, char **argv)
   gboolean start = FALSE;
   gboolean delete_source_disks = FALSE;
   gboolean force_stop = FALSE;
+  gboolean warm = FALSE;
+  g_autofree char *precopy_interval = NULL;
+  g_autofree char *cutover = NULL;
   int parallel_disks = -1;
   g_auto (GStrv) storage_map = NULL;
   int bandwidth = -1;
@@ -302,6 +404,12 @@ ferry_cmd_migrate (int argc, char **argv)
     { "live", 0, 0, G_OPTION_ARG_NONE, &live, "Move the running VM (memory and device state)", NULL },
     { "offline", 0, 0, G_OPTION_ARG_NONE, &offline,
       "Move a shut-off VM's definition (with --copy-storage: shut it down and copy its disks)", NULL },
+    { "warm", 0, 0, G_OPTION_ARG_NONE, &warm,
+      "Copy the disks while the VM runs (passes of the changed blocks), then cut over", NULL },
+    { "precopy-interval", 0, 0, G_OPTION_ARG_STRING, &precopy_interval,
+      "Warm: time between passes (default 60m, at least 5s)", "DURATION" },
+    { "cutover", 0, 0, G_OPTION_ARG_STRING, &cutover,
+      "Warm: cut over at this time (ISO 8601, or +DURATION); default: ferry migrate cutover NAME", "TIME" },
     { "copy-storage", 0, 0, G_OPTION_ARG_NONE, &copy_storage,
       "Copy the VM's pool volumes to the destination (sparse, verified, resumable)", NULL },
     { "start", 0, 0, G_OPTION_ARG_NONE, &start, "Start the VM on the destination afterwards", NULL },
@@ -353,6 +461,8 @@ ferry_cmd_migrate (int argc, char **argv)
       else if (argv[i][0] != '-')
         first = argv[i];
     }
+  if (first != NULL && g_str_equal (first, "cutover"))
+    return migrate_cutover (argc, argv);
   if (first != NULL && (g_str_equal (first, "set-max-downtime") || g_str_equal (first, "set-speed")
                         || g_str_equal (first, "postcopy")))
     {
@@ -361,7 +471,7 @@ ferry_cmd_migrate (int argc, char **argv)
         return 2;
       return migrate_control (argc, argv);
     }
-  if (!ferry_cli_parse ("NAME DEST-URL --live|--offline", "Migrate a VM to another host.", entries,
+  if (!ferry_cli_parse ("NAME DEST-URL --live|--offline|--warm", "Migrate a VM to another host.", entries,
                         &argc, &argv))
     return 2;
   if (recover)
@@ -375,12 +485,25 @@ ferry_cmd_migrate (int argc, char **argv)
     }
   if (argc != 3)
     {
-      g_printerr ("ferry migrate: usage: migrate NAME DEST-URL --live|--offline [options]\n");
+      g_printerr ("ferry migrate: usage: migrate NAME DEST-URL --live|--offline|--warm [options]\n");
       return 2;
     }
-  if (live == offline)
+  if (live + offline + warm != 1)
     {
-      g_printerr ("ferry migrate: say exactly one of --live or --offline\n");
+      g_printerr ("ferry migrate: say exactly one of --live, --offline or --warm\n");
+      return 2;
+    }
+  gint64 interval_s = precopy_interval ? parse_duration (precopy_interval) : 0;
+  gint64 cutover_at = cutover ? parse_time (cutover) : 0;
+  if (interval_s < 0)
+    {
+      g_printerr ("ferry migrate: --precopy-interval: '%s' is not a duration (90s, 10m, 2h)\n", precopy_interval);
+      return 2;
+    }
+  if (cutover_at < 0)
+    {
+      g_printerr ("ferry migrate: --cutover: '%s' is neither an ISO 8601 time (2026-11-22T15:00:00) nor "
+                  "+DURATION (+30m)\n", cutover);
       return 2;
     }
   if (bandwidth == 0 || bandwidth < -1 || bandwidth > 1024 * 1024)
@@ -393,7 +516,7 @@ ferry_cmd_migrate (int argc, char **argv)
       g_printerr ("ferry migrate: --max-downtime must be between 1 and 2000000 ms\n");
       return 2;
     }
-  if (offline && (max_downtime > 0 || no_tls || (bandwidth > 0 && !copy_storage)))
+  if (!live && (max_downtime > 0 || no_tls || (bandwidth > 0 && !copy_storage && !warm)))
     {
       g_printerr ("ferry migrate: --max-downtime and --no-tls apply to --live only, --bandwidth to --live "
                   "and --copy-storage\n");
@@ -424,7 +547,11 @@ ferry_cmd_migrate (int argc, char **argv)
 
   g_autoptr (JsonObject) body = json_object_new ();
   json_object_set_string_member (body, "dest", argv[2]);
-  json_object_set_string_member (body, "mode", live ? "live" : "offline");
+  json_object_set_string_member (body, "mode", live ? "live" : warm ? "warm" : "offline");
+  if (precopy_interval != NULL)
+    json_object_set_int_member (body, "precopy_interval_s", interval_s);
+  if (cutover != NULL)
+    json_object_set_int_member (body, "cutover_at", cutover_at);
   json_object_set_boolean_member (body, "persistent", persistent);
   json_object_set_boolean_member (body, "undefine_source", undefine_source);
   json_object_set_boolean_member (body, "tls", !no_tls);
@@ -482,7 +609,15 @@ ferry_cmd_migrate (int argc, char **argv)
   if (started == NULL)
     return ferry_cli_fail (error);
   gint64 job_id = ferry_json_object_int (started, "id");
-  if (detach)
+  if (warm && !ferry_global.json)
+    {
+      /* Pre-copy runs until the cutover, which may be hours away. */
+      g_print ("warm migration job %" G_GINT64_FORMAT " started: %s's disks go over while it runs; follow it "
+               "with `ferry job info %s`, cut over with `ferry migrate cutover %s`%s\n", job_id, argv[1], argv[1],
+               argv[1], cutover ? " (or at the time given)" : "");
+      return 0;
+    }
+  if (detach || warm)
     {
       if (ferry_global.json)
         ferry_cli_print_json (started);

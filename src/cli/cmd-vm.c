@@ -170,6 +170,41 @@ vm_action (FerryClient *client, const char *name, const char *action, JsonObject
   return print_reply (reply, human);
 }
 
+/* The running QEMU's block nodes and the dirty bitmaps on them (a warm
+ * migration's changed-block tracking shows here). */
+static int
+vm_block (FerryClient *client, const char *name)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree char *path = vm_path (name, "/block");
+  g_autoptr (JsonObject) reply = ferry_client_call (client, "GET", path, NULL, &error);
+  if (reply == NULL)
+    return ferry_cli_fail (error);
+  if (ferry_global.json)
+    {
+      ferry_cli_print_json (reply);
+      return 0;
+    }
+  JsonArray *nodes = json_object_get_array_member (reply, "nodes");
+  g_print ("%-28s %-10s %s\n", "NODE", "DRIVER", "FILE / DIRTY BITMAPS");
+  for (guint i = 0; nodes != NULL && i < json_array_get_length (nodes); i++)
+    {
+      JsonObject *node = json_array_get_object_element (nodes, i);
+      g_print ("%-28s %-10s %s\n", ferry_json_object_string (node, "node"),
+               ferry_json_object_string (node, "driver"), ferry_json_object_string (node, "file"));
+      JsonArray *bitmaps = json_object_get_array_member (node, "dirty_bitmaps");
+      for (guint j = 0; bitmaps != NULL && j < json_array_get_length (bitmaps); j++)
+        {
+          JsonObject *bitmap = json_array_get_object_element (bitmaps, j);
+          g_autofree char *dirty = ferry_format_bytes (ferry_json_object_int (bitmap, "count"));
+          g_print ("%-28s %-10s bitmap %s: %s dirty%s%s\n", "", "", ferry_json_object_string (bitmap, "name"), dirty,
+                   json_object_get_boolean_member_with_default (bitmap, "recording", FALSE) ? ", recording" : "",
+                   json_object_get_boolean_member_with_default (bitmap, "persistent", FALSE) ? ", persistent" : "");
+        }
+    }
+  return 0;
+}
+
 static int
 vm_console_log (FerryClient *client, const char *name, int bytes)
 {
@@ -200,12 +235,12 @@ ferry_cmd_vm (int argc, char **argv)
     { "bytes", 0, 0, G_OPTION_ARG_INT, &bytes, "console-log: bytes from the end (default 65536)", "N" },
     { NULL }
   };
-  if (!ferry_cli_parse ("define FILE | list | info | start | shutdown | destroy | undefine | console-log NAME",
+  if (!ferry_cli_parse ("define FILE | list | info | start | shutdown | destroy | undefine | console-log | block NAME",
                         "Manage VMs on an agent.", entries, &argc, &argv))
     return 2;
   if (argc < 2)
     {
-      g_printerr ("ferry vm: say define, list, info, start, shutdown, destroy, undefine or console-log\n");
+      g_printerr ("ferry vm: say define, list, info, start, shutdown, destroy, undefine, console-log or block\n");
       return 2;
     }
   const char *verb = argv[1];
@@ -261,6 +296,8 @@ ferry_cmd_vm (int argc, char **argv)
     }
   if (g_str_equal (verb, "console-log"))
     return vm_console_log (client, name, bytes);
+  if (g_str_equal (verb, "block"))
+    return vm_block (client, name);
   g_printerr ("ferry vm: unknown verb '%s'\n", verb);
   return 2;
 }

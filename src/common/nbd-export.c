@@ -217,3 +217,21 @@ ferry_nbd_export_kill_stale (GPid pid, const char *image)
     }
   return is_qemu_nbd && serves_image && kill (pid, SIGKILL) == 0;
 }
+
+guint16
+ferry_free_tcp_port (const char *host, GError **error)
+{
+  g_autoptr (GInetAddress) address = g_inet_address_new_from_string (host);
+  if (address == NULL)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_FAILED, "'%s' is not an address", host);
+      return 0;
+    }
+  g_autoptr (GSocketAddress) any_port = g_inet_socket_address_new (address, 0);
+  g_autoptr (GSocket) socket = g_socket_new (g_inet_address_get_family (address), G_SOCKET_TYPE_STREAM,
+                                             G_SOCKET_PROTOCOL_TCP, error);
+  if (socket == NULL || !g_socket_bind (socket, any_port, TRUE, error))
+    return 0;
+  g_autoptr (GSocketAddress) bound = g_socket_get_local_address (socket, error);
+  return bound ? g_inet_socket_address_get_port (G_INET_SOCKET_ADDRESS (bound)) : 0;
+}

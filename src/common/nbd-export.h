@@ -53,4 +53,10 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC (FerryNbdExport, ferry_nbd_export_free)
  * TRUE when there was one to kill. */
 gboolean ferry_nbd_export_kill_stale (GPid pid, const char *image);
 
+/* A TCP port the kernel says is free on host now, for a server that
+ * cannot report the port it bound (QEMU 7.2's NBD server, migrate-recover).
+ * Another process could take it before the server binds: callers retry.
+ * 0 on failure. */
+guint16 ferry_free_tcp_port (const char *host, GError **error);
+
 G_END_DECLS

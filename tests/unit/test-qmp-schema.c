@@ -275,6 +275,30 @@ check_ferry_commands (void)
   assert_built ("blockdev-del", ferry_qmp_args_id ("node-name", "ferry-mirror-disk0"));
   assert_built ("block-export-del", ferry_qmp_args_id ("id", "ferry-export-disk0"));
   assert_built ("nbd-server-stop", NULL);
+  /* Warm migration. */
+  assert_built ("blockdev-add", ferry_qmp_args_blockdev_add_snapshot ("ferry-snap-3-disk0", "/var/lib/ferry/run/s.qcow2",
+                                                                      "disk0"));
+  FerryQmpSnapshotDisk snapshot[2] = {
+    { "disk0", "ferry-3-2", TRUE, "ferry-3-1", "ferry-snap-3-disk0", "ferry-snap-3-disk0" },
+    { "disk1", NULL, FALSE, "ferry-3-1", "ferry-snap-3-disk1", "ferry-snap-3-disk1" },
+  };
+  assert_built ("transaction", ferry_qmp_args_snapshot_transaction (snapshot, 2));
+  assert_built ("block-export-add", ferry_qmp_args_block_export_add_snapshot ("ferry-warm-disk0", "ferry-snap-3-disk0",
+                                                                             "disk0", "disk0", "ferry-3-1"));
+  assert_built ("block-export-add", ferry_qmp_args_block_export_add_snapshot ("ferry-warm-disk0", "ferry-snap-3-disk0",
+                                                                             "disk0", NULL, NULL));
+  assert_built ("block-export-del", ferry_qmp_args_block_export_del ("ferry-warm-disk0"));
+  assert_built ("block-dirty-bitmap-remove", ferry_qmp_args_bitmap_remove ("disk0", "ferry-3-1"));
+  assert_built ("set-action", ferry_qmp_args_set_shutdown_action (TRUE));
+  assert_built ("set-action", ferry_qmp_args_set_shutdown_action (FALSE));
+  assert_built ("system_powerdown", NULL);
+  assert_built ("system_reset", NULL);
+  assert_built ("stop", NULL);
+  assert_built ("cont", NULL);
+  assert_built ("query-named-block-nodes", NULL);
+  JsonObject *flat = json_object_new ();
+  json_object_set_boolean_member (flat, "flat", TRUE);
+  assert_built ("query-named-block-nodes", flat);
   assert_built ("query-block-jobs", NULL);
   assert_built ("query-blockstats", NULL);
 }

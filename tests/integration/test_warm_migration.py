@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Warm migration: the disks go over in passes while the guest runs.
+
+A VM with a 4 GiB qcow2 root (a few hundred MiB of scattered extents) and a
+raw log disk its disk writer appends checksummed records to runs on hosta.
+
+- Bad input: a warm migration of a shut-off VM (the message says to use a
+  cold one), an interval below the minimum, a cutover time in the past, a
+  time that is not one.
+- Cancel during pre-copy: the guest never stopped (same boot, ticking),
+  QEMU holds no ferry bitmap or snapshot node, hostb has no volume left.
+- The migration itself, every 5 s: at least 3 passes, each after the first
+  copying far less than the disk; hosta's agent restarted between passes,
+  and the next pass still copies only the changes; a cutover scheduled a
+  few seconds ahead fires at its time; every record the writer reported
+  durable is on hostb's log disk, every extent on its root disk, and the VM
+  boots and runs there. The downtime is reported; hosta keeps no bitmap.
+"""
+
+import json
+import os
+import re
+import time
+
+from ferrytest import (BUILD, Cluster, ensure_guest, guest_spec, job, log, main, run, wait_for_console,
+                       wait_for_ticks, wait_job_done, wait_until)
+
+MiB = 1024 * 1024
+DISK_CHECK = os.path.join(BUILD, "guest/disk-check")
+EXTENTS = [(0, 1, 0x11), (100, 64, 0x22), (700, 96, 0x33), (2048, 40, 0x55), (4095, 1, 0x77)]
+INTERVAL_S = 5
+
+
+def durable_seq(console_text):
+    found = re.findall(r"durable seq=(\d+)", console_text)
+    return int(found[-1]) if found else 0
+
+
+def warm_state(host, vm, completed=False):
+    info = job(host, vm, completed=completed)
+    if not completed and info["state"] in ("failed", "cancelled"):
+        raise AssertionError(f"the warm migration ended: {info['state']}: {info.get('error')}")
+    return info["stats"].get("ferry-warm", {})
+
+
+def iterations(host, vm):
+    return warm_state(host, vm).get("iterations", [])
+
+
+def ferry_block_objects(host, vm):
+    """Bitmaps and snapshot nodes of ferry's in the VM's QEMU."""
+    nodes = host.cli("vm", "block", vm, json_output=True)["nodes"]
+    found = [node["node"] for node in nodes if node["node"] and node["node"].startswith("ferry-")]
+    for node in nodes:
+        found += [bitmap["name"] for bitmap in node["dirty_bitmaps"] if bitmap["name"].startswith("ferry-")]
+    return found
+
+
+def test():
+    kernel, initrd = ensure_guest()
+    cluster = Cluster(need_netns=True, agent_args={"hosta": ["--shutdown-timeout", "3"],
+                                                   "hostb": ["--shutdown-timeout", "3"]})
+    a, b = cluster.a, cluster.b
+    a_pool = os.path.join(a.state_dir, "pools", "default")
+    b_pool = os.path.join(b.state_dir, "pools", "default")
+
+    a.cli("volume", "create", "default", "vm1-root.qcow2", "--size", "4G")
+    a.cli("volume", "create", "default", "vm1-log", "--size", "64M", "--format", "raw")
+    root_a = os.path.join(a_pool, "vm1-root.qcow2")
+    for offset, length, pattern in EXTENTS:
+        run(["qemu-io", "-f", "qcow2", "-c", f"write -P {pattern} {offset}M {length}M", root_a])
+    data_bytes = sum(length for _, length, _ in EXTENTS) * MiB
+    spec = guest_spec(os.path.join(cluster.workdir, "vm1.json"), "vm1", kernel, initrd,
+                      disks=[{"volume": "vm1-root.qcow2", "format": "qcow2"},
+                             {"volume": "vm1-log", "format": "raw"}],
+                      extra_cmdline="ferry.diskwriter=/dev/vdb ferry.diskwriter_rate=50")
+    a.cli("vm", "define", spec)
+
+    log("bad input")
+    refused = a.cli("migrate", "vm1", b.url, "--warm", check=False)
+    assert refused.returncode != 0 and "use a cold migration" in refused.stderr, refused.stderr
+    log(f"  shut-off VM: {refused.stderr.strip()}")
+    a.cli("vm", "start", "vm1")
+    _, boot_a = wait_for_ticks(a, "vm1", beyond=2)
+    wait_for_console(a, "vm1", r"durable seq=[0-9]{2,}")
+    refused = a.cli("migrate", "vm1", b.url, "--warm", "--precopy-interval", "2s", check=False)
+    assert refused.returncode != 0 and "precopy_interval_s" in refused.stderr, refused.stderr
+    log(f"  interval: {refused.stderr.strip()}")
+    refused = a.cli("migrate", "vm1", b.url, "--warm", "--cutover", "2020-01-01T00:00:00Z", check=False)
+    assert refused.returncode != 0 and "in the past" in refused.stderr, refused.stderr
+    log(f"  cutover: {refused.stderr.strip()}")
+    refused = a.cli("migrate", "vm1", b.url, "--warm", "--cutover", "teatime", check=False)
+    assert refused.returncode == 2 and "ISO 8601" in refused.stderr, refused.stderr
+    refused = a.cli("migrate", "cutover", "vm1", check=False)
+    assert refused.returncode != 0 and "no outgoing migration" in refused.stderr, refused.stderr
+    assert a.vms()["vm1"]["state"] == "running"
+
+    log("cancel during pre-copy: the guest never stops, nothing is left on either side")
+    a.cli("migrate", "vm1", b.url, "--warm", "--precopy-interval", f"{INTERVAL_S}s")
+    wait_until("2 passes", lambda: len(iterations(a, "vm1")) >= 2, timeout=300)
+    assert ferry_block_objects(a, "vm1"), "a warm migration tracks changes with a bitmap"
+    a.cli("job", "abort", "vm1")
+    info = wait_job_done(a, "vm1", timeout=120)
+    assert info["state"] == "cancelled", info
+    wait_for_ticks(a, "vm1", beyond=0, boot_id=boot_a)
+    left = ferry_block_objects(a, "vm1")
+    assert not left, f"left in QEMU after cancel: {left}"
+    wait_until("hostb to remove its copies", lambda: not os.listdir(b_pool), timeout=60)
+    assert "vm1" not in b.vms()
+    assert not [f for f in os.listdir(os.path.join(a.state_dir, "run")) if f.startswith("ferry-snap")]
+
+    log("warm migration, a pass every 5 s")
+    a.cli("migrate", "vm1", b.url, "--warm", "--precopy-interval", f"{INTERVAL_S}s", "--force-stop")
+    wait_until("3 passes", lambda: len(iterations(a, "vm1")) >= 3, timeout=300)
+    passes = iterations(a, "vm1")
+    log(f"passes: {json.dumps(passes)}")
+    first = passes[0]
+    assert first["bytes_copied"] >= data_bytes and first["bytes_copied"] <= data_bytes + 64 * MiB, first
+    for later in passes[1:]:
+        # The writer adds about 200 KiB/s: a pass copies that, not the disk.
+        assert later["bytes_copied"] < 16 * MiB, later
+        assert later["bytes_changed"] > 0, f"the guest wrote, yet pass {later['pass']} found nothing: {later}"
+
+    log("hosta's agent restarted between passes: the next pass copies only the changes")
+    wait_until("a pass to end", lambda: not warm_state(a, "vm1").get("pass_running"), timeout=120)
+    done_before = len(iterations(a, "vm1"))
+    a.stop_agent()
+    a.start_agent()
+    wait_until("the next pass after the restart", lambda: len(iterations(a, "vm1")) > done_before, timeout=180)
+    after = iterations(a, "vm1")[-1]
+    log(f"pass after restart: {json.dumps(after)}")
+    assert after["bytes_copied"] < 16 * MiB and after["bytes_changed"] > 0, after
+    wait_for_ticks(a, "vm1", beyond=0, boot_id=boot_a)
+
+    log("cutover scheduled 6 s ahead")
+    at = int(time.time()) + 6
+    a.cli("migrate", "cutover", "vm1", "--at", time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(at)))
+    info = wait_job_done(a, "vm1", timeout=300)
+    assert info["state"] == "completed", info
+    info = job(a, "vm1", completed=True)
+    events = info.get("events", [])
+    reached = [e for e in events if "cutover time reached" in e["message"]]
+    assert reached and reached[0]["time_us"] / 1e6 >= at, f"cutover fired early: {reached} (at {at})"
+    downtime_ms = info["stats"]["ferry-guest-downtime-ms"]
+    final = info["stats"]["ferry-warm"]["iterations"][-1]
+    log(f"final pass: {json.dumps(final)}; downtime {downtime_ms} ms")
+    assert final["final"] and final["bytes_copied"] < 16 * MiB, final
+    assert 0 < downtime_ms < 120000, downtime_ms
+
+    log("hostb runs the VM from the copied disks; every durable record is there")
+    last_durable = durable_seq(a.console("vm1"))
+    assert last_durable > 50, f"the writer reported too little: {last_durable}"
+    wait_for_ticks(b, "vm1", beyond=2)
+    wait_for_console(b, "vm1", r"resume_seq=[0-9]+")
+    resumed = int(re.findall(r"resume_seq=(\d+)", b.console("vm1"))[-1])
+    assert resumed > last_durable, f"writer resumed at {resumed}, durable on hosta was {last_durable}"
+    result = run([DISK_CHECK, "--expect-at-least", str(last_durable), os.path.join(b_pool, "vm1-log")],
+                 check=False)
+    assert result.returncode == 0, result.stdout
+    for offset, length, pattern in EXTENTS:
+        run(["qemu-io", "-U", "-r", "-f", "qcow2", "-c", f"read -P {pattern} {offset}M {length}M",
+             os.path.join(b_pool, "vm1-root.qcow2")])
+    assert a.vms()["vm1"]["state"] == "shutoff", a.vms()
+    image = json.loads(run(["qemu-img", "info", "-U", "--output=json", root_a]).stdout)
+    bitmaps = image.get("format-specific", {}).get("data", {}).get("bitmaps", [])
+    assert not bitmaps, f"bitmaps stayed in hosta's image: {bitmaps}"
+    b.cli("vm", "destroy", "vm1")
+
+
+if __name__ == "__main__":
+    main(test)
