@@ -462,6 +462,21 @@ JsonObject *mig_cold_dst_prepare (FerryAgent *agent, JsonObject *request, const 
 /* Defines (and starts) the VM; returns into task (consumed). A warm
  * migration answers once the VM runs. */
 void mig_cold_dst_finish (FerryJob *job, GTask *task);
+/* The body of POST …/pass, checked (untrusted: a peer's). */
+#define FERRY_WARM_MAX_NAME 64
+typedef struct {
+  guint index;
+  guint16 port;
+  char export_name[FERRY_WARM_MAX_NAME + 1];
+  char bitmap[FERRY_WARM_MAX_NAME + 1];      /* empty: copy everything allocated */
+} FerryWarmPassDisk;
+typedef struct {
+  gint64 pass;
+  gboolean final;
+  guint n_disks;
+  FerryWarmPassDisk disks[FERRY_SPEC_MAX_DISKS];
+} FerryWarmPass;
+gboolean mig_warm_pass_parse (JsonObject *request, FerryWarmPass *pass, GError **error);
 /* POST /v1/migrations/incoming/UUID/pass (warm migration). */
 JsonObject *mig_cold_dst_pass (FerryAgent *agent, const char *uuid, JsonObject *request, GError **error);
 void mig_cold_dst_abort (FerryJob *job, const char *reason);

@@ -1088,25 +1088,39 @@ mig_cold_dst_prepare (FerryAgent *agent, JsonObject *request, const char *peer_a
 static const char *const pass_fields[] = { "pass", "final", "disks", NULL };
 static const char *const pass_disk_fields[] = { "index", "port", "export", "bitmap", NULL };
 
-/* Points each disk at the pass's snapshot export and forgets the previous
- * pass's chunks. */
+/* Export and bitmap names end up in NBD URIs and meta context names. */
 static gboolean
-apply_pass (FerryJob *job, JsonObject *request, GError **error)
+name_is_safe (const char *name)
 {
-  ColdDst *cold = cold_of (job);
+  if (name == NULL || *name == '\0' || strlen (name) > FERRY_WARM_MAX_NAME)
+    return FALSE;
+  for (const char *c = name; *c != '\0'; c++)
+    if (!g_ascii_isalnum (*c) && *c != '-' && *c != '_' && *c != '.')
+      return FALSE;
+  return TRUE;
+}
+
+gboolean
+mig_warm_pass_parse (JsonObject *request, FerryWarmPass *pass, GError **error)
+{
+  *pass = (FerryWarmPass) { 0 };
+  if (!ferry_json_reject_unknown (request, pass_fields, error)
+      || !ferry_json_get_int (request, "pass", TRUE, 1, G_MAXINT32, &pass->pass, error)
+      || !ferry_json_get_bool (request, "final", FALSE, &pass->final, error))
+    return FALSE;
   JsonNode *node = json_object_get_member (request, "disks");
-  if (node == NULL || !JSON_NODE_HOLDS_ARRAY (node)
-      || json_array_get_length (json_node_get_array (node)) != cold->disks->len)
+  JsonArray *array = node && JSON_NODE_HOLDS_ARRAY (node) ? json_node_get_array (node) : NULL;
+  if (array == NULL || json_array_get_length (array) == 0 || json_array_get_length (array) > FERRY_SPEC_MAX_DISKS)
     {
-      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
-                   "disks: a list with one entry for each of the %u disks", cold->disks->len);
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "disks: a list of 1 to %d disks",
+                   FERRY_SPEC_MAX_DISKS);
       return FALSE;
     }
-  JsonArray *array = json_node_get_array (node);
   for (guint i = 0; i < json_array_get_length (array); i++)
     {
       JsonNode *element = json_array_get_element (array, i);
       JsonObject *entry = JSON_NODE_HOLDS_OBJECT (element) ? json_node_get_object (element) : NULL;
+      FerryWarmPassDisk *disk = &pass->disks[i];
       g_autoptr (GError) local = NULL;
       gint64 index = 0, port = 0;
       g_autofree char *export = NULL, *bitmap = NULL;
@@ -1124,22 +1138,58 @@ apply_pass (FerryJob *job, JsonObject *request, GError **error)
           g_set_error (error, FERRY_ERROR, local->code, "disks[%u].%s", i, local->message);
           return FALSE;
         }
-      if (disk_by_index (cold, (guint) index) == NULL)
+      if (!name_is_safe (export) || (bitmap != NULL && !name_is_safe (bitmap)))
         {
-          g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "disks[%u].index: no disk %"
-                       G_GINT64_FORMAT " in this migration", i, index);
+          g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "disks[%u].%s: 1 to %d letters, digits, "
+                       "'-', '_' or '.'", i, name_is_safe (export) ? "bitmap" : "export", FERRY_WARM_MAX_NAME);
           return FALSE;
         }
+      for (guint j = 0; j < i; j++)
+        if (pass->disks[j].index == (guint) index)
+          {
+            g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "disks[%u].index: disk %"
+                         G_GINT64_FORMAT " is listed twice", i, index);
+            return FALSE;
+          }
+      disk->index = (guint) index;
+      disk->port = (guint16) port;
+      g_strlcpy (disk->export_name, export, sizeof disk->export_name);
+      if (bitmap != NULL)
+        g_strlcpy (disk->bitmap, bitmap, sizeof disk->bitmap);
+      pass->n_disks++;
     }
-  for (guint i = 0; i < json_array_get_length (array); i++)
+  return TRUE;
+}
+
+/* Points each disk at the pass's snapshot export. */
+static gboolean
+apply_pass (FerryJob *job, JsonObject *request, GError **error)
+{
+  ColdDst *cold = cold_of (job);
+  FerryWarmPass pass;
+  if (!mig_warm_pass_parse (request, &pass, error))
+    return FALSE;
+  for (guint i = 0; i < pass.n_disks; i++)
+    if (disk_by_index (cold, pass.disks[i].index) == NULL)
+      {
+        g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "disks[%u].index: no disk %u in this "
+                     "migration", i, pass.disks[i].index);
+        return FALSE;
+      }
+  if (pass.n_disks != cold->disks->len)
     {
-      JsonObject *entry = json_array_get_object_element (array, i);
-      ColdDisk *disk = disk_by_index (cold, (guint) ferry_json_object_int (entry, "index"));
-      disk->port = (guint16) ferry_json_object_int (entry, "port");
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
+                   "disks: one entry for each of the %u disks", cold->disks->len);
+      return FALSE;
+    }
+  for (guint i = 0; i < pass.n_disks; i++)
+    {
+      ColdDisk *disk = disk_by_index (cold, pass.disks[i].index);
+      disk->port = pass.disks[i].port;
       g_free (disk->export_name);
-      disk->export_name = g_strdup (ferry_json_object_string (entry, "export"));
+      disk->export_name = g_strdup (pass.disks[i].export_name);
       g_free (disk->bitmap);
-      disk->bitmap = g_strdup (ferry_json_object_string (entry, "bitmap"));
+      disk->bitmap = pass.disks[i].bitmap[0] != '\0' ? g_strdup (pass.disks[i].bitmap) : NULL;
       set_source_uri (cold, disk, cold->peer_address);
     }
   return TRUE;
@@ -1151,17 +1201,16 @@ mig_cold_dst_pass (FerryAgent *agent, const char *uuid, JsonObject *request, GEr
 {
   FerryJob *job = ferry_job_lookup_uuid (agent, uuid, FERRY_JOB_ROLE_DESTINATION);
   ColdDst *cold = job ? cold_of (job) : NULL;
-  gint64 pass = 0;
-  gboolean final = FALSE;
+  FerryWarmPass parsed;
   if (cold == NULL || !cold->warm)
     {
       g_set_error (error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "destination: no warm migration %s", uuid);
       return NULL;
     }
-  if (!ferry_json_reject_unknown (request, pass_fields, error)
-      || !ferry_json_get_int (request, "pass", TRUE, 1, G_MAXINT32, &pass, error)
-      || !ferry_json_get_bool (request, "final", FALSE, &final, error))
+  if (!mig_warm_pass_parse (request, &parsed, error))
     return NULL;
+  gint64 pass = parsed.pass;
+  gboolean final = parsed.final;
   JsonObject *reply = json_object_new ();
   json_object_set_string_member (reply, "uuid", job->uuid);
   json_object_set_int_member (reply, "pass", pass);

@@ -696,13 +696,18 @@ mig_warm_src_on_destination (FerryJob *job, const char *state, JsonObject *reply
       double share = total > 0 ? done / total : 0;
       if (warm->pass == 1)
         ferry_job_set_progress (job, 5 + 55 * share, json_object_get_double_member_with_default (copy, "eta_s", -1));
-      else if (warm->pass_final)
+      else if (!warm->pass_final)
+        /* Later passes keep the copy current: the bar waits at 60 % for the cutover. */
+        ferry_job_set_progress (job, 60, -1);
+      else
         ferry_job_set_progress (job, 80 + 10 * share, json_object_get_double_member_with_default (copy, "eta_s", -1));
     }
   return TRUE;
 }
 
 /* ---- start ---------------------------------------------------------------------------- */
+
+static void arm_cutover_timer (FerryJob *job);
 
 static gboolean
 on_cutover_timer (gpointer user_data)
@@ -714,6 +719,13 @@ on_cutover_timer (gpointer user_data)
   warm->cutover_timer = 0;
   if (job->state != FERRY_JOB_PRECOPY)
     return G_SOURCE_REMOVE;
+  if (g_get_real_time () < warm->cutover_at_us)
+    {
+      /* The timer runs on the monotonic clock; the time asked for is wall
+       * clock (and the wall clock may have been set back). */
+      arm_cutover_timer (job);
+      return G_SOURCE_REMOVE;
+    }
   ferry_job_event (job, "info", "cutover time reached");
   /* A pass in flight finishes first; its end starts the cutover. */
   if (!warm->pass_running && !warm->qmp_busy)
@@ -729,7 +741,7 @@ arm_cutover_timer (FerryJob *job)
   if (warm->cutover_at_us == 0)
     return;
   gint64 now = g_get_real_time ();
-  guint delay_ms = (guint) MIN ((warm->cutover_at_us - MIN (now, warm->cutover_at_us)) / 1000, G_MAXUINT);
+  guint delay_ms = (guint) MIN ((warm->cutover_at_us - MIN (now, warm->cutover_at_us) + 999) / 1000, G_MAXUINT);
   warm->cutover_timer = g_timeout_add_full (G_PRIORITY_DEFAULT, delay_ms, on_cutover_timer,
                                             ferry_job_ref_new (job), g_free);
 }

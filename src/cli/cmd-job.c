@@ -84,7 +84,8 @@ ferry_print_job (JsonObject *job)
 
   g_print ("%-20s %s\n", "Job type:", type);
   g_print ("%-20s %s %s\n", "Operation:", g_strcmp0 (role, "source") == 0 ? "Outgoing" : "Incoming",
-           g_strcmp0 (kind, "migrate-live") == 0 ? "live migration" : "offline migration");
+           g_strcmp0 (kind, "migrate-live") == 0 ? "live migration"
+           : member_object (stats, "ferry-warm") ? "warm migration" : "offline migration");
   g_print ("%-20s %s\n", "State:", state);
   if (ferry_json_object_string (job, "peer"))
     g_print ("%-20s %s\n", "Peer:", ferry_json_object_string (job, "peer"));

@@ -48,5 +48,12 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     check_error (error);
   else if (spec == NULL || !g_uuid_string_is_valid (uuid))
     abort ();
+  g_clear_error (&error);
+
+  FerryWarmPass pass;
+  if (!mig_warm_pass_parse (object, &pass, &error))
+    check_error (error);
+  else if (pass.pass < 1 || pass.n_disks == 0 || pass.n_disks > FERRY_SPEC_MAX_DISKS)
+    abort ();
   return 0;
 }

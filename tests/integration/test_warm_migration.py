@@ -10,8 +10,8 @@ raw log disk its disk writer appends checksummed records to runs on hosta.
 - Cancel during pre-copy: the guest never stopped (same boot, ticking),
   QEMU holds no ferry bitmap or snapshot node, hostb has no volume left.
 - The migration itself, every 5 s: at least 3 passes, each after the first
-  copying far less than the disk; hosta's agent restarted between passes,
-  and the next pass still copies only the changes; a cutover scheduled a
+  copying far less than the disk; hosta's agent, then hostb's, restarted
+  between passes, and the next pass still copies only the changes; a cutover scheduled a
   few seconds ahead fires at its time; every record the writer reported
   durable is on hostb's log disk, every extent on its root disk, and the VM
   boots and runs there. The downtime is reported; hosta keeps no bitmap.
@@ -130,7 +130,22 @@ def test():
     after = iterations(a, "vm1")[-1]
     log(f"pass after restart: {json.dumps(after)}")
     assert after["bytes_copied"] < 16 * MiB and after["bytes_changed"] > 0, after
+
+    log("hostb's agent restarted between passes too")
+    wait_until("a pass to end", lambda: not warm_state(a, "vm1").get("pass_running"), timeout=120)
+    done_before = len(iterations(a, "vm1"))
+    b.stop_agent()
+    b.start_agent()
+    wait_until("the next pass after hostb's restart", lambda: len(iterations(a, "vm1")) > done_before,
+               timeout=180)
+    after = iterations(a, "vm1")[-1]
+    log(f"pass after hostb's restart: {json.dumps(after)}")
+    assert after["bytes_copied"] < 16 * MiB and after["bytes_changed"] > 0, after
     wait_for_ticks(a, "vm1", beyond=0, boot_id=boot_a)
+
+    human = a.cli("job", "info", "vm1").stdout
+    assert "Iterations:" in human and "Next pass:" in human and "Cutover:" in human, human
+    log("job info:\n" + human)
 
     log("cutover scheduled 6 s ahead")
     at = int(time.time()) + 6

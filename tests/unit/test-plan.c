@@ -158,6 +158,42 @@ test_option_conflicts_refused (void)
   assert_refused ("{\"dest\": \"x\", \"mode\": \"sideways\"}", "mode");
   assert_refused ("{\"dest\": \"x\"}", "mode");
   assert_refused ("{\"dest\": \"x\", \"mode\": \"live\", \"bogus\": 1}", "bogus");
+  /* Warm migration. */
+  assert_refused ("{\"dest\": \"x\", \"mode\": \"warm\", \"precopy_interval_s\": 4}", "precopy_interval_s");
+  assert_refused ("{\"dest\": \"x\", \"mode\": \"warm\", \"cutover_at\": 1000}", "in the past");
+  assert_refused ("{\"dest\": \"x\", \"mode\": \"warm\", \"cutover_at\": -5}", "cutover_at");
+  assert_refused ("{\"dest\": \"x\", \"mode\": \"offline\", \"persistent\": true, \"copy_storage\": true, "
+                  "\"precopy_interval_s\": 60}", "apply to warm migration");
+  assert_refused ("{\"dest\": \"x\", \"mode\": \"live\", \"cutover_at\": 4000000000}", "apply to warm migration");
+  assert_refused ("{\"dest\": \"x\", \"mode\": \"warm\", \"postcopy\": true}", "live migration only");
+}
+
+static void
+test_warm_options (void)
+{
+  gint64 later = g_get_real_time () / G_USEC_PER_SEC + 3600;
+  g_autofree char *json = g_strdup_printf ("{\"dest\": \"https://b:7711\", \"mode\": \"warm\", "
+                                           "\"precopy_interval_s\": 600, \"cutover_at\": %" G_GINT64_FORMAT
+                                           ", \"storage_map\": [\"a=b\"]}", later);
+  g_autoptr (JsonObject) request = body (json);
+  g_autofree char *dest = NULL;
+  g_autoptr (GError) error = NULL;
+  FerryMigrateOptions options;
+  g_assert_true (ferry_migrate_options_parse (request, &dest, &options, &error));
+  g_assert_no_error (error);
+  /* Warm implies the disk copy and a start on the destination. */
+  g_assert_true (options.warm && options.copy_storage && options.start && !options.live);
+  g_assert_cmpint (options.precopy_interval_s, ==, 600);
+  g_assert_cmpint (options.cutover_at, ==, later);
+  /* Stored and read back by a restarted agent. */
+  g_autoptr (JsonObject) stored = ferry_migrate_options_to_json (&options);
+  g_autoptr (JsonNode) node = json_node_init_object (json_node_alloc (), stored);
+  g_autofree char *text = json_to_string (node, FALSE);
+  FerryMigrateOptions restored;
+  ferry_migrate_options_from_stored (text, &restored);
+  g_assert_true (restored.warm);
+  g_assert_cmpint (restored.precopy_interval_s, ==, 600);
+  g_assert_cmpint (restored.cutover_at, ==, later);
 }
 
 int
@@ -171,5 +207,6 @@ main (int argc, char **argv)
   g_test_add_func ("/plan/postcopy-bounded", test_postcopy_bounded_by_one_pass_and_the_rest);
   g_test_add_func ("/options/defaults", test_option_defaults);
   g_test_add_func ("/options/conflicts-refused", test_option_conflicts_refused);
+  g_test_add_func ("/options/warm", test_warm_options);
   return g_test_run ();
 }
