@@ -38,7 +38,7 @@ check-unit: build
 # failures and restarts, storage mirrors (the option matrix and the capture
 # run only in the plain build, to keep make check short).
 ASAN_INTEGRATION = test_live_migration test_failures test_restart_offline test_bad_input \
-	test_postcopy_recover test_cold_failures test_live_storage
+	test_postcopy_recover test_cold_failures test_live_storage test_warm_migration
 
 # Unit tests with leak checking, then the real-QEMU tests driving an
 # instrumented ferryd and ferry (leaks are valgrind's job there: the

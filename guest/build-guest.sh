@@ -21,7 +21,8 @@ readonly META_PKG=linux-image-cloud-amd64
 readonly BUSYBOX=/bin/busybox
 # Loaded in this order (after their dependencies): virtio_pci first so the
 # block, net and console drivers find their devices when they register.
-readonly WANTED_MODULES=(virtio_pci virtio_blk virtio_net virtio_console)
+# button + evdev: the ACPI power button reaches busybox acpid (ferry.acpi_poweroff)
+readonly WANTED_MODULES=(virtio_pci virtio_blk virtio_net virtio_console button evdev)
 readonly GUEST_PROGRAMS=(ferry-tick ferry-dirtier ferry-diskwriter)
 readonly SOURCES=(init record.h guest-common.h ferry-tick.c ferry-dirtier.c
                   ferry-diskwriter.c disk-check.c)

@@ -73,7 +73,7 @@ def test():
     spec = guest_spec(os.path.join(cluster.workdir, "vm1.json"), "vm1", kernel, initrd,
                       disks=[{"volume": "vm1-root.qcow2", "format": "qcow2"},
                              {"volume": "vm1-log", "format": "raw"}],
-                      extra_cmdline="ferry.diskwriter=/dev/vdb ferry.diskwriter_rate=50")
+                      extra_cmdline="ferry.diskwriter=/dev/vdb ferry.diskwriter_rate=50 ferry.acpi_poweroff=1")
     a.cli("vm", "define", spec)
 
     log("bad input")
@@ -156,6 +156,9 @@ def test():
     events = info.get("events", [])
     reached = [e for e in events if "cutover time reached" in e["message"]]
     assert reached and reached[0]["time_us"] / 1e6 >= at, f"cutover fired early: {reached} (at {at})"
+    shut = [e for e in events if "guest shut down; copying the last changes" in e["message"]]
+    assert shut, "the guest powers off on the ACPI request: the cutover should not need --force-stop"
+    assert "ferry-guest: ACPI power off" in a.console("vm1")
     downtime_ms = info["stats"]["ferry-guest-downtime-ms"]
     final = info["stats"]["ferry-warm"]["iterations"][-1]
     log(f"final pass: {json.dumps(final)}; downtime {downtime_ms} ms")
