@@ -359,7 +359,7 @@ on_estimated (GObject *source, GAsyncResult *result, gpointer user_data)
 static void
 on_block_nodes (GObject *source, GAsyncResult *result, gpointer user_data)
 {
-  g_autoptr (SoupServerMessage) msg = user_data;
+  SoupServerMessage *msg = user_data; /* finish_paused drops it */
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonNode) nodes = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
   g_autoptr (JsonObject) reply = NULL;

@@ -917,6 +917,8 @@ open_local_export (FerryJob *job, ColdDisk *disk, GError **error)
 static void
 set_source_uri (ColdDst *cold, ColdDisk *disk, const char *host)
 {
+  if (disk->export_name == NULL)
+    return; /* a warm migration's exports come with each pass */
   g_free (disk->source_uri);
   disk->source_uri = ferry_nbd_tls_uri (host, disk->port, disk->export_name, cold->client_tls);
 }

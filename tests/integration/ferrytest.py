@@ -64,6 +64,26 @@ def wait_until(what, predicate, timeout=120.0, interval=0.2):
                          + (f" (last error: {last_error})" if last_error else ""))
 
 
+_clusters = []
+# What an agent must never log: GLib's programming-error reports and the
+# sanitizers' findings (the instrumented build keeps running after some).
+AGENT_BUGS = re.compile(r"CRITICAL \*\*|AddressSanitizer|runtime error:")
+
+
+def assert_agents_clean():
+    for cluster in _clusters:
+        for host in (cluster.a, cluster.b):
+            try:
+                with open(host.log_path, errors="replace") as handle:
+                    text = handle.read()
+            except FileNotFoundError:
+                continue
+            found = AGENT_BUGS.search(text)
+            if found:
+                start = text.rfind("\n", 0, max(0, found.start() - 400)) + 1
+                raise AssertionError(f"ferryd on {host.name} reported a bug:\n{text[start:found.end() + 600]}")
+
+
 def _cleanup_all():
     while _cleanups:
         action = _cleanups.pop()
@@ -211,6 +231,7 @@ class Cluster:
         self.a = Host(self, "hosta", addresses[0], self.netns[0], veths[0], agent_args.get("hosta"))
         self.b = Host(self, "hostb", addresses[1], self.netns[1], veths[1], agent_args.get("hostb"))
         _cleanups.append(self._stop_everything)
+        _clusters.append(self)
         self.a.start_agent()
         self.b.start_agent()
 
@@ -341,6 +362,7 @@ def main(test):
     """Runs a test function, printing a clear verdict; exit status for meson."""
     try:
         test()
+        assert_agents_clean()
     except AssertionError as error:
         log(f"FAIL: {error}")
         _cleanup_all()

@@ -74,7 +74,7 @@ def test():
     expect_error(a.cli("migrate", "vm1", b.url, "--live", check=False), "shutoff", "--offline")
 
     log("CLI argument errors")
-    expect_error(a.cli("migrate", "vm1", b.url, check=False), "--live or --offline")
+    expect_error(a.cli("migrate", "vm1", b.url, check=False), "--live, --offline or --warm")
     expect_error(a.cli("migrate", "vm1", b.url, "--live", "--bandwidth", "-5", check=False), "--bandwidth")
     expect_error(a.cli("migrate", "vm1", "ftp://x", "--offline", "--persistent", check=False), "https")
 
