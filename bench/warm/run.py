@@ -134,8 +134,12 @@ def warm_run(cluster, vm, interval_s, passes_wanted):
         record["copied_over_changed"] = round(entry["bytes_copied"] / changed, 3)
         if "wire_bytes" in record:
             record["wire_over_changed"] = round(record["wire_bytes"] / changed, 3)
-        record["throughput_mib_s"] = round(entry["bytes_copied"] / MIB / max(entry["duration_s"], 1e-3), 1)
-        record["of_link_rate"] = round(entry["bytes_copied"] / max(entry["duration_s"], 1e-3) / LINK_BYTES_S, 3)
+        # Throughput of the copy itself (the destination's time, digest
+        # check included) and of the whole pass (snapshot to cleanup).
+        copy_s = max(entry.get("copy_s") or entry["duration_s"], 1e-3)
+        record["throughput_mib_s"] = round(entry["bytes_copied"] / MIB / copy_s, 1)
+        record["of_link_rate"] = round(entry["bytes_copied"] / copy_s / LINK_BYTES_S, 3)
+        record["pass_of_link_rate"] = round(entry["bytes_copied"] / max(entry["duration_s"], 1e-3) / LINK_BYTES_S, 3)
         passes.append(record)
     shut_down = event_time(info, "guest shut down")
     return {
@@ -167,14 +171,14 @@ def markdown(report):
              f"{report['config']['churn_mib_s']} MiB/s; passes every {report['config']['interval_s']} s. Link: "
              f"veth shaped to 1 Gbit/s with tc tbf; hosts are network namespaces on one machine "
              f"({report['environment']['cpus']} CPUs, TCG guests). Rerun: `python3 bench/warm/run.py`.", "",
-             "| pass | changed MiB | copied MiB | wire MiB | copied / changed | wire / changed | duration s | "
-             "MiB/s | of link rate |", "|---|---|---|---|---|---|---|---|---|"]
+             "| pass | changed MiB | copied MiB | wire MiB | copied / changed | wire / changed | pass s | copy s | "
+             "copy MiB/s | copy / link rate | pass / link rate |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in warm["passes"]:
         wire = f"{p['wire_bytes'] / MIB:.1f}" if "wire_bytes" in p else "-"
         lines.append(f"| {p['pass']}{' (final)' if p['final'] else ''} | {p['bytes_changed'] / MIB:.1f} | "
                      f"{p['bytes_copied'] / MIB:.1f} | {wire} | {p['copied_over_changed']} | "
-                     f"{p.get('wire_over_changed', '-')} | {p['duration_s']:.2f} | {p['throughput_mib_s']} | "
-                     f"{p['of_link_rate']} |")
+                     f"{p.get('wire_over_changed', '-')} | {p['duration_s']:.2f} | {p.get('copy_s', 0):.2f} | "
+                     f"{p['throughput_mib_s']} | {p['of_link_rate']} | {p['pass_of_link_rate']} |")
     lines += ["", "| cutover | downtime s (ACPI request → first tick on the destination) | guest shutdown s | "
               "bound s |", "|---|---|---|---|",
               f"| warm | {warm['downtime_s']} | {warm['shutdown_s']} | {report['bound_s']} |",
@@ -241,9 +245,10 @@ def main():
         "boot_s": boot_s, "bound_s": bound, "warm": warm, "cold": cold, "targets": targets,
         "notes": ["'changed' is what the dirty bitmap marked (64 KiB granularity) and the destination wrote; "
                   "the guest writes 1 MiB blocks, so it equals the data the guest wrote in the pass.",
-                  "A pass's duration runs from its snapshot to the source's cleanup after the destination "
-                  "verified it: it includes the snapshot, the hand-over, the digest check and up to one "
-                  "poll interval (1 s) before the source notices the end."],
+                  "'copy s' is the destination's time for the pass (pull and digest check); 'pass s' runs "
+                  "from the snapshot to the source's cleanup and adds the snapshot, the hand-over and up to "
+                  "one poll interval (250 ms) before the source notices the end. The rate target is judged "
+                  "on the copy."],
     }
     os.makedirs(options.out_dir, exist_ok=True)
     with open(os.path.join(options.out_dir, "warm.json"), "w") as handle:

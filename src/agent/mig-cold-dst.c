@@ -78,6 +78,7 @@ typedef struct {
   GCancellable *cancel;
   guint progress_timer;
   gint64 copy_started_us;
+  gint64 copy_ended_us;      /* 0 while copying */
   guint64 rate_mark_bytes;
   gint64 rate_mark_us;
   double rate_bytes_s;
@@ -471,6 +472,10 @@ mig_cold_dst_status (FerryJob *job)
   json_object_set_int_member (status, "chunks_changed", (gint64) changed);
   if (cold != NULL && cold->warm)
     json_object_set_int_member (status, "pass", cold->pass);
+  if (cold != NULL && cold->copy_started_us != 0)
+    json_object_set_int_member (status, "elapsed_ms", ((cold->copy_ended_us ? cold->copy_ended_us
+                                                                            : g_get_monotonic_time ())
+                                                       - cold->copy_started_us) / 1000);
   if (cold != NULL)
     {
       json_object_set_double_member (status, "rate_mib_s", cold->rate_bytes_s / 1048576.0);
@@ -713,7 +718,8 @@ start_copies (FerryJob *job)
     {
       on_progress_timer (&cold->ref);
       g_clear_handle_id (&cold->progress_timer, g_source_remove);
-      gint64 elapsed_ms = (g_get_monotonic_time () - cold->copy_started_us) / 1000;
+      cold->copy_ended_us = g_get_monotonic_time ();
+      gint64 elapsed_ms = (cold->copy_ended_us - cold->copy_started_us) / 1000;
       g_autoptr (JsonObject) status = mig_cold_dst_status (job);
       json_object_set_int_member (status, "elapsed_ms", elapsed_ms);
       json_object_set_object_member (job->stats, "ferry-copy", json_object_ref (status));
@@ -968,6 +974,7 @@ begin_copying (FerryJob *job)
   cold->rate_bytes_s = 0;
   g_clear_handle_id (&cold->progress_timer, g_source_remove);
   cold->copy_started_us = g_get_monotonic_time ();
+  cold->copy_ended_us = 0;
   cold->progress_timer = g_timeout_add_full (G_PRIORITY_DEFAULT, PROGRESS_MS, on_progress_timer,
                                              g_memdup2 (&cold->ref, sizeof cold->ref), g_free);
   start_copies (job);

@@ -43,6 +43,8 @@
 #define QMP_WAIT_RETRY_S 1
 #define NBD_TLS_ID "ferry-nbd-tls"
 #define CUTOVER_POLL_MS 100
+#define PASS_POLL_MS 250
+#define IDLE_POLL_MS 1000
 
 typedef struct {
   guint index;
@@ -438,6 +440,8 @@ on_snapshot_ready (GObject *source, GAsyncResult *result, gpointer user_data)
   warm->pass_started_us = g_get_real_time ();
   warm->post_attempts = 0;
   save_state (job);
+  /* The pass's end is noticed by polling: often while it runs. */
+  mig_cold_src_poll_every (job, warm->pass_final ? CUTOVER_POLL_MS : PASS_POLL_MS);
   if (warm->pass == 1)
     ferry_job_event (job, "info", "pass 1: snapshot taken; the destination copies every allocated block");
   else
@@ -587,6 +591,8 @@ record_iteration (FerryJob *job, JsonObject *copy)
   json_object_set_int_member (entry, "bytes_copied", copy ? ferry_json_object_int (copy, "bytes_read") : 0);
   json_object_set_int_member (entry, "chunks_changed", copy ? ferry_json_object_int (copy, "chunks_changed") : 0);
   json_object_set_int_member (entry, "bytes_total", copy ? ferry_json_object_int (copy, "bytes_total") : 0);
+  /* The destination's own time for the copy and its verification. */
+  json_object_set_double_member (entry, "copy_s", copy ? (double) ferry_json_object_int (copy, "elapsed_ms") / 1000 : 0);
   ferry_job_event (job, "info", "pass %u%s done: %" G_GINT64_FORMAT " KiB changed, %" G_GINT64_FORMAT
                    " KiB copied in %.1f s", warm->pass, warm->pass_final ? " (final)" : "",
                    json_object_get_int_member (entry, "bytes_changed") >> 10,
@@ -618,6 +624,8 @@ on_pass_cleaned (GObject *source, GAsyncResult *result, gpointer user_data)
       remove_snapshot_files (job, warm->pass);
       record_iteration (job, end->copy);
       warm->pass_running = FALSE;
+      if (!warm->pass_final)
+        mig_cold_src_poll_every (job, IDLE_POLL_MS);
       if (warm->pass_final)
         {
           save_state (job);
