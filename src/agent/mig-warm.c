@@ -43,6 +43,10 @@
 #define QMP_WAIT_RETRY_S 1
 #define NBD_TLS_ID "ferry-nbd-tls"
 #define CUTOVER_POLL_MS 100
+/* At the cutover, more changed than this since the last pass is copied
+ * while the guest still runs (at most MAX_CATCH_UP_PASSES passes). */
+#define CATCH_UP_BYTES (32 * 1024 * 1024)
+#define MAX_CATCH_UP_PASSES 3
 #define PASS_POLL_MS 250
 #define IDLE_POLL_MS 1000
 
@@ -69,6 +73,7 @@ struct _WarmSrc {
   guint cutover_timer;
   guint shutdown_timer;
   guint post_attempts;
+  guint catch_up_passes;      /* passes run at the cutover before the guest stops */
   JsonArray *iterations;
   guint64 iterations_dropped;
 };
@@ -844,8 +849,77 @@ on_powerdown_sent (GObject *source, GAsyncResult *result, gpointer user_data)
                                                        on_shutdown_timeout, ferry_job_ref_new (job), g_free);
 }
 
+static void cutover_shut_down (FerryJob *job);
+
+/* Bytes the recording bitmaps mark on every disk: what a pass now would copy. */
+static gint64
+dirty_bytes (FerryJob *job, JsonNode *nodes)
+{
+  WarmSrc *warm = warm_of (job);
+  g_autofree char *recording = bitmap_name (job, warm->pass);
+  gint64 total = 0;
+  JsonArray *array = nodes && JSON_NODE_HOLDS_ARRAY (nodes) ? json_node_get_array (nodes) : NULL;
+  for (guint i = 0; array != NULL && i < json_array_get_length (array); i++)
+    {
+      JsonObject *node = json_array_get_object_element (array, i);
+      JsonNode *bitmaps = node ? json_object_get_member (node, "dirty-bitmaps") : NULL;
+      if (bitmaps == NULL || !JSON_NODE_HOLDS_ARRAY (bitmaps))
+        continue;
+      for (guint j = 0; j < json_array_get_length (json_node_get_array (bitmaps)); j++)
+        {
+          JsonObject *bitmap = json_array_get_object_element (json_node_get_array (bitmaps), j);
+          if (bitmap != NULL && g_strcmp0 (ferry_json_object_string (bitmap, "name"), recording) == 0)
+            total += ferry_json_object_int (bitmap, "count");
+        }
+    }
+  return total;
+}
+
+static void
+on_dirty_counted (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree FerryJobRef *ref = user_data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) nodes = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
+  FerryJob *job = ferry_job_ref_get (ref);
+  WarmSrc *warm = warm_of (job);
+  if (warm == NULL || job->state != FERRY_JOB_PRECOPY)
+    return;
+  warm->qmp_busy = FALSE;
+  gint64 dirty = nodes ? dirty_bytes (job, nodes) : -1;
+  if (dirty > CATCH_UP_BYTES && warm->catch_up_passes < MAX_CATCH_UP_PASSES)
+    {
+      /* The guest still runs: copy most of it now, so that the pass with
+       * the guest stopped is short. */
+      warm->catch_up_passes++;
+      ferry_job_event (job, "info", "cutover: %" G_GINT64_FORMAT " MiB changed since the last pass; one more pass "
+                       "before the guest stops", dirty >> 20);
+      pass_begin (job, FALSE);
+      return;
+    }
+  cutover_shut_down (job);
+}
+
+/* The cutover is due: first, while the changes since the last pass are
+ * large, passes go on with the guest running (at most a few). */
 static void
 cutover_begin (FerryJob *job)
+{
+  WarmSrc *warm = warm_of (job);
+  FerryQmp *qmp = job_qmp (job);
+  if (qmp == NULL || warm->qmp_busy)
+    {
+      cutover_shut_down (job);
+      return;
+    }
+  g_autoptr (JsonObject) args = json_object_new ();
+  json_object_set_boolean_member (args, "flat", TRUE);
+  warm->qmp_busy = TRUE;
+  ferry_qmp_execute_async (qmp, "query-named-block-nodes", args, NULL, on_dirty_counted, ferry_job_ref_new (job));
+}
+
+static void
+cutover_shut_down (FerryJob *job)
 {
   WarmSrc *warm = warm_of (job);
   FerryQmp *qmp = job_qmp (job);

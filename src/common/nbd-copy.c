@@ -720,11 +720,50 @@ flush_and_report (FerryNbdCopy *copy, struct nbd_handle *h, GArray *pending, GEr
   return TRUE;
 }
 
+/* The parts of [offset, offset+length) that sorted, disjoint ranges leave out. */
+static GArray *
+complement_ranges (GArray *ranges, guint64 offset, guint64 length)
+{
+  GArray *gaps = g_array_new (FALSE, FALSE, sizeof (Range));
+  guint64 position = offset;
+  for (guint i = 0; i < ranges->len; i++)
+    {
+      const Range *range = &g_array_index (ranges, Range, i);
+      if (range->offset > position)
+        g_array_append_val (gaps, ((Range) { position, range->offset - position }));
+      position = MAX (position, range->offset + range->length);
+    }
+  if (position < offset + length)
+    g_array_append_val (gaps, ((Range) { position, offset + length - position }));
+  return gaps;
+}
+
+/* Completes buf (holding the dirty parts just written) with the parts
+ * the pass did not touch, as the destination holds them (a local read of
+ * its data extents), so the whole chunk can be digested without reading
+ * back what was just written. */
+static gboolean
+read_clean_parts (FerryNbdCopy *copy, struct nbd_handle *dst, guint8 *buf, const FerryCopyChunk *chunk,
+                  GArray *dirty, GError **error)
+{
+  guint stall_s = copy->options.stall_timeout_s;
+  g_autoptr (GArray) clean = complement_ranges (dirty, chunk->offset, chunk->length);
+  if (clean->len == 0)
+    return TRUE;
+  g_autoptr (GArray) stored = data_ranges (dst, chunk->offset, chunk->length, stall_s, copy->stop, error);
+  if (stored == NULL)
+    return FALSE;
+  g_autoptr (GArray) reads = intersect_ranges (stored, clean);
+  /* fill_gaps zeroed everything the source reads left out. */
+  return read_ranges (dst, buf, chunk->offset, reads, copy->options.requests_in_flight, NULL, stall_s, copy->stop,
+                      NULL, error);
+}
+
 /* A delta's chunk: only what the bitmap marks dirty is read and written;
- * the digest is of what the destination holds afterwards. */
+ * the digest is of the whole chunk as the destination holds it then. */
 static gboolean
 copy_chunk_delta (FerryNbdCopy *copy, struct nbd_handle *src, struct nbd_handle *dst, FerryCopyChunk *chunk,
-                  guint8 *buf, guint8 *readback, GArray *pending, GError **error)
+                  guint8 *buf, GArray *pending, GError **error)
 {
   guint stall_s = copy->options.stall_timeout_s;
   g_autoptr (GArray) dirty = scan_ranges (src, copy->dirty_context, TRUE, chunk->offset, chunk->length, stall_s,
@@ -744,9 +783,9 @@ copy_chunk_delta (FerryNbdCopy *copy, struct nbd_handle *src, struct nbd_handle 
       copy->progress.bytes_read += chunk->bytes_read;
       g_mutex_unlock (&copy->lock);
       if (!read_ok || !write_delta (copy, dst, buf, chunk->offset, dirty, &chunk->bytes_written, error)
-          || !digest_chunk (dst, chunk->offset, chunk->length, readback, copy->options.requests_in_flight,
-                            stall_s, copy->stop, chunk->digest, error))
+          || !read_clean_parts (copy, dst, buf, chunk, dirty, error))
         return FALSE;
+      digest_buffer (buf, chunk->length, chunk->digest);
       chunk->changed = TRUE;
     }
   g_array_append_val (pending, *chunk);
@@ -765,7 +804,7 @@ copy_chunk (FerryNbdCopy *copy, struct nbd_handle *src, struct nbd_handle *dst, 
   char sent[FERRY_COPY_DIGEST_LEN];
 
   if (copy->dirty_context != NULL)
-    return copy_chunk_delta (copy, src, dst, &chunk, buf, readback, pending, error);
+    return copy_chunk_delta (copy, src, dst, &chunk, buf, pending, error);
   chunk.changed = TRUE;
   g_autoptr (GArray) ranges = data_ranges (src, chunk.offset, chunk.length, stall_s, copy->stop, error);
   if (ranges == NULL)
@@ -845,7 +884,7 @@ worker_run (gpointer user_data)
   if (worker->dst != NULL)
     {
       buf = g_malloc (FERRY_COPY_CHUNK_BYTES);
-      readback = copy->options.verify_readback || copy->dirty_context ? g_malloc (FERRY_COPY_CHUNK_BYTES) : NULL;
+      readback = copy->options.verify_readback ? g_malloc (FERRY_COPY_CHUNK_BYTES) : NULL;
       g_autoptr (GArray) pending = g_array_new (FALSE, FALSE, sizeof (FerryCopyChunk));
       gboolean ok = TRUE;
       while (ok && take_chunk (copy, &index))

@@ -62,8 +62,9 @@ typedef struct {
    * (NBD meta context "qemu:dirty-bitmap:NAME", as QEMU exports one) are
    * copied; dirty blocks that read as zeroes now are zeroed on the
    * destination. Each chunk's digest is then of the whole chunk as the
-   * destination holds it (read back), so it compares with the source's
-   * digest of the same point in time; a chunk without a dirty block is
+   * destination holds it (the dirty parts as written, the others read
+   * locally), so it compares with the source's digest of the same point
+   * in time; a chunk without a dirty block is
    * reported unchanged, with an empty digest. NULL = copy everything. */
   const char *dirty_bitmap;
 } FerryNbdCopyOptions;
