@@ -207,6 +207,34 @@ static void cutover_begin (FerryJob *job);
 static gboolean on_pass_due (gpointer user_data);
 static gboolean on_post_retry (gpointer user_data);
 
+/* QMP steps removing the current pass's export, backup job and snapshot
+ * node on every disk, and the bitmaps of passes first..last (0 = none).
+ * Each may find its object gone (a restarted agent): errors are ignored.
+ * Cancelling an idle sync=none backup completes at once, so the node is
+ * free for blockdev-del right after. */
+static void
+add_pass_removal (FerryJob *job, GArray *steps, guint first, guint last)
+{
+  WarmSrc *warm = warm_of (job);
+  for (guint i = 0; i < warm->disks->len; i++)
+    {
+      WarmDisk *disk = g_ptr_array_index (warm->disks, i);
+      g_autofree char *id = export_id (job, disk->index);
+      g_autofree char *node = snapshot_node (job, warm->pass, disk->index);
+      g_autofree char *disk_node = g_strdup_printf ("disk%u", disk->index);
+      g_array_append_val (steps, ((FerryQmpStep) { "block-export-del", ferry_qmp_args_block_export_del (id), TRUE }));
+      g_array_append_val (steps, ((FerryQmpStep) { "block-job-cancel",
+                                                   ferry_qmp_args_block_job_cancel (node, TRUE), TRUE }));
+      g_array_append_val (steps, ((FerryQmpStep) { "blockdev-del", ferry_qmp_args_id ("node-name", node), TRUE }));
+      for (guint pass = MAX (first, 1); pass <= last; pass++)
+        {
+          g_autofree char *bitmap = bitmap_name (job, pass);
+          g_array_append_val (steps, ((FerryQmpStep) { "block-dirty-bitmap-remove",
+                                                       ferry_qmp_args_bitmap_remove (disk_node, bitmap), TRUE }));
+        }
+    }
+}
+
 /* ---- rolling back --------------------------------------------------------------------
  *
  * Cancel or failure: every trace on the source goes (exports, snapshot
@@ -302,23 +330,7 @@ mig_warm_src_roll_back (FerryJob *job, FerryJobState terminal, const char *reaso
   /* Every step may find its object gone already (a pass between
    * snapshots, a restarted agent): errors are expected and ignored. */
   g_autoptr (GArray) steps = g_array_new (FALSE, TRUE, sizeof (FerryQmpStep));
-  for (guint i = 0; i < warm->disks->len; i++)
-    {
-      WarmDisk *disk = g_ptr_array_index (warm->disks, i);
-      g_autofree char *id = export_id (job, disk->index);
-      g_autofree char *node = snapshot_node (job, warm->pass, disk->index);
-      g_autofree char *disk_node = g_strdup_printf ("disk%u", disk->index);
-      g_array_append_val (steps, ((FerryQmpStep) { "block-export-del", ferry_qmp_args_block_export_del (id), TRUE }));
-      g_array_append_val (steps, ((FerryQmpStep) { "block-job-cancel",
-                                                   ferry_qmp_args_block_job_cancel (node, TRUE), TRUE }));
-      g_array_append_val (steps, ((FerryQmpStep) { "blockdev-del", ferry_qmp_args_id ("node-name", node), TRUE }));
-      for (guint pass = MAX (warm->pass, 1) - 1; pass <= warm->pass; pass++)
-        {
-          g_autofree char *bitmap = bitmap_name (job, pass);
-          g_array_append_val (steps, ((FerryQmpStep) { "block-dirty-bitmap-remove",
-                                                       ferry_qmp_args_bitmap_remove (disk_node, bitmap), TRUE }));
-        }
-    }
+  add_pass_removal (job, steps, MAX (warm->pass, 1) - 1, warm->pass);
   if (warm->nbd_port != 0)
     {
       g_array_append_val (steps, ((FerryQmpStep) { "nbd-server-stop", NULL, TRUE }));
@@ -659,26 +671,8 @@ pass_end (FerryJob *job, JsonObject *copy)
   if (warm->qmp_busy || qmp == NULL)
     return; /* the next poll asks again */
   g_autoptr (GArray) steps = g_array_new (FALSE, TRUE, sizeof (FerryQmpStep));
-  for (guint i = 0; i < warm->disks->len; i++)
-    {
-      WarmDisk *disk = g_ptr_array_index (warm->disks, i);
-      g_autofree char *id = export_id (job, disk->index);
-      g_autofree char *node = snapshot_node (job, warm->pass, disk->index);
-      g_autofree char *disk_node = g_strdup_printf ("disk%u", disk->index);
-      /* A restarted agent may find some of these gone already. */
-      g_array_append_val (steps, ((FerryQmpStep) { "block-export-del", ferry_qmp_args_block_export_del (id), TRUE }));
-      /* Cancelling an idle sync=none backup completes at once, so the
-       * node is free for blockdev-del right after. */
-      g_array_append_val (steps, ((FerryQmpStep) { "block-job-cancel",
-                                                   ferry_qmp_args_block_job_cancel (node, TRUE), TRUE }));
-      g_array_append_val (steps, ((FerryQmpStep) { "blockdev-del", ferry_qmp_args_id ("node-name", node), TRUE }));
-      if (warm->pass > 1)
-        {
-          g_autofree char *bitmap = bitmap_name (job, warm->pass - 1);
-          g_array_append_val (steps, ((FerryQmpStep) { "block-dirty-bitmap-remove",
-                                                       ferry_qmp_args_bitmap_remove (disk_node, bitmap), TRUE }));
-        }
-    }
+  /* Only the frozen bitmap goes; the one recording since stays. */
+  add_pass_removal (job, steps, warm->pass - 1, warm->pass - 1);
   warm->qmp_busy = TRUE;
   PassEnd *end = g_new0 (PassEnd, 1);
   end->ref = warm->ref;
