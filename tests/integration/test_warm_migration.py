@@ -15,6 +15,9 @@ raw log disk its disk writer appends checksummed records to runs on hosta.
   few seconds ahead fires at its time; every record the writer reported
   durable is on hostb's log disk, every extent on its root disk, and the VM
   boots and runs there. The downtime is reported; hosta keeps no bitmap.
+- A guest that ignores the ACPI request, with the cutover given when the
+  migration starts: it fires, the guest is frozen after the timeout
+  (--force-stop), and the VM runs on hostb with an identical disk.
 """
 
 import json
@@ -183,6 +186,28 @@ def test():
     bitmaps = image.get("format-specific", {}).get("data", {}).get("bitmaps", [])
     assert not bitmaps, f"bitmaps stayed in hosta's image: {bitmaps}"
     b.cli("vm", "destroy", "vm1")
+
+    log("a guest that ignores ACPI, cutover given at the start: frozen after the timeout (--force-stop)")
+    a.cli("volume", "create", "default", "vm2-root.qcow2", "--size", "256M")
+    root2_a = os.path.join(a_pool, "vm2-root.qcow2")
+    run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x3c 16M 8M", root2_a])
+    spec2 = guest_spec(os.path.join(cluster.workdir, "vm2.json"), "vm2", kernel, initrd,
+                       disks=[{"volume": "vm2-root.qcow2", "format": "qcow2"}])
+    a.cli("vm", "define", spec2)
+    a.cli("vm", "start", "vm2")
+    wait_for_ticks(a, "vm2", beyond=2)
+    at = int(time.time()) + 15
+    a.cli("migrate", "vm2", b.url, "--warm", "--precopy-interval", "5s", "--force-stop",
+          "--cutover", time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(at)))
+    info = wait_job_done(a, "vm2", timeout=300)
+    assert info["state"] == "completed", info
+    messages = [e["message"] for e in job(a, "vm2", completed=True)["events"]]
+    assert any("cutover scheduled at" in m for m in messages), messages
+    assert any("it ignored the ACPI shutdown" in m for m in messages), messages
+    wait_for_ticks(b, "vm2", beyond=2)
+    assert run(["qemu-img", "compare", "-U", root2_a, os.path.join(b_pool, "vm2-root.qcow2")],
+               check=False).returncode == 0, "vm2's disk differs"
+    b.cli("vm", "destroy", "vm2")
 
 
 if __name__ == "__main__":
