@@ -792,6 +792,20 @@ copy_chunk_delta (FerryNbdCopy *copy, struct nbd_handle *src, struct nbd_handle 
   return TRUE;
 }
 
+/* Test hook: with FERRY_FAULT_CORRUPT_CHUNK=N in the environment, the
+ * first read of chunk N in this process is damaged after it arrived (one
+ * byte flipped), as a faulty read or link would; the digest comparison
+ * with the source must catch it and copy the chunk again. */
+static gboolean
+fault_corrupts (guint64 index)
+{
+  static gint fired = 0;
+  const char *value = g_getenv ("FERRY_FAULT_CORRUPT_CHUNK");
+  if (value == NULL || g_ascii_strtoull (value, NULL, 10) != index)
+    return FALSE;
+  return g_atomic_int_compare_and_exchange (&fired, 0, 1);
+}
+
 /* Copies one chunk; it is added to `pending` (done once flushed). */
 static gboolean
 copy_chunk (FerryNbdCopy *copy, struct nbd_handle *src, struct nbd_handle *dst, guint64 index,
@@ -824,6 +838,8 @@ copy_chunk (FerryNbdCopy *copy, struct nbd_handle *src, struct nbd_handle *dst, 
       g_mutex_unlock (&copy->lock);
       if (!read_ok)
         return FALSE;
+      if (fault_corrupts (index))
+        buf[g_array_index (ranges, Range, 0).offset - chunk.offset] ^= 0x5a;
       digest_buffer (buf, chunk.length, sent);
       if (!write_nonzero (copy, dst, buf, chunk.offset, chunk.length, &chunk.bytes_written, error))
         return FALSE;

@@ -111,10 +111,12 @@ def ensure_guest():
 class Host:
     """One ferry host: a namespace (or a loopback address) and its ferryd."""
 
-    def __init__(self, cluster, name, address, netns, veth=None, agent_args=None):
+    def __init__(self, cluster, name, address, netns, veth=None, agent_args=None, agent_env=None):
         self.cluster = cluster
         # More ferryd options (e.g. ["--pool", "fast=/dir"]); kept across restarts.
         self.agent_args = list(agent_args or [])
+        # More environment for ferryd (test hooks such as FERRY_FAULT_*).
+        self.agent_env = dict(agent_env or {})
         self.veth = veth
         self.name = name
         self.address = address
@@ -135,7 +137,7 @@ class Host:
                                 "--keepalive-interval-ms", "500",
                                 "--keepalive-timeout-ms", str(self.cluster.keepalive_timeout_ms),
                                 "--shutdown-timeout", "20"] + self.agent_args
-        env = dict(os.environ, FERRY_ACCEL=self.cluster.accel)
+        env = dict(os.environ, FERRY_ACCEL=self.cluster.accel, **self.agent_env)
         self.process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         wait_until(f"ferryd on {self.name} to answer",
                    lambda: self.process.poll() is None and self.cli("vm", "list", check=False).returncode == 0
@@ -203,9 +205,10 @@ class Host:
 class Cluster:
     """Two hosts, A and B, with a CA, host and client certificates."""
 
-    def __init__(self, keepalive_timeout_ms=4000, need_netns=False, agent_args=None):
+    def __init__(self, keepalive_timeout_ms=4000, need_netns=False, agent_args=None, agent_env=None):
         """agent_args: {"hosta": [...], "hostb": [...]}, more ferryd options
-        per host (a directory they name must exist before the Cluster)."""
+        per host (a directory they name must exist before the Cluster);
+        agent_env: {"hostb": {"VAR": "value"}}, more environment."""
         self.root = os.geteuid() == 0
         if need_netns and not self.root:
             log("SKIP: this test needs root for network namespaces")
@@ -228,8 +231,11 @@ class Cluster:
         self._make_pki(addresses)
         veths = self.veth if self.root else [None, None]
         agent_args = agent_args or {}
-        self.a = Host(self, "hosta", addresses[0], self.netns[0], veths[0], agent_args.get("hosta"))
-        self.b = Host(self, "hostb", addresses[1], self.netns[1], veths[1], agent_args.get("hostb"))
+        agent_env = agent_env or {}
+        self.a = Host(self, "hosta", addresses[0], self.netns[0], veths[0], agent_args.get("hosta"),
+                      agent_env.get("hosta"))
+        self.b = Host(self, "hostb", addresses[1], self.netns[1], veths[1], agent_args.get("hostb"),
+                      agent_env.get("hostb"))
         _cleanups.append(self._stop_everything)
         _clusters.append(self)
         self.a.start_agent()

@@ -6,7 +6,8 @@ scattered extents, and a raw disk its disk writer logs to) runs on hosta.
 `ferry migrate --offline --copy-storage` shuts it down, copies and verifies
 both disks: the destination files are sparse and identical to the source
 (checksums), every record the writer reported durable is there, and the VM
-boots on hostb. Then back to hosta with --storage-map, --start,
+boots on hostb; a chunk damaged on arrival (a test hook) is caught by the
+digest check and copied again. Then back to hosta with --storage-map, --start,
 --undefine-source and --delete-source-disks: it starts there and hostb is
 left with nothing. A destination with a VM of the same name refuses before
 copying anything."""
@@ -70,9 +71,12 @@ def test():
 
 
 def run_test(kernel, initrd, fast_dir):
+    # hostb's first read of chunk 6 (the root disk's 100 MiB extent) is
+    # damaged on arrival: the digest check must catch it and copy it again.
     cluster = Cluster(need_netns=True,
                       agent_args={"hosta": ["--pool", f"fast={fast_dir}", "--shutdown-timeout", "3"],
-                                  "hostb": ["--shutdown-timeout", "3"]})
+                                  "hostb": ["--shutdown-timeout", "3"]},
+                      agent_env={"hostb": {"FERRY_FAULT_CORRUPT_CHUNK": "6"}})
     a, b = cluster.a, cluster.b
     a_default = os.path.join(a.state_dir, "pools", "default")
     b_default = os.path.join(b.state_dir, "pools", "default")
@@ -109,6 +113,11 @@ def run_test(kernel, initrd, fast_dir):
     # metadata-rounding), not the 4 GiB.
     assert copy["bytes_read"] <= data_bytes + 64 * MiB + 8 * MiB, copy
     assert all(disk["verified"] for disk in copy["disks"]), copy
+    incoming = job(b, "vm1", completed=True)
+    recopied = [e["message"] for e in incoming.get("events", []) if "differ from the source" in e["message"]]
+    assert recopied == ["disk default/vm1-root.qcow2: 1 chunks differ from the source; copying them again"], \
+        f"the damaged chunk should be found and copied again: {recopied}"
+    log(f"damaged chunk caught: {recopied[0]}")
 
     last_durable = durable_seq(a.console("vm1"))
     assert last_durable > 10, f"the disk writer reported too little: {last_durable}"
