@@ -79,6 +79,13 @@ def test():
                       extra_cmdline="ferry.diskwriter=/dev/vdb ferry.diskwriter_rate=50 ferry.acpi_poweroff=1")
     a.cli("vm", "define", spec)
 
+    a.cli("volume", "create", "default", "vm2-root.qcow2", "--size", "256M")
+    root2_a = os.path.join(a_pool, "vm2-root.qcow2")
+    run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x3c 16M 8M", root2_a])
+    spec2 = guest_spec(os.path.join(cluster.workdir, "vm2.json"), "vm2", kernel, initrd,
+                       disks=[{"volume": "vm2-root.qcow2", "format": "qcow2"}])
+    a.cli("vm", "define", spec2)
+    a.cli("vm", "start", "vm2")
     log("bad input")
     refused = a.cli("migrate", "vm1", b.url, "--warm", check=False)
     assert refused.returncode != 0 and "use a cold migration" in refused.stderr, refused.stderr
@@ -100,7 +107,7 @@ def test():
 
     log("cancel during pre-copy: the guest never stops, nothing is left on either side")
     a.cli("migrate", "vm1", b.url, "--warm", "--precopy-interval", f"{INTERVAL_S}s")
-    wait_until("2 passes", lambda: len(iterations(a, "vm1")) >= 2, timeout=300)
+    wait_until("the first pass", lambda: len(iterations(a, "vm1")) >= 1, timeout=300)
     assert ferry_block_objects(a, "vm1"), "a warm migration tracks changes with a bitmap"
     a.cli("job", "abort", "vm1")
     info = wait_job_done(a, "vm1", timeout=120)
@@ -150,8 +157,8 @@ def test():
     assert "Iterations:" in human and "Next pass:" in human and "Cutover:" in human, human
     log("job info:\n" + human)
 
-    log("cutover scheduled 6 s ahead")
-    at = int(time.time()) + 6
+    log("cutover scheduled 4 s ahead")
+    at = int(time.time()) + 4
     a.cli("migrate", "cutover", "vm1", "--at", time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(at)))
     info = wait_job_done(a, "vm1", timeout=300)
     assert info["state"] == "completed", info
@@ -188,15 +195,8 @@ def test():
     b.cli("vm", "destroy", "vm1")
 
     log("a guest that ignores ACPI, cutover given at the start: frozen after the timeout (--force-stop)")
-    a.cli("volume", "create", "default", "vm2-root.qcow2", "--size", "256M")
-    root2_a = os.path.join(a_pool, "vm2-root.qcow2")
-    run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x3c 16M 8M", root2_a])
-    spec2 = guest_spec(os.path.join(cluster.workdir, "vm2.json"), "vm2", kernel, initrd,
-                       disks=[{"volume": "vm2-root.qcow2", "format": "qcow2"}])
-    a.cli("vm", "define", spec2)
-    a.cli("vm", "start", "vm2")
     wait_for_ticks(a, "vm2", beyond=2)
-    at = int(time.time()) + 15
+    at = int(time.time()) + 8
     a.cli("migrate", "vm2", b.url, "--warm", "--precopy-interval", "5s", "--force-stop",
           "--cutover", time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(at)))
     info = wait_job_done(a, "vm2", timeout=300)
