@@ -51,6 +51,7 @@ typedef struct {
   gint64 peer_seen_us;
   guint reexport_attempts;
   WarmSrc *warm;             /* a warm migration's passes (mig-warm.c) */
+  gboolean finish_silence_logged;
 } ColdSrc;
 
 static void
@@ -246,8 +247,6 @@ remove_source (FerryJob *job)
 
 /* ---- polling the destination ------------------------------------------------------ */
 
-
-
 static void
 on_polled (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -268,7 +267,17 @@ on_polled (GObject *source, GAsyncResult *result, gpointer user_data)
           return;
         }
       gint64 silent_s = (now - cold->peer_seen_us) / G_USEC_PER_SEC;
-      if (silent_s > PEER_SILENCE_BUDGET_S)
+      if (silent_s > PEER_SILENCE_BUDGET_S && job->state == FERRY_JOB_FINISHING)
+        {
+          /* Finish may have reached it: the destination may run the VM
+           * already, so starting it here again could run it twice. Only
+           * the destination's answer ends this job. */
+          if (!cold->finish_silence_logged)
+            ferry_job_event (job, "warning", "destination unreachable for %" G_GINT64_FORMAT " s after Finish; "
+                             "waiting for its answer (the VM is not started here again)", silent_s);
+          cold->finish_silence_logged = TRUE;
+        }
+      else if (silent_s > PEER_SILENCE_BUDGET_S)
         {
           g_autofree char *reason = g_strdup_printf ("destination unreachable for %" G_GINT64_FORMAT " s: %s",
                                                      silent_s, error->message);

@@ -197,7 +197,10 @@ vm_block (FerryClient *client, const char *name)
         {
           JsonObject *bitmap = json_array_get_object_element (bitmaps, j);
           g_autofree char *dirty = ferry_format_bytes (ferry_json_object_int (bitmap, "count"));
-          g_print ("%-28s %-10s bitmap %s: %s dirty%s%s\n", "", "", ferry_json_object_string (bitmap, "name"), dirty,
+          const char *bitmap_name = ferry_json_object_string (bitmap, "name");
+          /* A block job's own bitmaps have no name. */
+          g_print ("%-28s %-10s bitmap %s: %s dirty%s%s\n", "", "", bitmap_name ? bitmap_name : "(a job's, unnamed)",
+                   dirty,
                    json_object_get_boolean_member_with_default (bitmap, "recording", FALSE) ? ", recording" : "",
                    json_object_get_boolean_member_with_default (bitmap, "persistent", FALSE) ? ", persistent" : "");
         }

@@ -55,7 +55,8 @@ def ferry_block_objects(host, vm):
     nodes = host.cli("vm", "block", vm, json_output=True)["nodes"]
     found = [node["node"] for node in nodes if node["node"] and node["node"].startswith("ferry-")]
     for node in nodes:
-        found += [bitmap["name"] for bitmap in node["dirty_bitmaps"] if bitmap["name"].startswith("ferry-")]
+        # A backup job's own bitmaps have no name.
+        found += [bitmap["name"] for bitmap in node["dirty_bitmaps"] if bitmap.get("name", "").startswith("ferry-")]
     return found
 
 
