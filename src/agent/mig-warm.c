@@ -43,6 +43,7 @@
 #define QMP_WAIT_RETRY_S 1
 #define NBD_TLS_ID "ferry-nbd-tls"
 #define CUTOVER_POLL_MS 100
+#define ROLL_BACK_DEADLINE_S 30
 /* At the cutover, more changed than this since the last pass is copied
  * while the guest still runs (at most MAX_CATCH_UP_PASSES passes). */
 #define CATCH_UP_BYTES (32 * 1024 * 1024)
@@ -310,6 +311,20 @@ on_rolled_back (GObject *source, GAsyncResult *result, gpointer user_data)
   roll_back_free (roll);
 }
 
+static gboolean
+on_roll_back_deadline (gpointer user_data)
+{
+  RollBack *roll = user_data;
+  FerryJob *job = ferry_job_ref_get (&roll->ref);
+  if (job != NULL && job->state == FERRY_JOB_CANCELLING)
+    {
+      ferry_job_event (job, "warning", "QEMU did not confirm the clean-up within %d s; `ferry vm block %s` "
+                       "shows what is left", ROLL_BACK_DEADLINE_S, job->vm_name);
+      ferry_job_finish (job, roll->terminal, roll->reason);
+    }
+  return G_SOURCE_REMOVE;
+}
+
 void
 mig_warm_src_roll_back (FerryJob *job, FerryJobState terminal, const char *reason)
 {
@@ -348,6 +363,14 @@ mig_warm_src_roll_back (FerryJob *job, FerryJobState terminal, const char *reaso
   roll->terminal = terminal;
   roll->reason = g_strdup (reason);
   ferry_qmp_run_steps_async (qmp, (FerryQmpStep *) steps->data, steps->len, NULL, on_rolled_back, roll);
+  /* A QEMU that never answers (one seen under ASan, stuck closing an NBD
+   * export) must not keep the job open forever. */
+  RollBack *deadline = g_new0 (RollBack, 1);
+  deadline->ref = warm->ref;
+  deadline->terminal = terminal;
+  deadline->reason = g_strdup (reason);
+  g_timeout_add_seconds_full (G_PRIORITY_DEFAULT, ROLL_BACK_DEADLINE_S, on_roll_back_deadline, deadline,
+                              (GDestroyNotify) roll_back_free);
 }
 
 static void
