@@ -241,6 +241,10 @@ gboolean ferry_migrate_options_multifd (const FerryMigrateOptions *options);
 /* The options a job was stored with (lenient: a restarted agent takes
  * what it finds; missing members keep their defaults). */
 void ferry_migrate_options_from_stored (const char *options_json, FerryMigrateOptions *options);
+/* ISO 8601 (UTC) of a unix time, for messages. */
+char *ferry_format_unix_time (gint64 unix_s);
+/* Refuses a time (unix seconds) in the past, naming field. */
+gboolean ferry_check_future (const char *field, gint64 unix_s, GError **error);
 /* The destination pool of a source pool under the storage map. */
 const char *ferry_migrate_options_map_pool (const FerryMigrateOptions *options, const char *pool);
 

@@ -373,6 +373,16 @@ mig_warm_src_roll_back (FerryJob *job, FerryJobState terminal, const char *reaso
                               (GDestroyNotify) roll_back_free);
 }
 
+/* A timer for the job that fires at a wall-clock time (never before it:
+ * the delay is rounded up). */
+static guint
+timeout_at (FerryJob *job, gint64 wall_us, GSourceFunc callback)
+{
+  gint64 now = g_get_real_time ();
+  guint delay_ms = (guint) MIN ((wall_us - MIN (now, wall_us) + 999) / 1000, G_MAXUINT);
+  return g_timeout_add_full (G_PRIORITY_DEFAULT, delay_ms, callback, ferry_job_ref_new (job), g_free);
+}
+
 static void
 warm_fail (FerryJob *job, const char *format, ...) G_GNUC_PRINTF (2, 3);
 static void
@@ -607,14 +617,12 @@ static void
 schedule_next_pass (FerryJob *job)
 {
   WarmSrc *warm = warm_of (job);
-  gint64 now = g_get_real_time ();
   if (warm->next_pass_at_us == 0)
-    warm->next_pass_at_us = MAX (now, warm->pass_started_us + job->options.precopy_interval_s * G_USEC_PER_SEC);
+    warm->next_pass_at_us = MAX (g_get_real_time (),
+                                 warm->pass_started_us + job->options.precopy_interval_s * G_USEC_PER_SEC);
   save_state (job);
-  guint delay_ms = (guint) MIN ((warm->next_pass_at_us - MIN (now, warm->next_pass_at_us)) / 1000, G_MAXUINT);
   g_clear_handle_id (&warm->pass_timer, g_source_remove);
-  warm->pass_timer = g_timeout_add_full (G_PRIORITY_DEFAULT, delay_ms, on_pass_due,
-                                         ferry_job_ref_new (job), g_free);
+  warm->pass_timer = timeout_at (job, warm->next_pass_at_us, on_pass_due);
 }
 
 static void
@@ -770,10 +778,7 @@ arm_cutover_timer (FerryJob *job)
   g_clear_handle_id (&warm->cutover_timer, g_source_remove);
   if (warm->cutover_at_us == 0)
     return;
-  gint64 now = g_get_real_time ();
-  guint delay_ms = (guint) MIN ((warm->cutover_at_us - MIN (now, warm->cutover_at_us) + 999) / 1000, G_MAXUINT);
-  warm->cutover_timer = g_timeout_add_full (G_PRIORITY_DEFAULT, delay_ms, on_cutover_timer,
-                                            ferry_job_ref_new (job), g_free);
+  warm->cutover_timer = timeout_at (job, warm->cutover_at_us, on_cutover_timer);
 }
 
 /* The destination created the volumes: the guest runs on, pass 1 begins. */
@@ -784,8 +789,7 @@ mig_warm_src_start (FerryJob *job)
   ferry_job_transition (job, FERRY_JOB_PRECOPY, "the disks go over while the guest runs");
   if (warm->cutover_at_us != 0)
     {
-      g_autoptr (GDateTime) when = g_date_time_new_from_unix_utc (warm->cutover_at_us / G_USEC_PER_SEC);
-      g_autofree char *text = g_date_time_format_iso8601 (when);
+      g_autofree char *text = ferry_format_unix_time (warm->cutover_at_us / G_USEC_PER_SEC);
       ferry_job_event (job, "info", "cutover scheduled at %s", text);
     }
   arm_cutover_timer (job);
@@ -970,18 +974,11 @@ mig_warm_src_cutover (FerryJob *job, gint64 at, GError **error)
                    "(its job is %s)", job->vm_name, warm ? ferry_job_state_to_string (job->state) : "not warm");
       return FALSE;
     }
-  gint64 now = g_get_real_time ();
-  if (at != 0 && at * G_USEC_PER_SEC < now - G_USEC_PER_SEC)
-    {
-      g_autoptr (GDateTime) when = g_date_time_new_from_unix_utc (at);
-      g_autofree char *text = when ? g_date_time_format_iso8601 (when) : g_strdup ("?");
-      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "at: %s is in the past", text);
-      return FALSE;
-    }
-  warm->cutover_at_us = at != 0 ? at * G_USEC_PER_SEC : now;
+  if (at != 0 && !ferry_check_future ("at", at, error))
+    return FALSE;
+  warm->cutover_at_us = at != 0 ? at * G_USEC_PER_SEC : g_get_real_time ();
   save_state (job);
-  g_autoptr (GDateTime) when = g_date_time_new_from_unix_utc (warm->cutover_at_us / G_USEC_PER_SEC);
-  g_autofree char *text = g_date_time_format_iso8601 (when);
+  g_autofree char *text = ferry_format_unix_time (warm->cutover_at_us / G_USEC_PER_SEC);
   ferry_job_event (job, "info", at != 0 ? "cutover scheduled at %s" : "cutover asked for now (%s)", text);
   arm_cutover_timer (job);
   return TRUE;
@@ -1115,8 +1112,7 @@ mig_warm_src_resume (FerryJob *job)
         }
       else
         {
-          g_autoptr (GDateTime) when = g_date_time_new_from_unix_utc (warm->next_pass_at_us / G_USEC_PER_SEC);
-          g_autofree char *text = g_date_time_format_iso8601 (when);
+          g_autofree char *text = ferry_format_unix_time (warm->next_pass_at_us / G_USEC_PER_SEC);
           ferry_job_event (job, "info", "after %u passes; the next one at %s copies only the changes", warm->pass,
                            text);
           schedule_next_pass (job);

@@ -59,6 +59,24 @@ refuse (GError **error, const char *message)
   return FALSE;
 }
 
+char *
+ferry_format_unix_time (gint64 unix_s)
+{
+  g_autoptr (GDateTime) when = g_date_time_new_from_unix_utc (unix_s);
+  return when ? g_date_time_format_iso8601 (when) : g_strdup_printf ("%" G_GINT64_FORMAT, unix_s);
+}
+
+gboolean
+ferry_check_future (const char *field, gint64 unix_s, GError **error)
+{
+  /* A second of slack: "now" given by a client is not in the past. */
+  if (unix_s * G_USEC_PER_SEC >= g_get_real_time () - G_USEC_PER_SEC)
+    return TRUE;
+  g_autofree char *text = ferry_format_unix_time (unix_s);
+  g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "%s: %s is in the past", field, text);
+  return FALSE;
+}
+
 gboolean
 ferry_migrate_options_validate (const FerryMigrateOptions *options, GError **error)
 {
@@ -230,13 +248,8 @@ ferry_migrate_options_parse (JsonObject *request, char **dest, FerryMigrateOptio
        * destination after the cutover. */
       options->warm = options->copy_storage = options->start = TRUE;
     }
-  if (options->cutover_at != 0 && options->cutover_at * G_USEC_PER_SEC < g_get_real_time ())
-    {
-      g_autoptr (GDateTime) when = g_date_time_new_from_unix_utc (options->cutover_at);
-      g_autofree char *text = when ? g_date_time_format_iso8601 (when) : g_strdup ("?");
-      g_set_error (error, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT, "cutover_at: %s is in the past", text);
-      return FALSE;
-    }
+  if (options->cutover_at != 0 && !ferry_check_future ("cutover_at", options->cutover_at, error))
+    return FALSE;
   options->strategy = strategy;
   options->compress = compress;
   options->timeout_action = action;

@@ -491,6 +491,7 @@ struct _FerryNbdCopy {
   char *source_uri;
   char *destination_uri;
   char *dirty_context;         /* "qemu:dirty-bitmap:NAME" for a delta */
+  guint64 fault_chunk;         /* test hook (FERRY_FAULT_CORRUPT_CHUNK); G_MAXUINT64 = none */
   FerryNbdCopyOptions options;
   GArray *selected;            /* guint64 chunk indexes; NULL = all */
   FerryCopyChunkDone chunk_done;
@@ -524,6 +525,8 @@ ferry_nbd_copy_new (const char *source_uri, const char *destination_uri,
   if (copy->options.dirty_bitmap != NULL)
     copy->dirty_context = g_strdup_printf ("qemu:dirty-bitmap:%s", copy->options.dirty_bitmap);
   copy->options.dirty_bitmap = NULL; /* not ours to keep: dirty_context is */
+  const char *fault = g_getenv ("FERRY_FAULT_CORRUPT_CHUNK");
+  copy->fault_chunk = fault ? g_ascii_strtoull (fault, NULL, 10) : G_MAXUINT64;
   g_mutex_init (&copy->lock);
   return copy;
 }
@@ -687,6 +690,20 @@ write_delta (FerryNbdCopy *copy, struct nbd_handle *h, const guint8 *buf, guint6
   return drain (h, 0, stall_s, copy->stop, "write", error) && batch_check (&batch, "write", error);
 }
 
+/* Counts a chunk done and tells the caller. */
+static void
+report_done (FerryNbdCopy *copy, const FerryCopyChunk *chunk)
+{
+  g_mutex_lock (&copy->lock);
+  copy->progress.chunks_done++;
+  copy->progress.bytes_done += chunk->length;
+  copy->progress.bytes_written += chunk->bytes_written;
+  copy->progress.chunks_changed += chunk->changed;
+  g_mutex_unlock (&copy->lock);
+  if (copy->chunk_done)
+    copy->chunk_done (chunk, copy->chunk_done_data);
+}
+
 /* Makes the worker's writes durable, then reports its chunks done; a
  * crash before the flush only costs these chunks again. */
 static gboolean
@@ -705,17 +722,7 @@ flush_and_report (FerryNbdCopy *copy, struct nbd_handle *h, GArray *pending, GEr
       || !batch_check (&batch, "flush", error))
     return FALSE;
   for (guint i = 0; i < pending->len; i++)
-    {
-      const FerryCopyChunk *chunk = &g_array_index (pending, FerryCopyChunk, i);
-      g_mutex_lock (&copy->lock);
-      copy->progress.chunks_done++;
-      copy->progress.bytes_done += chunk->length;
-      copy->progress.bytes_written += chunk->bytes_written;
-      copy->progress.chunks_changed += chunk->changed;
-      g_mutex_unlock (&copy->lock);
-      if (copy->chunk_done)
-        copy->chunk_done (chunk, copy->chunk_done_data);
-    }
+    report_done (copy, &g_array_index (pending, FerryCopyChunk, i));
   g_array_set_size (pending, 0);
   return TRUE;
 }
@@ -797,13 +804,10 @@ copy_chunk_delta (FerryNbdCopy *copy, struct nbd_handle *src, struct nbd_handle 
  * byte flipped), as a faulty read or link would; the digest comparison
  * with the source must catch it and copy the chunk again. */
 static gboolean
-fault_corrupts (guint64 index)
+fault_corrupts (FerryNbdCopy *copy, guint64 index)
 {
   static gint fired = 0;
-  const char *value = g_getenv ("FERRY_FAULT_CORRUPT_CHUNK");
-  if (value == NULL || g_ascii_strtoull (value, NULL, 10) != index)
-    return FALSE;
-  return g_atomic_int_compare_and_exchange (&fired, 0, 1);
+  return index == copy->fault_chunk && g_atomic_int_compare_and_exchange (&fired, 0, 1);
 }
 
 /* Copies one chunk; it is added to `pending` (done once flushed). */
@@ -838,7 +842,7 @@ copy_chunk (FerryNbdCopy *copy, struct nbd_handle *src, struct nbd_handle *dst, 
       g_mutex_unlock (&copy->lock);
       if (!read_ok)
         return FALSE;
-      if (fault_corrupts (index))
+      if (fault_corrupts (copy, index))
         buf[g_array_index (ranges, Range, 0).offset - chunk.offset] ^= 0x5a;
       digest_buffer (buf, chunk.length, sent);
       if (!write_nonzero (copy, dst, buf, chunk.offset, chunk.length, &chunk.bytes_written, error))
@@ -965,12 +969,7 @@ skip_clean_chunks (FerryNbdCopy *copy, struct nbd_handle *src, guint64 n_chunks,
         }
       FerryCopyChunk chunk = { .index = index, .offset = index * FERRY_COPY_CHUNK_BYTES };
       chunk.length = MIN ((guint64) FERRY_COPY_CHUNK_BYTES, copy->progress.size - chunk.offset);
-      g_mutex_lock (&copy->lock);
-      copy->progress.chunks_done++;
-      copy->progress.bytes_done += chunk.length;
-      g_mutex_unlock (&copy->lock);
-      if (copy->chunk_done)
-        copy->chunk_done (&chunk, copy->chunk_done_data);
+      report_done (copy, &chunk);
     }
   g_mutex_lock (&copy->lock);
   if (copy->selected)
