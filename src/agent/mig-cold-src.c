@@ -957,7 +957,6 @@ mig_cold_src_recover (FerryAgent *agent, FerryStoreJob *stored)
       JsonNode *spec = json_object_get_member (state, "dest_spec");
       cold->dest_spec = spec ? json_node_copy (spec) : NULL;
     }
-  g_autoptr (GError) error = NULL;
   if (options.warm && state != NULL && cold->dest_spec != NULL
       && (cold->warm = mig_warm_src_restore (job)) != NULL
       && (job->state == FERRY_JOB_PRECOPY || job->state == FERRY_JOB_CUTOVER

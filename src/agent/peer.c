@@ -95,7 +95,7 @@ on_peer_reply (GObject *source, GAsyncResult *result, gpointer user_data)
         g_task_return_pointer (task, g_steal_pointer (&reply), (GDestroyNotify) json_object_unref);
       return;
     }
-  JsonObject *error_object = reply ? json_object_get_object_member (reply, "error") : NULL;
+  JsonObject *error_object = ferry_json_object_object (reply, "error");
   const char *code = ferry_json_object_string (error_object, "code");
   const char *message = ferry_json_object_string (error_object, "message");
   g_task_return_new_error (task, FERRY_ERROR,

@@ -176,3 +176,10 @@ ferry_json_object_string (JsonObject *object, const char *member)
     return NULL;
   return json_node_get_string (node);
 }
+
+JsonObject *
+ferry_json_object_object (JsonObject *object, const char *member)
+{
+  JsonNode *node = object ? json_object_get_member (object, member) : NULL;
+  return node != NULL && JSON_NODE_HOLDS_OBJECT (node) ? json_node_get_object (node) : NULL;
+}

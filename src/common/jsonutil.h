@@ -30,5 +30,8 @@ char *ferry_json_object_to_string (JsonObject *object, gboolean pretty);
 /* Reads an int member that QEMU or a peer may send as int or double; 0 when absent. */
 gint64 ferry_json_object_int (JsonObject *object, const char *member);
 const char *ferry_json_object_string (JsonObject *object, const char *member);
+/* An object member, or NULL when absent or of another type (untrusted
+ * input: json-glib's own getter logs a CRITICAL then). */
+JsonObject *ferry_json_object_object (JsonObject *object, const char *member);
 
 G_END_DECLS

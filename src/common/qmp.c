@@ -10,6 +10,8 @@
  */
 #include "qmp.h"
 
+#include "jsonutil.h"
+
 #include <string.h>
 
 #include <gio/gunixsocketaddress.h>
@@ -587,7 +589,7 @@ qmp_handle_greeting (FerryQmp *self, JsonObject *message)
   /* Out-of-band execution when QEMU offers it: commands such as
    * migrate-pause and migrate-recover must get through while a vCPU holds
    * QEMU's big lock waiting for a post-copy page that will not come. */
-  JsonObject *qmp = json_object_get_object_member (message, "QMP");
+  JsonObject *qmp = ferry_json_object_object (message, "QMP");
   JsonNode *caps_node = qmp ? json_object_get_member (qmp, "capabilities") : NULL;
   JsonArray *caps = caps_node && JSON_NODE_HOLDS_ARRAY (caps_node) ? json_node_get_array (caps_node) : NULL;
   g_autoptr(JsonObject) arguments = NULL;
