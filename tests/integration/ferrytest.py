@@ -70,6 +70,21 @@ _clusters = []
 AGENT_BUGS = re.compile(r"CRITICAL \*\*|AddressSanitizer|runtime error:")
 
 
+def print_agent_log_tails(lines=25):
+    """What each agent did last: a failed test's report (CI shows only the
+    end of the output, so this comes just before the verdict)."""
+    for cluster in _clusters:
+        for host in (cluster.a, cluster.b):
+            try:
+                with open(host.log_path, errors="replace") as handle:
+                    tail = handle.read().splitlines()[-lines:]
+            except FileNotFoundError:
+                continue
+            print(f"--- last {len(tail)} lines of ferryd on {host.name} ---", flush=True)
+            for line in tail:
+                print(f"  {line[:300]}", flush=True)
+
+
 def assert_agents_clean():
     for cluster in _clusters:
         for host in (cluster.a, cluster.b):
@@ -370,6 +385,7 @@ def main(test):
         test()
         assert_agents_clean()
     except AssertionError as error:
+        print_agent_log_tails()
         log(f"FAIL: {error}")
         _cleanup_all()
         sys.exit(1)
