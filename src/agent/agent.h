@@ -420,6 +420,10 @@ gboolean mig_cold_src_abort (FerryJob *job, GError **error);
 void mig_cold_src_digests_async (FerryAgent *agent, const char *uuid, JsonObject *request,
                                  GAsyncReadyCallback callback, gpointer user_data);
 JsonObject *mig_cold_src_digests_finish (GAsyncResult *result, GError **error);
+/* POST /v1/migrations/outgoing/UUID/nudge from the destination: its state
+ * changed (a copy or pass ended, or it failed), so the source asks it now
+ * rather than at its next poll. Only a hint: the poll stays the truth. */
+gboolean mig_cold_src_nudge (FerryAgent *agent, const char *uuid, GError **error);
 void mig_cold_src_recover (FerryAgent *agent, FerryStoreJob *stored);
 
 /* ---- warm migration (mig-warm.c: the source's passes and cutover; the

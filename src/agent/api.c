@@ -773,6 +773,16 @@ handle_migrations (FerryAgent *agent, SoupServerMessage *msg, const char *method
       mig_cold_src_digests_async (agent, parts[2], request, on_digests, g_object_ref (msg));
       return;
     }
+  if (n == 4 && g_str_equal (parts[1], "outgoing") && g_str_equal (parts[3], "nudge")
+      && g_str_equal (method, "POST"))
+    {
+      g_autoptr (JsonObject) empty = json_object_new ();
+      if (!mig_cold_src_nudge (agent, parts[2], &error))
+        reply_error (msg, error);
+      else
+        reply_json (msg, 200, empty);
+      return;
+    }
   if (n < 2 || !g_str_equal (parts[1], "incoming"))
     {
       reply_error_literal (msg, FERRY_ERROR_NOT_FOUND, "no such endpoint");

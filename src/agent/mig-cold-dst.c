@@ -56,13 +56,14 @@ typedef struct {
   guint verify_rounds;
   GArray *unverified;        /* guint64: done, digest not yet compared */
   GArray *bad;               /* guint64: digest disagreed */
-  gboolean verify_in_flight;
+  guint verify_in_flight;     /* chunks in the batch the source is digesting */
   gboolean started;          /* its copy began in this agent process */
   guint64 bytes_read;        /* over every attempt */
   guint64 bytes_written;
   guint attempts;
   gint64 failing_since_us;   /* monotonic; 0 while fine */
   guint retry_timer;
+  gint64 attempt_started_us; /* monotonic: when the running copy began */
 } ColdDisk;
 
 typedef struct {
@@ -394,6 +395,21 @@ remove_created_volumes (FerryJob *job, ColdDst *cold)
 }
 
 static void
+on_nudged (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, NULL);
+}
+
+/* Tells the source our state changed, so it need not wait for its next
+ * poll (up to a second per copy or pass). A lost nudge costs only that. */
+static void
+nudge_source (FerryJob *job, ColdDst *cold)
+{
+  g_autofree char *path = g_strdup_printf ("/v1/migrations/outgoing/%s/nudge", job->uuid);
+  ferry_peer_request_async (job->agent, cold->source_url, "POST", path, NULL, 5, NULL, on_nudged, NULL);
+}
+
+static void
 cold_teardown (FerryJob *job, FerryJobState terminal, const char *reason)
 {
   ColdDst *cold = cold_of (job);
@@ -403,6 +419,10 @@ cold_teardown (FerryJob *job, FerryJobState terminal, const char *reason)
       remove_created_volumes (job, cold);
     }
   ferry_store_chunks_delete (job->agent->store, job->id, -1, -1, NULL);
+  /* Sent before the job ends (which frees `cold`); the source's poll it
+   * sets off is answered after, from this same main loop. */
+  if (cold != NULL)
+    nudge_source (job, cold);
   ferry_job_finish (job, terminal, reason);
 }
 
@@ -632,6 +652,10 @@ on_copy_done (GObject *source, GAsyncResult *result, gpointer user_data)
   if (ok)
     {
       disk->failing_since_us = 0;
+      double seconds = (g_get_monotonic_time () - disk->attempt_started_us) / (double) G_USEC_PER_SEC;
+      ferry_job_event (job, "info", "disk %s/%s: copy ended, %.1f MiB written in %.1f s; %u chunks await "
+                       "the source's digests", disk->pool, disk->volume, progress.bytes_written / 1048576.0,
+                       seconds, disk->unverified->len + disk->verify_in_flight);
       verify_next (job, disk);
       return;
     }
@@ -667,6 +691,7 @@ start_disk_copy (FerryJob *job, ColdDisk *disk)
   ferry_nbd_copy_set_chunk_done (copy, on_chunk_done, data);
 
   disk->attempts++;
+  disk->attempt_started_us = g_get_monotonic_time ();
   disk->started = TRUE;
   disk->running = TRUE;
   disk->copy = copy;
@@ -729,6 +754,7 @@ start_copies (FerryJob *job)
       g_autofree char *what = cold->warm ? g_strdup_printf ("pass %u copied and verified", cold->pass)
                                          : g_strdup ("disks copied and verified");
       ferry_job_transition (job, FERRY_JOB_PREPARED, what);
+      nudge_source (job, cold);
       return;
     }
   for (guint i = 0; i < cold->disks->len && running < (guint) MAX (job->options.parallel_disks, 1); i++)
@@ -743,8 +769,11 @@ start_copies (FerryJob *job)
 
 /* ---- verification ------------------------------------------------------------------
  *
- * Runs alongside the copy: every DIGEST_BATCH chunks done, the source is
- * asked for its digests of them; chunks that disagree are copied again
+ * Runs alongside the copy: one batch at a time, the source is asked for
+ * its digests of the chunks done since the last batch (at most
+ * DIGEST_BATCH). Small, steady batches spread the source's hashing over
+ * the copy (large ones stalled its export on a small host, and left a
+ * long tail after the copy); chunks that disagree are copied again
  * (at most MAX_VERIFY_ROUNDS times). A disk is verified when its copy has
  * ended and every chunk's digest agreed. */
 
@@ -827,7 +856,7 @@ on_digests (GObject *source, GAsyncResult *result, gpointer user_data)
       return;
     }
   ColdDisk *disk = disk_by_index (cold, batch->disk);
-  disk->verify_in_flight = FALSE;
+  disk->verify_in_flight = 0;
   JsonNode *node = reply ? json_object_get_member (reply, "digests") : NULL;
   if (node == NULL || !JSON_NODE_HOLDS_ARRAY (node)
       || json_array_get_length (json_node_get_array (node)) != batch->chunks->len)
@@ -861,8 +890,8 @@ on_digests (GObject *source, GAsyncResult *result, gpointer user_data)
   verify_next (job, disk);
 }
 
-/* Sends the next batch when there is one (a full one while the copy runs,
- * whatever is left once it ended), else settles the disk. */
+/* Sends the next batch when chunks wait and none is out, else settles
+ * the disk once its copy is over. */
 static void
 verify_next (FerryJob *job, ColdDisk *disk)
 {
@@ -870,7 +899,7 @@ verify_next (FerryJob *job, ColdDisk *disk)
   if (disk == NULL || disk->verify_in_flight)
     return;
   gboolean copy_over = !disk->running && disk->retry_timer == 0;
-  if (disk->unverified->len == 0 || (!copy_over && disk->unverified->len < DIGEST_BATCH))
+  if (disk->unverified->len == 0)
     {
       if (copy_over)
         verify_settle (job, disk);
@@ -883,7 +912,7 @@ verify_next (FerryJob *job, ColdDisk *disk)
   batch->chunks = g_array_sized_new (FALSE, FALSE, sizeof (guint64), n);
   g_array_append_vals (batch->chunks, disk->unverified->data, n);
   g_array_remove_range (disk->unverified, 0, n);
-  disk->verify_in_flight = TRUE;
+  disk->verify_in_flight = n;
 
   g_autoptr (JsonObject) body = json_object_new ();
   JsonArray *chunks = json_array_new ();

@@ -313,6 +313,18 @@ on_polled (GObject *source, GAsyncResult *result, gpointer user_data)
     }
 }
 
+static void
+poll_destination (FerryJob *job)
+{
+  ColdSrc *cold = cold_of (job);
+  if (cold->poll_in_flight)
+    return;
+  cold->poll_in_flight = TRUE;
+  g_autofree char *path = g_strdup_printf ("/v1/migrations/incoming/%s", job->uuid);
+  ferry_peer_request_async (job->agent, job->peer_url, "GET", path, NULL, 10, NULL, on_polled,
+                            ferry_job_ref_new (job));
+}
+
 static gboolean
 on_poll_timer (gpointer user_data)
 {
@@ -320,13 +332,25 @@ on_poll_timer (gpointer user_data)
   ColdSrc *cold = job ? cold_of (job) : NULL;
   if (cold == NULL)
     return G_SOURCE_REMOVE;
-  if (cold->poll_in_flight)
-    return G_SOURCE_CONTINUE;
-  cold->poll_in_flight = TRUE;
-  g_autofree char *path = g_strdup_printf ("/v1/migrations/incoming/%s", job->uuid);
-  ferry_peer_request_async (job->agent, job->peer_url, "GET", path, NULL, 10, NULL, on_polled,
-                            ferry_job_ref_new (job));
+  poll_destination (job);
   return G_SOURCE_CONTINUE;
+}
+
+gboolean
+mig_cold_src_nudge (FerryAgent *agent, const char *uuid, GError **error)
+{
+  FerryJob *job = ferry_job_lookup_uuid (agent, uuid, FERRY_JOB_ROLE_SOURCE);
+  ColdSrc *cold = job ? cold_of (job) : NULL;
+  if (cold == NULL)
+    {
+      g_set_error (error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "source: no disk copy for migration %s", uuid);
+      return FALSE;
+    }
+  /* Only while polling: before, the destination is not asked yet; after,
+   * the job has moved on. */
+  if (cold->poll_timer != 0)
+    poll_destination (job);
+  return TRUE;
 }
 
 static void

@@ -777,6 +777,16 @@ on_poll_timer (gpointer user_data)
   return G_SOURCE_CONTINUE;
 }
 
+/* Whether the destination holds an incoming VM for us that it keeps only
+ * while we keep asking (its lease): from its prepare reply through the
+ * disk mirrors (PREPARING) and the stream (PERFORMING). Silence or a
+ * failed destination then rolls the migration back. */
+static gboolean
+watching_destination (FerryJob *job)
+{
+  return job->state == FERRY_JOB_PERFORMING || (job->state == FERRY_JOB_PREPARING && job->incoming_uri != NULL);
+}
+
 static void
 on_keepalive_replied (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -788,7 +798,7 @@ on_keepalive_replied (GObject *source, GAsyncResult *result, gpointer user_data)
   if (job == NULL)
     return;
   job->keepalive_in_flight = FALSE;
-  if (job->state != FERRY_JOB_PERFORMING)
+  if (!watching_destination (job))
     {
       if (reply != NULL)
         job->peer_last_seen_us = g_get_monotonic_time ();
@@ -831,7 +841,7 @@ on_keepalive_timer (gpointer user_data)
   gboolean silent = silent_ms >= job->agent->config.keepalive_timeout_ms;
   if (job->keepalive_in_flight && job->state == FERRY_JOB_POSTCOPY && silent)
     pause_stuck_postcopy (job);
-  if (job->keepalive_in_flight && job->state == FERRY_JOB_PERFORMING)
+  if (job->keepalive_in_flight && watching_destination (job))
     {
       /* A request hung (link cut): judge silence without waiting for it. */
       if (silent)
@@ -850,6 +860,14 @@ on_keepalive_timer (gpointer user_data)
   ferry_peer_request_async (job->agent, job->peer_url, "GET", path, NULL, timeout_s, NULL,
                             on_keepalive_replied, ferry_job_ref_new (job));
   return G_SOURCE_CONTINUE;
+}
+
+/* Idempotent: the keepalive runs from the prepare reply to the end. */
+static void
+start_keepalive (FerryJob *job)
+{
+  if (job->keepalive_timer == 0)
+    job->keepalive_timer = g_timeout_add (job->agent->config.keepalive_interval_ms, on_keepalive_timer, job);
 }
 
 /* Records what QEMU itself reports for the settings that matter, so the
@@ -939,7 +957,7 @@ on_migrate_started (GObject *source, GAsyncResult *result, gpointer user_data)
   job->poll_timer = g_timeout_add (PROGRESS_POLL_MS, on_poll_timer, job);
   if (job->options.postcopy && job->options.postcopy_after_s > 0)
     job->postcopy_timer = g_timeout_add_seconds (job->options.postcopy_after_s, on_postcopy_timer, job);
-  job->keepalive_timer = g_timeout_add (job->agent->config.keepalive_interval_ms, on_keepalive_timer, job);
+  start_keepalive (job);
 }
 
 void
@@ -1068,6 +1086,10 @@ on_prepared (GObject *source, GAsyncResult *result, gpointer user_data)
       mig_src_rollback (job, "aborted by the user");
       return;
     }
+  /* The destination's lease on the incoming VM runs from now: a disk
+   * mirror can take longer than it. */
+  job->peer_last_seen_us = g_get_monotonic_time ();
+  start_keepalive (job);
   /* With storage, memory moves once the disks are mirrored. */
   if (mig_storage_src_start (job, reply))
     return;
@@ -1248,9 +1270,10 @@ mig_src_abort (FerryVm *vm, GError **error)
     return mig_cold_src_abort (job, error);
   job->abort_requested = TRUE;
   ferry_job_event (job, "warning", "abort requested");
-  if (job->state == FERRY_JOB_PERFORMING)
+  /* Mirroring disks or streaming: roll back now (a slow mirror may be
+   * minutes from ready). Before the prepare reply, it sees the flag. */
+  if (watching_destination (job))
     mig_src_rollback (job, "aborted by the user");
-  /* In BEGIN/PREPARING the prepare reply sees abort_requested. */
   return TRUE;
 }
 

@@ -77,7 +77,8 @@ def print_agent_log_tails(lines=25):
         for host in (cluster.a, cluster.b):
             try:
                 with open(host.log_path, errors="replace") as handle:
-                    tail = handle.read().splitlines()[-lines:]
+                    # Request logs (DEBUG) would crowd out what happened.
+                    tail = [line for line in handle.read().splitlines() if "-DEBUG:" not in line][-lines:]
             except FileNotFoundError:
                 continue
             print(f"--- last {len(tail)} lines of ferryd on {host.name} ---", flush=True)
@@ -301,6 +302,10 @@ class Cluster:
         for host, veth in ((self.a, self.veth[0]), (self.b, self.veth[1])):
             host.run_in("tc", "qdisc", "replace", "dev", veth, "root", "tbf", "rate", rate,
                         "burst", "256kb", "latency", "50ms")
+
+    def unshape(self):
+        for host, veth in ((self.a, self.veth[0]), (self.b, self.veth[1])):
+            host.run_in("tc", "qdisc", "del", "dev", veth, "root", check=False)
 
 
 def guest_spec(path, name, kernel, initrd, memory_mib=256, dirty_mib=0, dirty_rate=0,
