@@ -12,8 +12,13 @@ unshaped and a 1 Gbit/s-shaped link.
 Measured per run: wall time, bytes on the wire (the source veth's tx bytes:
 payload, TLS and TCP/IP headers), the destination's allocated size. ferry
 runs as a whole cold migration (`ferry migrate --offline --copy-storage`),
-so its time also includes the checks, volume creation, per-chunk read-back
-and the digest comparison with the source; the peers only copy.
+so its time also includes the checks, volume creation, the export's start
+and the digest comparison with the source; the peers only copy (their
+source export is started before their clock). Each run's copy is durable
+when its clock stops (ferry flushes as it goes, nbdcopy gets --flush,
+qemu-img flushes on close), and every run starts after a sync, so no run
+pays for an earlier one's writeback. Each tool runs --repeat times per
+link, interleaved; the median is compared.
 """
 
 import argparse
@@ -112,8 +117,10 @@ def run_peer(cluster, tool, image, destination):
             deadline = time.monotonic() + 30
             while not os.path.exists(socket) and time.monotonic() < deadline:
                 time.sleep(0.05)
+            # --flush: the copy is on disk when nbdcopy ends, as ferry's is
+            # (ferry flushes as it goes; it resumes from what is durable).
             argv = cluster.b.prefix() + [
-                "nbdcopy", f"nbds://{cluster.a.address}:{NBD_PORT}/disk0?tls-certificates={b_creds}",
+                "nbdcopy", "--flush", f"nbds://{cluster.a.address}:{NBD_PORT}/disk0?tls-certificates={b_creds}",
                 f"nbd+unix:///?socket={socket}"]
         else:
             argv = cluster.b.prefix() + [
@@ -152,6 +159,9 @@ def one_run(cluster, tool, link, kernel, initrd, image_a, data_bytes):
     for path in (destination, destination + ".sock"):
         if os.path.exists(path):
             os.unlink(path)
+    # Every run starts with nothing dirty in the page cache: the kernel
+    # writing back an earlier run's data would slow the next one.
+    os.sync()
     before = tx_bytes(cluster.a)
     record = {"tool": tool, "link": link}
     if tool == "ferry":
@@ -281,7 +291,8 @@ def main():
         "config": {"virtual_gib": VIRTUAL_GIB, "data_mib": options.data_mib, "extent_mib": EXTENT_MIB,
                    "repeat": options.repeat,
                    "tools": {"ferry": "ferry migrate NAME DEST --offline --copy-storage --persistent",
-                             "nbdcopy": "nbdcopy nbds://A/disk0 nbd+unix:///?socket=local-qemu-nbd (defaults)",
+                             "nbdcopy": "nbdcopy --flush nbds://A/disk0 nbd+unix:///?socket=local-qemu-nbd "
+                                        "(defaults, plus a flush at the end so the copy is durable as ferry's)",
                              "qemu-img-convert": "qemu-img convert -O qcow2 (nbd+TLS source, defaults)"}},
         "runs": runs,
     }

@@ -29,6 +29,8 @@
 #define RETRY_BUDGET_S 600
 #define RETRY_MAX_DELAY_S 30
 #define DIGEST_BATCH 64
+/* Finished chunks are recorded at most this long after they are done. */
+#define SAVE_CHUNKS_MS 250
 #define MAX_VERIFY_ROUNDS 2
 #define PEER_TIMEOUT_S 30
 #define DIGEST_TIMEOUT_S 300
@@ -66,6 +68,14 @@ typedef struct {
   gint64 attempt_started_us; /* monotonic: when the running copy began */
 } ColdDisk;
 
+/* A chunk a copy thread finished (flushed), on its way to the main thread. */
+typedef struct {
+  FerryJobRef ref;
+  guint disk;
+  guint64 chunk;
+  char digest[FERRY_COPY_DIGEST_LEN];
+} ChunkNote;
+
 typedef struct {
   FerryJobRef ref;
   JsonObject *request;       /* as received: what a restarted agent needs */
@@ -83,6 +93,8 @@ typedef struct {
   guint64 rate_mark_bytes;
   gint64 rate_mark_us;
   double rate_bytes_s;
+  GArray *unsaved;           /* ChunkNote: done, not yet in the store */
+  guint save_timer;
 } ColdDst;
 
 static void
@@ -113,6 +125,8 @@ cold_dst_free (ColdDst *cold)
   g_cancellable_cancel (cold->cancel);
   g_clear_object (&cold->cancel);
   g_clear_handle_id (&cold->progress_timer, g_source_remove);
+  g_clear_handle_id (&cold->save_timer, g_source_remove);
+  g_clear_pointer (&cold->unsaved, g_array_unref);
   g_clear_pointer (&cold->request, json_object_unref);
   g_ptr_array_unref (cold->disks);
   g_free (cold->source_url);
@@ -417,6 +431,8 @@ cold_teardown (FerryJob *job, FerryJobState terminal, const char *reason)
     {
       g_cancellable_cancel (cold->cancel);
       remove_created_volumes (job, cold);
+      g_clear_handle_id (&cold->save_timer, g_source_remove);
+      g_array_set_size (cold->unsaved, 0);
     }
   ferry_store_chunks_delete (job->agent->store, job->id, -1, -1, NULL);
   /* Sent before the job ends (which frees `cold`); the source's poll it
@@ -535,12 +551,38 @@ on_progress_timer (gpointer user_data)
 
 /* ---- copying -------------------------------------------------------------------- */
 
-typedef struct {
-  FerryJobRef ref;
-  guint disk;
-  guint64 chunk;
-  char digest[FERRY_COPY_DIGEST_LEN];
-} ChunkNote;
+/* Writes the chunks noted since the last save in one transaction. A crash
+ * before it only costs copying them again. */
+static void
+save_chunks (FerryJob *job, ColdDst *cold)
+{
+  g_clear_handle_id (&cold->save_timer, g_source_remove);
+  if (cold->unsaved->len == 0)
+    return;
+  g_autofree FerryStoreChunk *chunks = g_new (FerryStoreChunk, cold->unsaved->len);
+  for (guint i = 0; i < cold->unsaved->len; i++)
+    {
+      const ChunkNote *note = &g_array_index (cold->unsaved, ChunkNote, i);
+      chunks[i] = (FerryStoreChunk) { note->disk, note->chunk, note->digest };
+    }
+  g_autoptr (GError) error = NULL;
+  if (!ferry_store_chunks_put (job->agent->store, job->id, chunks, cold->unsaved->len, &error))
+    g_warning ("job %" G_GINT64_FORMAT ": %s", job->id, error->message);
+  g_array_set_size (cold->unsaved, 0);
+}
+
+static gboolean
+on_save_timer (gpointer user_data)
+{
+  FerryJob *job = ferry_job_ref_get (user_data);
+  ColdDst *cold = job ? cold_of (job) : NULL;
+  if (cold != NULL)
+    {
+      cold->save_timer = 0;
+      save_chunks (job, cold);
+    }
+  return G_SOURCE_REMOVE;
+}
 
 /* Main thread: a chunk is on the destination's storage; remember it. */
 static gboolean
@@ -549,12 +591,13 @@ on_chunk_noted (gpointer user_data)
   g_autofree ChunkNote *note = user_data;
   FerryJob *job = ferry_job_ref_get (&note->ref);
   ColdDst *cold = job ? cold_of (job) : NULL;
-  g_autoptr (GError) error = NULL;
   if (cold == NULL || note->disk >= cold->disks->len)
     return G_SOURCE_REMOVE;
   ColdDisk *disk = g_ptr_array_index (cold->disks, note->disk);
-  if (!ferry_store_chunk_put (job->agent->store, job->id, note->disk, note->chunk, note->digest, &error))
-    g_warning ("job %" G_GINT64_FORMAT ": %s", job->id, error->message);
+  g_array_append_val (cold->unsaved, *note);
+  if (cold->save_timer == 0)
+    cold->save_timer = g_timeout_add_full (G_PRIORITY_DEFAULT, SAVE_CHUNKS_MS, on_save_timer,
+                                           g_memdup2 (&cold->ref, sizeof cold->ref), g_free);
   gint64 *key = g_new (gint64, 1);
   *key = (gint64) note->chunk;
   g_hash_table_replace (disk->done, key, g_strdup (note->digest));
@@ -753,6 +796,7 @@ start_copies (FerryJob *job)
                        (double) elapsed_ms / 1000);
       g_autofree char *what = cold->warm ? g_strdup_printf ("pass %u copied and verified", cold->pass)
                                          : g_strdup ("disks copied and verified");
+      save_chunks (job, cold);
       ferry_job_transition (job, FERRY_JOB_PREPARED, what);
       nudge_source (job, cold);
       return;
@@ -832,6 +876,8 @@ verify_settle (FerryJob *job, ColdDisk *disk)
   disk->verify_rounds++;
   ferry_job_event (job, "warning", "disk %s/%s: %u chunks differ from the source; copying them again",
                    disk->pool, disk->volume, disk->bad->len);
+  /* Their records go now, so none may land after the deletes below. */
+  save_chunks (job, cold_of (job));
   for (guint i = 0; i < disk->bad->len; i++)
     {
       gint64 chunk = (gint64) g_array_index (disk->bad, guint64, i);
@@ -972,6 +1018,7 @@ cold_dst_new (FerryJob *job, JsonObject *request, const FerryVmSpec *spec, const
     return NULL;
 
   ColdDst *cold = g_new0 (ColdDst, 1);
+  cold->unsaved = g_array_new (FALSE, FALSE, sizeof (ChunkNote));
   cold->ref.agent = agent;
   cold->ref.job_id = job->id;
   cold->request = json_object_ref (request);
@@ -1278,6 +1325,8 @@ mig_cold_dst_pass (FerryAgent *agent, const char *uuid, JsonObject *request, GEr
       disk->bytes_read = disk->bytes_written = 0;
       disk->failing_since_us = 0;
     }
+  g_clear_handle_id (&cold->save_timer, g_source_remove);
+  g_array_set_size (cold->unsaved, 0);
   ferry_store_chunks_delete (agent->store, job->id, -1, -1, NULL);
   /* Persisted before acted on: a restarted agent resumes this pass. */
   json_object_set_object_member (job->stats, "ferry-warm-pass", json_object_ref (request));

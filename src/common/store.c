@@ -506,20 +506,31 @@ ferry_store_job_events (FerryStore *store, gint64 job_id, GError **error)
 /* ---- copied chunks -------------------------------------------------------- */
 
 gboolean
-ferry_store_chunk_put (FerryStore *store, gint64 job_id, guint disk, guint64 chunk, const char *digest,
-                       GError **error)
+ferry_store_chunks_put (FerryStore *store, gint64 job_id, const FerryStoreChunk *chunks, guint n,
+                        GError **error)
 {
+  if (n == 0)
+    return TRUE;
+  if (sqlite3_exec (store->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+    return set_sqlite_error (store, "record copied chunks", error);
   g_autoptr (FerryStmt) stmt = prepare (store,
     "INSERT OR REPLACE INTO copy_chunks (job_id, disk, chunk, digest) VALUES (?,?,?,?)", error);
-  if (stmt == NULL)
-    return FALSE;
-  sqlite3_bind_int64 (stmt, 1, job_id);
-  sqlite3_bind_int64 (stmt, 2, disk);
-  sqlite3_bind_int64 (stmt, 3, (sqlite3_int64) chunk);
-  sqlite3_bind_text (stmt, 4, digest, -1, SQLITE_TRANSIENT);
-  if (sqlite3_step (stmt) != SQLITE_DONE)
-    return set_sqlite_error (store, "record a copied chunk", error);
-  return TRUE;
+  gboolean ok = stmt != NULL;
+  for (guint i = 0; ok && i < n; i++)
+    {
+      sqlite3_reset (stmt);
+      sqlite3_bind_int64 (stmt, 1, job_id);
+      sqlite3_bind_int64 (stmt, 2, chunks[i].disk);
+      sqlite3_bind_int64 (stmt, 3, (sqlite3_int64) chunks[i].chunk);
+      sqlite3_bind_text (stmt, 4, chunks[i].digest, -1, SQLITE_TRANSIENT);
+      if (sqlite3_step (stmt) != SQLITE_DONE)
+        ok = set_sqlite_error (store, "record a copied chunk", error);
+    }
+  if (ok && sqlite3_exec (store->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+    ok = set_sqlite_error (store, "record copied chunks", error);
+  if (!ok)
+    sqlite3_exec (store->db, "ROLLBACK", NULL, NULL, NULL);
+  return ok;
 }
 
 GHashTable *

@@ -96,9 +96,18 @@ GPtrArray *ferry_store_job_events (FerryStore *store, gint64 job_id, GError **er
 
 /* ---- copied chunks (resumable disk copies) -------------------------------- */
 
-/* A chunk copied, flushed and read back on the destination, with its digest. */
-gboolean ferry_store_chunk_put (FerryStore *store, gint64 job_id, guint disk, guint64 chunk,
-                                const char *digest, GError **error);
+/* A chunk copied and flushed on the destination, with its digest. */
+typedef struct {
+  guint disk;
+  guint64 chunk;
+  const char *digest;
+} FerryStoreChunk;
+
+/* Records n chunks in one transaction: one sync for the lot (a sync per
+ * chunk made the copy wait on the disk, and blocked the main loop). All
+ * or none are recorded. */
+gboolean ferry_store_chunks_put (FerryStore *store, gint64 job_id, const FerryStoreChunk *chunks, guint n,
+                                 GError **error);
 /* gint64* chunk → char* digest. */
 GHashTable *ferry_store_chunks_get (FerryStore *store, gint64 job_id, guint disk, GError **error);
 /* disk < 0: every disk; chunk < 0: every chunk. */

@@ -172,6 +172,36 @@ test_job_events_in_order (Fixture *fixture, gconstpointer data)
 }
 
 static void
+test_chunks_batch_all_or_none (Fixture *fixture, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  FerryStoreJob job = sample_job ("c", "destination", "copying");
+  g_assert_true (ferry_store_job_insert (fixture->store, &job, &error));
+  const FerryStoreChunk batch[] = { { 0, 3, "aa" }, { 0, 7, "bb" }, { 1, 3, "cc" } };
+  g_assert_true (ferry_store_chunks_put (fixture->store, job.id, batch, G_N_ELEMENTS (batch), &error));
+  g_assert_no_error (error);
+  /* A bad record (no digest) fails the batch and records none of it. */
+  const FerryStoreChunk bad[] = { { 0, 9, "dd" }, { 0, 10, NULL } };
+  g_assert_false (ferry_store_chunks_put (fixture->store, job.id, bad, G_N_ELEMENTS (bad), &error));
+  g_assert_error (error, FERRY_ERROR, FERRY_ERROR_FAILED);
+  g_clear_error (&error);
+
+  ferry_store_free (fixture->store);
+  fixture->store = ferry_store_open (fixture->path, &error);
+  g_assert_no_error (error);
+  g_autoptr (GHashTable) disk0 = ferry_store_chunks_get (fixture->store, job.id, 0, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (g_hash_table_size (disk0), ==, 2);
+  gint64 seven = 7, nine = 9;
+  g_assert_cmpstr (g_hash_table_lookup (disk0, &seven), ==, "bb");
+  g_assert_null (g_hash_table_lookup (disk0, &nine));
+  /* The store takes writes again after the failed batch. */
+  const FerryStoreChunk again[] = { { 0, 9, "dd" } };
+  g_assert_true (ferry_store_chunks_put (fixture->store, job.id, again, 1, &error));
+  g_assert_no_error (error);
+}
+
+static void
 test_open_unwritable_path_fails (void)
 {
   g_autoptr (GError) error = NULL;
@@ -194,6 +224,7 @@ main (int argc, char **argv)
   ADD ("/store/job-lookup-by-uuid-and-role", test_job_lookup_by_uuid_and_role);
   ADD ("/store/unfinished-jobs-skip-terminal", test_unfinished_jobs_skip_terminal);
   ADD ("/store/job-events-in-order", test_job_events_in_order);
+  ADD ("/store/chunks-batch-all-or-none", test_chunks_batch_all_or_none);
   g_test_add_func ("/store/open-unwritable-path-fails", test_open_unwritable_path_fails);
   return g_test_run ();
 }
