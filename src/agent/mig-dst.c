@@ -39,6 +39,10 @@ job_status_json (FerryJob *job)
   return reply;
 }
 
+/* The job's stats member listing the volumes created for a storage copy
+ * (until Finish makes them the VM's), for a restarted agent to remove. */
+#define INCOMING_VOLUMES "ferry-incoming-volumes"
+
 /* Removes what this side created and ends the job. Idempotent per job. */
 static void
 mig_dst_teardown (FerryJob *job, FerryJobState terminal, const char *reason)
@@ -393,6 +397,12 @@ mig_dst_prepare_async (FerryAgent *agent, JsonObject *request, const char *liste
           prepare_fail (task, error);
           return;
         }
+      /* A restarted agent removes them (mig_dst_recover). */
+      JsonArray *made = json_array_new ();
+      for (char **path = job->storage_volumes; *path != NULL; path++)
+        json_array_add_string_element (made, *path);
+      json_object_set_array_member (job->stats, INCOMING_VOLUMES, made);
+      ferry_job_save_stats (job);
     }
 
   FerryVmStartOptions start = { .incoming = TRUE, .paused = TRUE };
@@ -541,6 +551,8 @@ finish_resume (GTask *task, FerryJob *job, gboolean postcopy)
     {
       g_strfreev (job->storage_volumes);   /* the VM's disks now */
       job->storage_volumes = NULL;
+      json_object_remove_member (job->stats, INCOMING_VOLUMES);
+      ferry_job_save_stats (job);
     }
   ferry_qmp_run_steps_async (vm->qmp, steps + first, G_N_ELEMENTS (steps) - first, NULL, on_finish_resumed, task);
 }
@@ -888,6 +900,21 @@ mig_dst_recover (FerryAgent *agent, FerryStoreJob *stored)
     }
   if (vm != NULL && !vm->persistent && vm->state == FERRY_VM_SHUTOFF)
     ferry_vm_forget (vm);
+  /* Volumes made for a storage copy hold nothing the source lacks. */
+  g_autoptr (JsonNode) stats = stored->stats_json ? json_from_string (stored->stats_json, NULL) : NULL;
+  JsonObject *stats_object = stats && JSON_NODE_HOLDS_OBJECT (stats) ? json_node_get_object (stats) : NULL;
+  JsonNode *made = stats_object ? json_object_get_member (stats_object, INCOMING_VOLUMES) : NULL;
+  if (made != NULL && JSON_NODE_HOLDS_ARRAY (made))
+    {
+      g_autoptr (GStrvBuilder) paths = g_strv_builder_new ();
+      JsonArray *list = json_node_get_array (made);
+      for (guint i = 0; i < json_array_get_length (list); i++)
+        if (JSON_NODE_HOLDS_VALUE (json_array_get_element (list, i))
+            && json_node_get_value_type (json_array_get_element (list, i)) == G_TYPE_STRING)
+          g_strv_builder_add (paths, json_array_get_string_element (list, i));
+      g_auto (GStrv) volumes = g_strv_builder_end (paths);
+      mig_storage_dst_remove_volumes ((const char *const *) volumes);
+    }
   outcome = "failed";
   ferry_store_job_update (agent->store, stored->id, outcome,
                           "destination agent restarted before the migration finished", NULL, NULL);

@@ -77,6 +77,13 @@ struct _WarmSrc {
   guint catch_up_passes;      /* passes run at the cutover before the guest stops */
   JsonArray *iterations;
   guint64 iterations_dropped;
+  /* A pass's snapshot sequence is under way: a roll back asked for
+   * meanwhile waits for it (its removals would race the creations) and
+   * runs with these when it ends. */
+  gboolean snapshotting;
+  char *deferred_roll_back;   /* the reason; NULL = none */
+  FerryJobState deferred_terminal;
+  gboolean roll_back_deadline_armed;
 };
 
 static void
@@ -96,6 +103,7 @@ mig_warm_src_free (WarmSrc *warm)
   g_clear_handle_id (&warm->shutdown_timer, g_source_remove);
   g_ptr_array_unref (warm->disks);
   json_array_unref (warm->iterations);
+  g_free (warm->deferred_roll_back);
   g_free (warm);
 }
 
@@ -334,6 +342,25 @@ mig_warm_src_roll_back (FerryJob *job, FerryJobState terminal, const char *reaso
   g_clear_handle_id (&warm->shutdown_timer, g_source_remove);
   if (job->state != FERRY_JOB_CANCELLING)
     ferry_job_transition (job, FERRY_JOB_CANCELLING, reason);
+  if (!warm->roll_back_deadline_armed)
+    {
+      /* A QEMU that never answers (one seen under ASan, stuck closing an
+       * NBD export) must not keep the job open forever. */
+      RollBack *deadline = g_new0 (RollBack, 1);
+      deadline->ref = warm->ref;
+      deadline->terminal = terminal;
+      deadline->reason = g_strdup (reason);
+      g_timeout_add_seconds_full (G_PRIORITY_DEFAULT, ROLL_BACK_DEADLINE_S, on_roll_back_deadline, deadline,
+                                  (GDestroyNotify) roll_back_free);
+      warm->roll_back_deadline_armed = TRUE;
+    }
+  if (warm->snapshotting)
+    {
+      g_free (warm->deferred_roll_back);
+      warm->deferred_roll_back = g_strdup (reason);
+      warm->deferred_terminal = terminal;
+      return;
+    }
   FerryQmp *qmp = job_qmp (job);
   if (qmp == NULL)
     {
@@ -363,14 +390,6 @@ mig_warm_src_roll_back (FerryJob *job, FerryJobState terminal, const char *reaso
   roll->terminal = terminal;
   roll->reason = g_strdup (reason);
   ferry_qmp_run_steps_async (qmp, (FerryQmpStep *) steps->data, steps->len, NULL, on_rolled_back, roll);
-  /* A QEMU that never answers (one seen under ASan, stuck closing an NBD
-   * export) must not keep the job open forever. */
-  RollBack *deadline = g_new0 (RollBack, 1);
-  deadline->ref = warm->ref;
-  deadline->terminal = terminal;
-  deadline->reason = g_strdup (reason);
-  g_timeout_add_seconds_full (G_PRIORITY_DEFAULT, ROLL_BACK_DEADLINE_S, on_roll_back_deadline, deadline,
-                              (GDestroyNotify) roll_back_free);
 }
 
 /* A timer for the job that fires at a wall-clock time (never before it:
@@ -481,6 +500,15 @@ on_snapshot_ready (GObject *source, GAsyncResult *result, gpointer user_data)
   if (warm == NULL)
     return;
   warm->qmp_busy = FALSE;
+  warm->snapshotting = FALSE;
+  if (warm->deferred_roll_back != NULL)
+    {
+      /* Whatever the sequence created exists now, so the roll back
+       * removes it all. */
+      g_autofree char *reason = g_steal_pointer (&warm->deferred_roll_back);
+      mig_warm_src_roll_back (job, warm->deferred_terminal, reason);
+      return;
+    }
   if (reply == NULL)
     {
       warm_fail (job, "pass %u: cannot snapshot the disks: %s", warm->pass, error->message);
@@ -593,6 +621,7 @@ pass_begin (FerryJob *job, gboolean final)
   warm->pass_final = final;
   warm->next_pass_at_us = 0;
   warm->qmp_busy = TRUE;
+  warm->snapshotting = TRUE;
   save_state (job);
   ferry_qmp_run_steps_async (qmp, (FerryQmpStep *) steps->data, steps->len, NULL, on_snapshot_ready,
                              ferry_job_ref_new (job));

@@ -9,21 +9,22 @@ mirrors while the guest is paused. After the switchover the guest runs on
 hostb (same boot, ticks continue), every record it reported durable on
 hosta is on hostb's disk, and the root volume's data is there. An abort
 while the disks are still mirroring leaves the guest running on hosta and
-hostb without volumes; a storage map to a pool hostb lacks is refused.
+hostb without volumes, and so does hostb's agent killed while the disks
+mirror (once it is back); a storage map to a pool hostb lacks is refused.
 
 A third volume is overwritten by the guest at about 6 MiB/s throughout.
 Going there, the link is fast enough for a background mirror; coming back
 over a link shaped to 80 Mbit/s, the guest writes faster than half of it
-(as ferry measures it), so the
-mirrors run write-blocking (every guest write waits for the destination)
-and the migration still finishes with every durable record."""
+(as ferry measures it), so the mirrors run write-blocking (every guest
+write waits for the destination) and the migration still finishes with
+every durable record."""
 
 import json
 import os
 import re
 
-from ferrytest import (BUILD, Cluster, ensure_guest, guest_spec, job, log, main, run, wait_for_console,
-                       wait_for_ticks, wait_until)
+from ferrytest import (BUILD, Cluster, assert_clean, ensure_guest, guest_spec, job, log, main, run,
+                       wait_for_console, wait_for_ticks, wait_job_done, wait_until)
 
 MiB = 1024 * 1024
 DISK_CHECK = os.path.join(BUILD, "guest/disk-check")
@@ -77,6 +78,19 @@ def test():
     wait_for_ticks(a, "vm2", beyond=number, boot_id=boot)
     wait_until("hostb to forget vm2", lambda: "vm2" not in b.vms(), timeout=60)
     wait_until("hostb's volumes to go", lambda: os.listdir(b_default) == [], timeout=60)
+
+    log("hostb's agent killed while the disks mirror: hosta rolls back, the restarted agent removes its volumes")
+    a.cli("migrate", "vm2", b.url, "--live", "--copy-storage", "--bandwidth", "2", "--detach")
+    wait_until("mirroring to start", lambda: "ferry-mirror" in job(a, "vm2").get("stats", {}), timeout=120)
+    assert os.listdir(b_default), "hostb should hold the incoming volumes while mirroring"
+    b.stop_agent(kill=True)
+    info = wait_job_done(a, "vm2", timeout=120)
+    assert info["state"] == "failed" and "unreachable" in (info.get("error") or ""), info
+    number, _ = wait_for_ticks(a, "vm2", beyond=0, boot_id=boot)
+    wait_for_ticks(a, "vm2", beyond=number, boot_id=boot)
+    b.start_agent()
+    wait_until("hostb's volumes to go", lambda: os.listdir(b_default) == [], timeout=60)
+    wait_until("hostb to drop vm2", lambda: assert_clean(b, "vm2") is None, timeout=60)
 
     log("live migration with a storage copy while the guest writes")
     result = a.cli("migrate", "vm2", b.url, "--live", "--copy-storage", "--verbose")
