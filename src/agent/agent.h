@@ -300,7 +300,6 @@ struct _FerryJob {
   /* live migration with storage: source mirrors (mig-storage.c) */
   gpointer storage;
   GDestroyNotify storage_free;
-  gboolean tls_creds_ready;  /* source: the TLS object exists already (for the mirrors) */
   /* destination: volumes created for a live migration with storage */
   char **storage_volumes;
   guint16 nbd_port;
@@ -397,6 +396,10 @@ gboolean mig_storage_src_on_event (FerryJob *job, const char *name, JsonObject *
 gboolean mig_storage_src_complete (FerryJob *job);
 /* Rollback: cancels the mirrors (the source's disks were only read). */
 void mig_storage_src_cancel (FerryJob *job);
+/* Every QMP event of a VM, whatever its job: a mirror no running job owns
+ * (its job failed or ended, or it started after the cancel, or the agent
+ * restarted) is cancelled, and once ended, dismissed with its node. */
+void mig_storage_src_reap (FerryVm *vm, const char *name, JsonObject *data);
 /* The disks of a live storage migration for the Prepare request (pool
  * volumes only), with *dest_spec the spec with pools mapped. */
 JsonArray *mig_storage_src_disks (FerryVm *vm, const FerryMigrateOptions *options, JsonNode **dest_spec,

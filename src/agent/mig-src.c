@@ -975,7 +975,7 @@ mig_src_perform (FerryJob *job)
                                                     : UNLIMITED_BANDWIDTH;
   FerryQmpStep steps[6];
   guint n = 0;
-  if (job->options.tls && !job->tls_creds_ready)
+  if (job->options.tls)
     {
       /* Left over from an earlier migration of this QEMU? Replace it. */
       JsonObject *del = json_object_new ();

@@ -18,12 +18,20 @@
  */
 #include "agent.h"
 
+#include <stdio.h>
+
 #include "jsonutil.h"
 
-#define QEMU_TLS_CREDS_ID "ferry-migration-tls"
+/* Names QEMU knows a job's mirrors by: the job id makes them unique, so
+ * what an earlier job left (a mirror still ending, an agent restarted
+ * mid-mirror) never collides with them, and the reaper can tell whose
+ * they are. The TLS object is the mirrors' own for the same reason: a
+ * node that outlives its job keeps it in use. */
+#define MIRROR_JOB_FORMAT "ferry-mirror-%" G_GINT64_FORMAT "-%u"
+#define MIRROR_TARGET_FORMAT "ferry-mirror-%" G_GINT64_FORMAT "-disk%u"
+#define MIRROR_CREDS_FORMAT "ferry-mirror-tls-%" G_GINT64_FORMAT
 #define MIRROR_POLL_MS 1000
 #define WRITE_SAMPLE_MS 1000
-#define LEFTOVER_DELAY_S 2
 
 typedef struct {
   guint index;
@@ -175,33 +183,6 @@ storage_fail (FerryJob *job, const char *reason)
   mig_src_rollback (job, reason);
 }
 
-typedef struct {
-  FerryAgent *agent;
-  char *vm_name;
-  GPtrArray *names;         /* job id, node name, job id, node name, … */
-} Leftovers;
-
-static void
-leftovers_free (Leftovers *leftovers)
-{
-  g_free (leftovers->vm_name);
-  g_ptr_array_unref (leftovers->names);
-  g_free (leftovers);
-}
-
-static gboolean
-on_remove_leftovers (gpointer user_data)
-{
-  Leftovers *leftovers = user_data;
-  FerryVm *vm = g_hash_table_lookup (leftovers->agent->vms, leftovers->vm_name);
-  for (guint i = 0; vm != NULL && vm->qmp != NULL && i + 1 < leftovers->names->len; i += 2)
-    {
-      send_and_forget (vm, "job-dismiss", ferry_qmp_args_id ("id", g_ptr_array_index (leftovers->names, i)));
-      send_and_forget (vm, "blockdev-del", ferry_qmp_args_id ("node-name", g_ptr_array_index (leftovers->names, i + 1)));
-    }
-  return G_SOURCE_REMOVE;
-}
-
 void
 mig_storage_src_cancel (FerryJob *job)
 {
@@ -212,39 +193,62 @@ mig_storage_src_cancel (FerryJob *job)
   storage->failed = TRUE;
   g_clear_handle_id (&storage->poll_timer, g_source_remove);
   /* Forced: a mirror that is not ready ends at once; the target is thrown
-   * away with the destination's volumes. The NBD node goes when its job
-   * is gone (see the events below). */
-  Leftovers *leftovers = g_new0 (Leftovers, 1);
-  leftovers->agent = job->agent;
-  leftovers->vm_name = g_strdup (vm->name);
-  leftovers->names = g_ptr_array_new_with_free_func (g_free);
+   * away with the destination's volumes. A mirror still starting (the
+   * start steps may be under way) and the jobs' and nodes' removal once
+   * they end are left to mig_storage_src_reap: once failed, nothing here
+   * owns them. */
   for (guint i = 0; i < storage->mirrors->len; i++)
     {
       Mirror *mirror = g_ptr_array_index (storage->mirrors, i);
-      g_ptr_array_add (leftovers->names, g_strdup (mirror->job_id));
-      g_ptr_array_add (leftovers->names, g_strdup (mirror->target));
-      if (mirror->ended)
-        continue;
-      send_and_forget (vm, "block-job-cancel", ferry_qmp_args_block_job_cancel (mirror->job_id, TRUE));
+      if (!mirror->ended)
+        send_and_forget (vm, "block-job-cancel", ferry_qmp_args_block_job_cancel (mirror->job_id, TRUE));
     }
-  /* The job ends before the cancelled mirrors report back, so their
-   * events find nobody: remove the jobs and NBD nodes a little later,
-   * whatever became of them (errors ignored). */
-  g_timeout_add_seconds_full (G_PRIORITY_DEFAULT, LEFTOVER_DELAY_S, on_remove_leftovers, leftovers,
-                              (GDestroyNotify) leftovers_free);
 }
 
 /* ---- events --------------------------------------------------------------------- */
 
 static void on_mirrors_completed (FerryJob *job);
 
+/* Dismisses an ended mirror job and deletes its NBD node, then the TLS
+ * object (refused while another mirror of the job still uses it; the
+ * last removal succeeds). Errors are ignored: a second removal of the
+ * same mirror finds nothing. */
 static void
-remove_target (FerryVm *vm, Mirror *mirror)
+remove_ended_mirror (FerryVm *vm, gint64 job_id, guint index)
 {
   if (vm == NULL || vm->qmp == NULL)
     return;
-  send_and_forget (vm, "job-dismiss", ferry_qmp_args_id ("id", mirror->job_id));
-  send_and_forget (vm, "blockdev-del", ferry_qmp_args_id ("node-name", mirror->target));
+  g_autofree char *block_job = g_strdup_printf (MIRROR_JOB_FORMAT, job_id, index);
+  g_autofree char *target = g_strdup_printf (MIRROR_TARGET_FORMAT, job_id, index);
+  g_autofree char *creds = g_strdup_printf (MIRROR_CREDS_FORMAT, job_id);
+  send_and_forget (vm, "job-dismiss", ferry_qmp_args_id ("id", block_job));
+  send_and_forget (vm, "blockdev-del", ferry_qmp_args_id ("node-name", target));
+  send_and_forget (vm, "object-del", ferry_qmp_args_id ("id", creds));
+}
+
+void
+mig_storage_src_reap (FerryVm *vm, const char *name, JsonObject *data)
+{
+  const char *id = g_str_equal (name, "JOB_STATUS_CHANGE") ? ferry_json_object_string (data, "id") : NULL;
+  const char *status = ferry_json_object_string (data, "status");
+  gint64 job_id = 0;
+  guint index = 0;
+  int consumed = 0;
+  if (id == NULL || status == NULL
+      || sscanf (id, "ferry-mirror-%" G_GINT64_FORMAT "-%u%n", &job_id, &index, &consumed) != 2
+      || id[consumed] != '\0')
+    return;
+  FerryJob *owner = vm->job != NULL && vm->job->id == job_id ? vm->job : NULL;
+  Storage *storage = owner ? storage_of (owner) : NULL;
+  if (storage != NULL && !storage->failed)
+    return;
+  if (g_str_equal (status, "running") || g_str_equal (status, "ready") || g_str_equal (status, "paused"))
+    {
+      g_info ("vm %s: cancelling mirror %s: its migration ended", vm->name, id);
+      send_and_forget (vm, "block-job-cancel", ferry_qmp_args_block_job_cancel (id, TRUE));
+    }
+  else if (g_str_equal (status, "concluded"))
+    remove_ended_mirror (vm, job_id, index);
 }
 
 gboolean
@@ -283,7 +287,8 @@ mig_storage_src_on_event (FerryJob *job, const char *name, JsonObject *data)
     {
       const char *failure = ferry_json_object_string (data, "error");
       mirror->ended = TRUE;
-      remove_target (vm, mirror);
+      if (!storage->failed)   /* else the reaper removes it */
+        remove_ended_mirror (vm, job->id, mirror->index);
       if (storage->completing && !storage->failed)
         {
           if (failure != NULL || !mirror->ready)
@@ -384,13 +389,10 @@ start_mirrors (FerryJob *job)
   FerryVm *vm = ferry_job_vm (job);
   g_autofree char *creds_dir = g_build_filename (job->agent->config.state_dir, "qemu-tls", NULL);
   guint n = 0;
-  g_autofree FerryQmpStep *steps = g_new0 (FerryQmpStep, 2 + 2 * storage->mirrors->len);
+  g_autofree FerryQmpStep *steps = g_new0 (FerryQmpStep, 1 + 2 * storage->mirrors->len);
+  g_autofree char *creds = g_strdup_printf (MIRROR_CREDS_FORMAT, job->id);
   if (job->options.tls)
-    {
-      steps[n++] = (FerryQmpStep) { "object-del", ferry_qmp_args_id ("id", QEMU_TLS_CREDS_ID), TRUE };
-      steps[n++] = (FerryQmpStep) { "object-add", ferry_qmp_args_tls_creds (QEMU_TLS_CREDS_ID, creds_dir, FALSE) };
-      job->tls_creds_ready = TRUE;
-    }
+    steps[n++] = (FerryQmpStep) { "object-add", ferry_qmp_args_tls_creds (creds, creds_dir, FALSE) };
   gint64 speed = job->options.bandwidth_mib > 0 ? job->options.bandwidth_mib * 1048576 : 0;
   for (guint i = 0; i < storage->mirrors->len; i++)
     {
@@ -399,7 +401,7 @@ start_mirrors (FerryJob *job)
       steps[n++] = (FerryQmpStep) { "blockdev-add",
                                     ferry_qmp_args_blockdev_add_nbd (mirror->target, storage->host, storage->port,
                                                                      export_name,
-                                                                     job->options.tls ? QEMU_TLS_CREDS_ID : NULL,
+                                                                     job->options.tls ? creds : NULL,
                                                                      job->options.tls ? job->tls_hostname : NULL) };
       steps[n++] = (FerryQmpStep) { "blockdev-mirror",
                                     ferry_qmp_args_blockdev_mirror (mirror->job_id, mirror->node, mirror->target,
@@ -504,10 +506,8 @@ mig_storage_src_start (FerryJob *job, JsonObject *prepare_reply)
       Mirror *mirror = g_new0 (Mirror, 1);
       mirror->index = i;
       mirror->node = g_strdup_printf ("disk%u", i);
-      /* Named after the job: leftovers of an earlier attempt (an agent
-       * restart mid-mirror) cannot collide with these. */
-      mirror->target = g_strdup_printf ("ferry-mirror-%" G_GINT64_FORMAT "-disk%u", job->id, i);
-      mirror->job_id = g_strdup_printf ("ferry-mirror-%" G_GINT64_FORMAT "-%u", job->id, i);
+      mirror->target = g_strdup_printf (MIRROR_TARGET_FORMAT, job->id, i);
+      mirror->job_id = g_strdup_printf (MIRROR_JOB_FORMAT, job->id, i);
       g_ptr_array_add (storage->mirrors, mirror);
     }
   job->storage = storage;

@@ -281,6 +281,7 @@ on_qmp_event (FerryQmp *qmp, const char *name, JsonObject *data, gint64 timestam
       if (vm->state != FERRY_VM_MIGRATED)
         ferry_vm_set_state (vm, FERRY_VM_SHUTTING_DOWN);
     }
+  mig_storage_src_reap (vm, name, data);
   if (vm->job != NULL && vm->job->cold != NULL && vm->job->role == FERRY_JOB_ROLE_SOURCE)
     mig_warm_src_on_qmp_event (vm->job, name, data, timestamp_us);
   if (vm->job == NULL || vm->job->cold != NULL)

@@ -48,6 +48,10 @@ def run(argv, check=True, **kwargs):
     return result
 
 
+class WaitAbandoned(AssertionError):
+    """Raised by a predicate when what it waits for can no longer happen."""
+
+
 def wait_until(what, predicate, timeout=120.0, interval=0.2):
     """Polls predicate until it returns a true value; fails naming what."""
     deadline = time.monotonic() + timeout
@@ -57,6 +61,8 @@ def wait_until(what, predicate, timeout=120.0, interval=0.2):
             value = predicate()
             if value:
                 return value
+        except WaitAbandoned:
+            raise
         except Exception as error:  # noqa: BLE001 - report the last one
             last_error = error
         time.sleep(interval)
@@ -362,6 +368,22 @@ def wait_for_console(host, vm, pattern, timeout=180):
 def job(host, vm, completed=False):
     args = ["job", "info", vm] + (["--completed"] if completed else [])
     return host.cli(*args, json_output=True)
+
+
+def wait_job_stat(host, vm, key, timeout=120):
+    """Waits for the running job to publish stats[key]; a job that ends
+    first fails the wait at once with its state, error and last events."""
+    def published():
+        info = job(host, vm)
+        if key in info.get("stats", {}):
+            return info
+        if not info.get("active"):
+            events = [f"{e.get('level')}: {e.get('message')}" for e in info.get("events", [])[-8:]]
+            raise WaitAbandoned(f"job of {vm} on {host.name} ended {info.get('state')} "
+                                f"({info.get('error')}) before publishing {key}; last events:\n  "
+                                + "\n  ".join(events))
+        return None
+    return wait_until(f"{key} in the job of {vm} on {host.name}", published, timeout=timeout)
 
 
 def wait_job_done(host, vm, timeout=300):

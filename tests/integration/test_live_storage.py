@@ -24,7 +24,7 @@ import os
 import re
 
 from ferrytest import (BUILD, Cluster, assert_clean, ensure_guest, guest_spec, job, log, main, run,
-                       wait_for_console, wait_for_ticks, wait_job_done, wait_until)
+                       wait_for_console, wait_for_ticks, wait_job_done, wait_job_stat, wait_until)
 
 MiB = 1024 * 1024
 DISK_CHECK = os.path.join(BUILD, "guest/disk-check")
@@ -69,7 +69,7 @@ def test():
 
     log("abort while the disks are mirroring: hosta keeps the guest, hostb keeps nothing")
     a.cli("migrate", "vm2", b.url, "--live", "--copy-storage", "--bandwidth", "2", "--detach")
-    wait_until("mirroring to start", lambda: "ferry-mirror" in job(a, "vm2").get("stats", {}), timeout=120)
+    wait_job_stat(a, "vm2", "ferry-mirror")
     a.cli("job", "abort", "vm2")
     info = wait_until("the job to end", lambda: (lambda i: i if not i.get("active") else None)(job(a, "vm2")),
                       timeout=120)
@@ -81,7 +81,7 @@ def test():
 
     log("hostb's agent killed while the disks mirror: hosta rolls back, the restarted agent removes its volumes")
     a.cli("migrate", "vm2", b.url, "--live", "--copy-storage", "--bandwidth", "2", "--detach")
-    wait_until("mirroring to start", lambda: "ferry-mirror" in job(a, "vm2").get("stats", {}), timeout=120)
+    wait_job_stat(a, "vm2", "ferry-mirror")
     assert os.listdir(b_default), "hostb should hold the incoming volumes while mirroring"
     b.stop_agent(kill=True)
     info = wait_job_done(a, "vm2", timeout=120)
