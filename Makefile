@@ -7,7 +7,7 @@ FUZZ_BUILD ?= build-fuzz
 export FERRY_GUEST_CACHE ?= $(CURDIR)/.cache/guest
 MESON_TEST = meson test --print-errorlogs --no-rebuild
 
-.PHONY: all deps build check check-unit check-sanitizers check-valgrind check-fuzz demo clean
+.PHONY: all deps build check check-lists check-unit check-sanitizers check-valgrind check-fuzz demo clean
 
 all: build
 
@@ -20,11 +20,14 @@ $(BUILD)/build.ninja:
 build: deps $(BUILD)/build.ninja
 	ninja -C $(BUILD)
 
-# Every test: unit, guest kit, integration (real QEMU guests, one at a
-# time), then the unit tests again under ASan/UBSan and valgrind.
-check: build
+# Every test: unit and guest kit, then each integration test once (real
+# QEMU guests, one at a time) against either the plain or the ASan/UBSan
+# agent (below), then the unit tests under ASan/UBSan and valgrind, and
+# the fuzzers.
+check: build check-lists
 	status=0; \
-	$(MESON_TEST) -C $(BUILD) || status=1; \
+	$(MESON_TEST) -C $(BUILD) --no-suite integration || status=1; \
+	$(MESON_TEST) -C $(BUILD) --logbase integration $(PLAIN_INTEGRATION) || status=1; \
 	$(MAKE) check-sanitizers || status=1; \
 	$(MAKE) check-valgrind || status=1; \
 	$(MAKE) check-fuzz || status=1; \
@@ -33,12 +36,23 @@ check: build
 check-unit: build
 	$(MESON_TEST) -C $(BUILD) --suite unit
 
-# The agent paths the instrumented run covers: every migration phase and
-# failure, restart, bad input, post-copy recovery, disk copies with their
-# failures and restarts, storage mirrors (the option matrix and the capture
-# run only in the plain build, to keep make check short).
-ASAN_INTEGRATION = test_live_migration test_failures test_restart_offline test_bad_input \
-	test_postcopy_recover test_cold_failures test_live_storage test_warm_migration
+# Each integration test runs once, to keep make check under 20 minutes on
+# two cores. The instrumented agent takes the C-heavy paths: every
+# migration phase and failure, bad input, post-copy recovery, disk copies
+# with their failures and restarts, storage mirrors, warm passes; the
+# plain agent (what users run; `make demo` too) the rest.
+PLAIN_INTEGRATION = test_tls_capture test_restart_offline test_dirtyrate test_strategy test_pools \
+	test_cold_migration
+ASAN_INTEGRATION = test_live_migration test_failures test_bad_input test_postcopy_recover \
+	test_cold_failures test_live_storage test_warm_migration
+
+# Every integration test is in exactly one of the lists above.
+check-lists:
+	@listed=$$(grep -o "'test_[a-z_]*'" tests/integration/meson.build | tr -d "'" | sort); \
+	chosen=$$(echo $(PLAIN_INTEGRATION) $(ASAN_INTEGRATION) | tr ' ' '\n' | sort); \
+	if [ "$$listed" != "$$chosen" ]; then \
+	    echo "Makefile: PLAIN_INTEGRATION + ASAN_INTEGRATION must list each of tests/integration/meson.build's tests once"; \
+	    echo "meson.build: $$listed"; echo "Makefile: $$chosen"; exit 1; fi
 
 # Unit tests with leak checking, then the real-QEMU tests driving an
 # instrumented ferryd and ferry (leaks are valgrind's job there: the

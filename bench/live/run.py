@@ -55,7 +55,14 @@ TOOLS = {
                       "--completion-timeout-per-gib", str(CAP_S), "--progress-timeout", str(CAP_S)],
     # ferry: --strategy auto is the default.
     "ferry-auto": [],
+    # Not in the default run: the defaults with QEMU's postcopy-ram
+    # capability on (ferry-auto's fallback) but never used, to measure what
+    # the capability alone costs (`--tools qemu-defaults,defaults-postcopy-ram`).
+    "defaults-postcopy-ram": ["--strategy", "manual", "--max-downtime", str(DOWNTIME_LIMIT_MS),
+                              "--completion-timeout-per-gib", str(CAP_S), "--progress-timeout", str(CAP_S),
+                              "--postcopy"],
 }
+DEFAULT_TOOLS = ["qemu-defaults", "ferry-auto"]
 # Hard stop for one migration command (the tools' own limits come first).
 RUN_HARD_LIMIT_S = 300
 
@@ -661,6 +668,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated: " + ", ".join(SCENARIOS))
     parser.add_argument("--links", default=",".join(LINKS), help="comma-separated: " + ", ".join(LINKS))
+    parser.add_argument("--tools", default=",".join(DEFAULT_TOOLS),
+                        help="comma-separated, run in this order in every cell: " + ", ".join(TOOLS))
+    parser.add_argument("--repeat", type=int, default=1, help="runs of the tools per cell (interleaved)")
     parser.add_argument("--out-dir", default=os.path.join(ROOT, "bench/results"))
     parser.add_argument("--from-json", metavar="LIVE_JSON",
                         help="do not migrate: recompute checks, targets and notes of an earlier run's "
@@ -681,6 +691,10 @@ def main():
     for name in links:
         if name not in LINKS:
             parser.error(f"unknown link {name}")
+    tools = [t for t in options.tools.split(",") if t]
+    for name in tools:
+        if name not in TOOLS:
+            parser.error(f"unknown tool {name}")
     if os.geteuid() != 0:
         print("bench/live/run.py needs root (network namespaces and tc)", file=sys.stderr)
         return 2
@@ -705,7 +719,7 @@ def main():
         for link in links:
             set_link(cluster, link)
             log(f"{scenario} / {link}: qdisc {qdisc(cluster.a).splitlines()[0] if qdisc(cluster.a) else '?'}")
-            for tool in TOOLS:
+            for tool in tools * max(1, options.repeat):
                 there = cluster.b if here is cluster.a else cluster.a
                 log(f"{tool}: {scenario} over {link}, {here.name} → {there.name}")
                 record, now_on, tick, boot_id = run_migration(cluster, tool, here, there, vm, scenario, link,
@@ -728,7 +742,8 @@ def main():
             "scenarios": {name: {"dirty_mib": SCENARIOS[name][0], "dirty_rate_mib_s": SCENARIOS[name][1],
                                  "label": SCENARIOS[name][2]} for name in scenarios},
             "links": {name: LINKS[name] for name in links},
-            "tools": {name: "ferry migrate NAME DEST --live " + " ".join(args) for name, args in TOOLS.items()},
+            "tools": {name: "ferry migrate NAME DEST --live " + " ".join(TOOLS[name]) for name in tools},
+            "repeat": options.repeat,
             "cap_s": CAP_S,
             "downtime_limit_ms": DOWNTIME_LIMIT_MS,
             "targets": {"total_over_wire_max": TARGET_RATE_FACTOR,

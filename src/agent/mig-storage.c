@@ -32,6 +32,7 @@
 #define MIRROR_CREDS_FORMAT "ferry-mirror-tls-%" G_GINT64_FORMAT
 #define MIRROR_POLL_MS 1000
 #define WRITE_SAMPLE_MS 1000
+#define REMOVAL_DELAY_S 2
 
 typedef struct {
   guint index;
@@ -209,21 +210,70 @@ mig_storage_src_cancel (FerryJob *job)
 
 static void on_mirrors_completed (FerryJob *job);
 
-/* Dismisses an ended mirror job and deletes its NBD node, then the TLS
- * object (refused while another mirror of the job still uses it; the
- * last removal succeeds). Errors are ignored: a second removal of the
- * same mirror finds nothing. */
+/* What is removed once a mirror has ended, a little later: its NBD
+ * client may still be closing its connection (QEMU 7.2 crashed, in CI,
+ * when the node and its TLS object went the moment a write-blocking
+ * mirror was force-cancelled). */
+typedef struct {
+  FerryAgent *agent;
+  char *vm_name;
+  gint64 job_id;
+  guint index;
+  gboolean node_too;        /* else the TLS object only */
+} Removal;
+
 static void
-remove_ended_mirror (FerryVm *vm, gint64 job_id, guint index)
+removal_free (Removal *removal)
+{
+  g_free (removal->vm_name);
+  g_free (removal);
+}
+
+/* Errors are ignored: the TLS object is refused while another mirror of
+ * the job still uses it (the last removal succeeds), and a second
+ * removal of the same mirror finds nothing. */
+static gboolean
+on_removal_due (gpointer user_data)
+{
+  Removal *removal = user_data;
+  FerryVm *vm = g_hash_table_lookup (removal->agent->vms, removal->vm_name);
+  if (vm == NULL || vm->qmp == NULL)
+    return G_SOURCE_REMOVE;
+  if (removal->node_too)
+    {
+      g_autofree char *block_job = g_strdup_printf (MIRROR_JOB_FORMAT, removal->job_id, removal->index);
+      g_autofree char *target = g_strdup_printf (MIRROR_TARGET_FORMAT, removal->job_id, removal->index);
+      send_and_forget (vm, "job-dismiss", ferry_qmp_args_id ("id", block_job));
+      send_and_forget (vm, "blockdev-del", ferry_qmp_args_id ("node-name", target));
+    }
+  g_autofree char *creds = g_strdup_printf (MIRROR_CREDS_FORMAT, removal->job_id);
+  send_and_forget (vm, "object-del", ferry_qmp_args_id ("id", creds));
+  return G_SOURCE_REMOVE;
+}
+
+static void
+schedule_removal (FerryVm *vm, gint64 job_id, guint index, gboolean node_too)
+{
+  Removal *removal = g_new0 (Removal, 1);
+  removal->agent = vm->agent;
+  removal->vm_name = g_strdup (vm->name);
+  removal->job_id = job_id;
+  removal->index = index;
+  removal->node_too = node_too;
+  g_timeout_add_seconds_full (G_PRIORITY_DEFAULT, REMOVAL_DELAY_S, on_removal_due, removal,
+                              (GDestroyNotify) removal_free);
+}
+
+/* A mirror that completed (the guest paused, the copy identical): the
+ * job and node go now, as they always did; the TLS object later. */
+static void
+remove_completed_mirror (FerryVm *vm, Mirror *mirror, gint64 job_id)
 {
   if (vm == NULL || vm->qmp == NULL)
     return;
-  g_autofree char *block_job = g_strdup_printf (MIRROR_JOB_FORMAT, job_id, index);
-  g_autofree char *target = g_strdup_printf (MIRROR_TARGET_FORMAT, job_id, index);
-  g_autofree char *creds = g_strdup_printf (MIRROR_CREDS_FORMAT, job_id);
-  send_and_forget (vm, "job-dismiss", ferry_qmp_args_id ("id", block_job));
-  send_and_forget (vm, "blockdev-del", ferry_qmp_args_id ("node-name", target));
-  send_and_forget (vm, "object-del", ferry_qmp_args_id ("id", creds));
+  send_and_forget (vm, "job-dismiss", ferry_qmp_args_id ("id", mirror->job_id));
+  send_and_forget (vm, "blockdev-del", ferry_qmp_args_id ("node-name", mirror->target));
+  schedule_removal (vm, job_id, mirror->index, FALSE);
 }
 
 void
@@ -248,7 +298,7 @@ mig_storage_src_reap (FerryVm *vm, const char *name, JsonObject *data)
       send_and_forget (vm, "block-job-cancel", ferry_qmp_args_block_job_cancel (id, TRUE));
     }
   else if (g_str_equal (status, "concluded"))
-    remove_ended_mirror (vm, job_id, index);
+    schedule_removal (vm, job_id, index, TRUE);
 }
 
 gboolean
@@ -288,7 +338,7 @@ mig_storage_src_on_event (FerryJob *job, const char *name, JsonObject *data)
       const char *failure = ferry_json_object_string (data, "error");
       mirror->ended = TRUE;
       if (!storage->failed)   /* else the reaper removes it */
-        remove_ended_mirror (vm, job->id, mirror->index);
+        remove_completed_mirror (vm, mirror, job->id);
       if (storage->completing && !storage->failed)
         {
           if (failure != NULL || !mirror->ready)
