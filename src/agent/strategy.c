@@ -11,6 +11,22 @@
 #define SETUP_S 0.1
 #define DEVICE_STATE_BYTES (512 * 1024)
 #define PROBE_BYTES (32 * 1024 * 1024)
+#define WARM_UP_BYTES 4096
+#define PAGE_BYTES 4096.0
+#define TCG_SYNC_S_PER_PAGE_AT_REST 2e-6
+#define TCG_SYNC_S_PER_PAGE_PER_DIRTY_MIB_S 0.2e-6
+
+double
+ferry_tcg_sync_s_per_page (double dirty_bytes_per_s)
+{
+  return TCG_SYNC_S_PER_PAGE_AT_REST + TCG_SYNC_S_PER_PAGE_PER_DIRTY_MIB_S * (dirty_bytes_per_s / 1048576.0);
+}
+
+static double
+sync_s (const FerryPlanInputs *inputs, double dirty_bytes)
+{
+  return dirty_bytes / PAGE_BYTES * inputs->sync_s_per_page;
+}
 
 void
 ferry_predict_precopy (const FerryPlanInputs *inputs, FerryPrediction *prediction)
@@ -18,7 +34,7 @@ ferry_predict_precopy (const FerryPlanInputs *inputs, FerryPrediction *predictio
   double link = MAX (inputs->link_bytes_per_s, 1.0);
   double limit_s = inputs->downtime_limit_ms / 1000.0;
   double to_send = (double) MAX (inputs->resident_bytes, 0);
-  double total_s = SETUP_S;
+  double total_s = SETUP_S + sync_s (inputs, (double) inputs->ram_bytes);
   double bytes = 0;
   gint64 max_passes = inputs->max_passes > 0 ? inputs->max_passes : 30;
 
@@ -33,20 +49,22 @@ ferry_predict_precopy (const FerryPlanInputs *inputs, FerryPrediction *predictio
         {
           prediction->converges = TRUE;
           prediction->passes = pass;
-          prediction->downtime_ms = (to_send + DEVICE_STATE_BYTES) / link * 1000.0;
+          prediction->downtime_ms = ((to_send + DEVICE_STATE_BYTES) / link + sync_s (inputs, to_send)) * 1000.0;
           prediction->total_s = total_s + prediction->downtime_ms / 1000.0;
           prediction->bytes = (gint64) (bytes + to_send + DEVICE_STATE_BYTES);
           return;
         }
       bytes += to_send;
       total_s += pass_s;
-      /* What the guest dirtied meanwhile, never more than it has. */
+      /* What the guest dirtied meanwhile, never more than it has; the
+       * sync that collects it runs before the next pass. */
       to_send = MIN (inputs->dirty_bytes_per_s * pass_s, (double) inputs->ram_bytes);
+      total_s += sync_s (inputs, to_send);
     }
   prediction->converges = FALSE;
   prediction->passes = max_passes;
   prediction->total_s = INFINITY;
-  prediction->downtime_ms = (to_send + DEVICE_STATE_BYTES) / link * 1000.0;
+  prediction->downtime_ms = ((to_send + DEVICE_STATE_BYTES) / link + sync_s (inputs, to_send)) * 1000.0;
   prediction->bytes = (gint64) bytes;
 }
 
@@ -62,12 +80,15 @@ ferry_predict_postcopy (const FerryPlanInputs *inputs, double switch_after_s,
   double rest = MIN (inputs->dirty_bytes_per_s * precopy_s, (double) inputs->resident_bytes);
   if (precopy_s < first_pass_s)
     rest += (first_pass_s - precopy_s) * link;
+  /* The switch stops the guest for the sync of what it dirtied. */
+  double dirtied = MIN (inputs->dirty_bytes_per_s * precopy_s, (double) inputs->resident_bytes);
+  double switch_s = DEVICE_STATE_BYTES / link + sync_s (inputs, dirtied);
   *prediction = (FerryPrediction) {
     .converges = TRUE,
     .passes = 1,
     .first_pass_s = first_pass_s,
-    .downtime_ms = DEVICE_STATE_BYTES / link * 1000.0,
-    .total_s = SETUP_S + precopy_s + rest / link,
+    .downtime_ms = switch_s * 1000.0,
+    .total_s = SETUP_S + sync_s (inputs, (double) inputs->ram_bytes) + precopy_s + switch_s + rest / link,
     .bytes = (gint64) (precopy_s * link + rest + DEVICE_STATE_BYTES),
   };
 }
@@ -144,6 +165,7 @@ choose (PlanData *data, FerryVm *vm)
     .link_bytes_per_s = data->link_bytes_per_s,
     .downtime_limit_ms = data->options.max_downtime_ms,
     .max_passes = 30,
+    .sync_s_per_page = data->agent->pad_ram_for_tcg ? ferry_tcg_sync_s_per_page (data->dirty_bytes_per_s) : 0,
   };
   inputs.resident_bytes = resident_guest_bytes (vm, inputs.ram_bytes);
   if (data->options.bandwidth_mib > 0)
@@ -217,6 +239,7 @@ choose (PlanData *data, FerryVm *vm)
   json_object_set_double_member (measured, "dirty_mib_s", inputs.dirty_bytes_per_s / 1048576.0);
   json_object_set_double_member (measured, "link_mib_s", inputs.link_bytes_per_s / 1048576.0);
   json_object_set_int_member (measured, "downtime_limit_ms", inputs.downtime_limit_ms);
+  json_object_set_double_member (measured, "sync_us_per_page", inputs.sync_s_per_page * 1e6);
   json_object_set_object_member (plan, "measured", measured);
   json_object_set_object_member (plan, "precopy", prediction_json (&precopy));
   json_object_set_string_member (plan, "strategy", strategy);
@@ -290,6 +313,25 @@ on_probed (GObject *source, GAsyncResult *result, gpointer user_data)
   ferry_dirtyrate_measure_async (vm, 2, on_dirty_rate, task);
 }
 
+static void
+on_warmed_up (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  GTask *task = user_data;
+  PlanData *data = g_task_get_task_data (task);
+  GError *error = NULL;
+  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
+  if (reply == NULL)
+    {
+      g_prefix_error (&error, "measuring the link to the destination: ");
+      plan_fail (task, error);
+      return;
+    }
+  /* The body is made before the call returns: the clock runs from the
+   * send on. */
+  ferry_peer_probe_async (data->agent, data->dest_url, PROBE_BYTES, on_probed, task);
+  data->probe_started_us = g_get_monotonic_time ();
+}
+
 void
 ferry_plan_async (FerryVm *vm, const char *dest_url, const FerryMigrateOptions *options,
                   GAsyncReadyCallback callback, gpointer user_data)
@@ -309,8 +351,9 @@ ferry_plan_async (FerryVm *vm, const char *dest_url, const FerryMigrateOptions *
       g_object_unref (task);
       return;
     }
-  data->probe_started_us = g_get_monotonic_time ();
-  ferry_peer_probe_async (vm->agent, dest_url, PROBE_BYTES, on_probed, task);
+  /* A small probe first: the timed one then finds the TLS connection
+   * made (a handshake is not link rate). */
+  ferry_peer_probe_async (vm->agent, dest_url, WARM_UP_BYTES, on_warmed_up, task);
 }
 
 JsonObject *

@@ -19,6 +19,12 @@ typedef struct {
   double link_bytes_per_s;   /* measured throughput to the destination */
   gint64 downtime_limit_ms;
   gint64 max_passes;         /* stop predicting after this many */
+  /* QEMU's dirty-bitmap sync, seconds per dirty page: 0 but for TCG with
+   * QEMU's lost-dirty-page workaround, whose sync is slow (see
+   * ferry_tcg_sync_s_per_page). Each sync runs at a pass's end, the first
+   * (every page of RAM is dirty then) before the first pass, the last
+   * while the guest is stopped. */
+  double sync_s_per_page;
 } FerryPlanInputs;
 
 typedef struct {
@@ -29,6 +35,15 @@ typedef struct {
   gint64 bytes;              /* predicted bytes on the wire */
   double first_pass_s;
 } FerryPrediction;
+
+/* The sync cost per page for TCG with guest RAM padded against QEMU
+ * 7.2's lost-dirty-page bug: the padding sends every sync down QEMU's
+ * page-at-a-time path, which scans the vCPU's TLB for each dirty page,
+ * and a guest that works over more memory has a larger TLB. Fitted to
+ * set-up times measured here (bench/live): about 0.5 s for a 1 GiB guest
+ * at rest, 3 s dirtying 50 MiB/s, 4–14 s at 120 MiB/s; without the
+ * padding set-up took 3–17 ms. */
+double ferry_tcg_sync_s_per_page (double dirty_bytes_per_s);
 
 /* Pure: the same inputs give the same prediction (unit-tested). */
 void ferry_predict_precopy (const FerryPlanInputs *inputs, FerryPrediction *prediction);
