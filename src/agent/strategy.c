@@ -33,8 +33,12 @@ ferry_predict_precopy (const FerryPlanInputs *inputs, FerryPrediction *predictio
 {
   double link = MAX (inputs->link_bytes_per_s, 1.0);
   double limit_s = inputs->downtime_limit_ms / 1000.0;
+  double ram = (double) inputs->ram_bytes;
   double to_send = (double) MAX (inputs->resident_bytes, 0);
-  double total_s = SETUP_S + sync_s (inputs, (double) inputs->ram_bytes);
+  /* Set-up syncs every page; the guest goes on dirtying during a sync,
+   * and what it dirties then waits for the next one. */
+  double last_sync_s = sync_s (inputs, ram);
+  double total_s = SETUP_S + last_sync_s;
   double bytes = 0;
   gint64 max_passes = inputs->max_passes > 0 ? inputs->max_passes : 30;
 
@@ -44,22 +48,27 @@ ferry_predict_precopy (const FerryPlanInputs *inputs, FerryPrediction *predictio
       double pass_s = to_send / link;
       if (pass == 1)
         prediction->first_pass_s = pass_s;
-      /* QEMU switches over once what is left fits in the downtime limit. */
+      /* QEMU switches over once what is left fits in the downtime limit;
+       * the stopped guest's last sync collects what it dirtied during the
+       * sync before. */
       if (pass > 1 && (to_send + DEVICE_STATE_BYTES) / link <= limit_s)
         {
+          double last = MIN (inputs->dirty_bytes_per_s * last_sync_s, ram);
           prediction->converges = TRUE;
           prediction->passes = pass;
-          prediction->downtime_ms = ((to_send + DEVICE_STATE_BYTES) / link + sync_s (inputs, to_send)) * 1000.0;
+          prediction->downtime_ms = ((to_send + last + DEVICE_STATE_BYTES) / link + sync_s (inputs, last)) * 1000.0;
           prediction->total_s = total_s + prediction->downtime_ms / 1000.0;
-          prediction->bytes = (gint64) (bytes + to_send + DEVICE_STATE_BYTES);
+          prediction->bytes = (gint64) (bytes + to_send + last + DEVICE_STATE_BYTES);
           return;
         }
       bytes += to_send;
       total_s += pass_s;
       /* What the guest dirtied meanwhile, never more than it has; the
-       * sync that collects it runs before the next pass. */
-      to_send = MIN (inputs->dirty_bytes_per_s * pass_s, (double) inputs->ram_bytes);
-      total_s += sync_s (inputs, to_send);
+       * sync that collects it runs before the next pass. A slow sync can
+       * keep pre-copy from converging on a link fast enough without. */
+      to_send = MIN (inputs->dirty_bytes_per_s * (pass_s + last_sync_s), ram);
+      last_sync_s = sync_s (inputs, to_send);
+      total_s += last_sync_s;
     }
   prediction->converges = FALSE;
   prediction->passes = max_passes;
@@ -81,14 +90,15 @@ ferry_predict_postcopy (const FerryPlanInputs *inputs, double switch_after_s,
   if (precopy_s < first_pass_s)
     rest += (first_pass_s - precopy_s) * link;
   /* The switch stops the guest for the sync of what it dirtied. */
-  double dirtied = MIN (inputs->dirty_bytes_per_s * precopy_s, (double) inputs->resident_bytes);
+  double setup_sync_s = sync_s (inputs, (double) inputs->ram_bytes);
+  double dirtied = MIN (inputs->dirty_bytes_per_s * (setup_sync_s + precopy_s), (double) inputs->resident_bytes);
   double switch_s = DEVICE_STATE_BYTES / link + sync_s (inputs, dirtied);
   *prediction = (FerryPrediction) {
     .converges = TRUE,
     .passes = 1,
     .first_pass_s = first_pass_s,
     .downtime_ms = switch_s * 1000.0,
-    .total_s = SETUP_S + sync_s (inputs, (double) inputs->ram_bytes) + precopy_s + switch_s + rest / link,
+    .total_s = SETUP_S + setup_sync_s + precopy_s + switch_s + rest / link,
     .bytes = (gint64) (precopy_s * link + rest + DEVICE_STATE_BYTES),
   };
 }

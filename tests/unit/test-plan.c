@@ -64,17 +64,32 @@ test_slow_dirty_sync_adds_setup_and_downtime (void)
   ferry_predict_precopy (&fast, &a);
   ferry_predict_precopy (&slow, &b);
   g_assert_true (b.converges);
-  g_assert_cmpint (b.passes, ==, a.passes);
+  g_assert_cmpint (b.passes, >, a.passes);
   /* 262144 pages × 12 µs = 3.1 s of set-up alone. */
   g_assert_cmpfloat (b.total_s - a.total_s, >, 262144 * 12e-6);
-  g_assert_cmpfloat (b.downtime_ms, >, a.downtime_ms);
 
   FerryPrediction c, d;
   ferry_predict_postcopy (&fast, 1.0, &c);
   ferry_predict_postcopy (&slow, 1.0, &d);
-  /* The switch syncs the 50 MiB dirtied in the second of pre-copy. */
-  g_assert_cmpfloat_with_epsilon (d.downtime_ms - c.downtime_ms, 12800 * 12e-6 * 1000, 1e-6);
+  /* The switch syncs what was dirtied during set-up's 3.1 s sync and the
+   * second of pre-copy: all 200 MiB the guest has. */
+  g_assert_cmpfloat_with_epsilon (d.downtime_ms - c.downtime_ms, 51200 * 12e-6 * 1000, 1e-6);
   g_assert_cmpfloat (d.total_s - c.total_s, >, 262144 * 12e-6);
+}
+
+/* Measured here: a guest dirtying 120 MiB/s over a 211 MiB/s link; plain
+ * arithmetic says pre-copy converges, but with TCG's slow syncs QEMU took
+ * 48 s and stopped the guest for 10.5 s. */
+static void
+test_slow_dirty_sync_keeps_precopy_from_converging (void)
+{
+  FerryPlanInputs in = inputs (350, 120, 211);
+  FerryPrediction p;
+  ferry_predict_precopy (&in, &p);
+  g_assert_true (p.converges);
+  in.sync_s_per_page = ferry_tcg_sync_s_per_page (in.dirty_bytes_per_s);
+  ferry_predict_precopy (&in, &p);
+  g_assert_false (p.converges);
 }
 
 static void
@@ -229,6 +244,8 @@ main (int argc, char **argv)
   g_test_add_func ("/plan/idle-guest-converges-in-two-passes", test_idle_guest_converges_in_two_passes);
   g_test_add_func ("/plan/moderate-dirtier-needs-more-passes", test_moderate_dirtier_needs_more_passes);
   g_test_add_func ("/plan/slow-dirty-sync-adds-setup-and-downtime", test_slow_dirty_sync_adds_setup_and_downtime);
+  g_test_add_func ("/plan/slow-dirty-sync-keeps-precopy-from-converging",
+                   test_slow_dirty_sync_keeps_precopy_from_converging);
   g_test_add_func ("/plan/dirtier-faster-than-link-never-converges", test_dirtier_faster_than_link_never_converges);
   g_test_add_func ("/plan/lower-downtime-limit-costs-passes", test_lower_downtime_limit_costs_passes);
   g_test_add_func ("/plan/postcopy-bounded", test_postcopy_bounded_by_one_pass_and_the_rest);
