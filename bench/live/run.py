@@ -61,6 +61,9 @@ TOOLS = {
     "defaults-postcopy-ram": ["--strategy", "manual", "--max-downtime", str(DOWNTIME_LIMIT_MS),
                               "--completion-timeout-per-gib", str(CAP_S), "--progress-timeout", str(CAP_S),
                               "--postcopy"],
+    # Not in the default run: ferry-auto without the --estimate call before
+    # it, to see what that call costs the migration that follows.
+    "ferry-auto-no-estimate": [],
 }
 DEFAULT_TOOLS = ["qemu-defaults", "ferry-auto"]
 # Hard stop for one migration command (the tools' own limits come first).
@@ -516,8 +519,11 @@ def notes(runs):
             f"{span([r['setup_ms'] / 1000 for r in idle if r['setup_ms']], '{:.1f}')} s for the idle guest but "
             f"{span([r['setup_ms'] / 1000 for r in defaults_busy], '{:.1f}')} s (defaults) and "
             f"{span([r['setup_ms'] / 1000 for r in ferry_busy], '{:.1f}')} s (ferry) for the dirtying ones, "
-            f"varying a lot between runs of the same guest; ferry's model counts 0.1 s for it. This is the "
-            f"TCG 8 KiB-padding side effect (slow bitmap sync with many dirty pages).")
+            f"varying a lot between runs of the same guest. This is the TCG 8 KiB-padding side effect: "
+            f"the padded RAM takes QEMU's page-at-a-time sync, which scans the vCPU's TLB for each dirty "
+            f"page (with the padding switched off by a local patch, set-up took 3–17 ms and one guest of "
+            f"four came back broken). ferry's model counts it (2 µs per page plus 0.2 µs per MiB/s of "
+            f"dirty rate, from earlier runs).")
         by = {(r["tool"], r["scenario"], r["link"]): r for r in busy}
         pairs = [(by[("qemu-defaults", r["scenario"], r["link"])], r) for r in ferry_busy
                  if ("qemu-defaults", r["scenario"], r["link"]) in by
@@ -527,9 +533,11 @@ def notes(runs):
         if pairs:
             out[-1] += (f" ferry's set-up was longer than the defaults' in {len(longer)} of {len(pairs)} dirtying "
                         f"cells" + (f" ({'; '.join(longer)})" if longer else "")
-                        + "; what differs between the two runs of a cell: ferry-auto turns on postcopy-ram "
-                        "(its fallback), runs second and right after `--estimate`. One run per cell does not "
-                        "say which matters.")
+                        + ". Measured apart (dirty50, unshaped, 2026-11-22): not the postcopy-ram capability "
+                        "(the defaults with it: 0.87–1.21 s, without: 0.95–1.34 s), not the order (swapped: "
+                        "ferry 2.2–3.2 s, defaults 0.8 s), but the `--estimate` run just before: ferry-auto "
+                        "without it 0.7–1.0 s, with it 3.2–4.7 s. Why a second dirty-rate and link "
+                        "measurement seconds before slows QEMU's set-up is not known yet.")
         excl = [(r, (r["total_ms"] - (r["setup_ms"] or 0)) / 1000 / r["wire_time_s"]) for r in ferry
                 if r["wire_time_s"]]
         missed = [(r, ratio) for r, ratio in excl if not r["checks"]["total_le_1.5x_wire"]]
@@ -581,14 +589,14 @@ def notes(runs):
     streams = [r["stream_mib_s"] for r in precopy if r["stream_mib_s"]]
     if streams:
         out.append(
-            f"- **ferry's link probe under-reads the link.** Its 32 MiB HTTPS probe measured "
+            f"- **ferry's link probe against QEMU's stream.** Its 32 MiB HTTPS probe measured "
             f"{span([r['link_mib_s'] for r in runs if r['link'] == 'unshaped'])} MiB/s on the unshaped veth and "
             f"{span([r['link_mib_s'] for r in runs if r['link'] == '1gbit'])} MiB/s at 1 Gbit/s (nominal "
             f"119 MiB/s), while QEMU's own TLS pre-copy stream reached roughly "
             f"{span([r['stream_mib_s'] for r in precopy if r['link'] == 'unshaped'])} MiB/s and "
-            f"{span([r['stream_mib_s'] for r in precopy if r['link'] == '1gbit'])} MiB/s. Two effects: the "
-            f"≤ 1.5 × check divides by the probe's lower rate (so it is lenient), and the planner's "
-            f"predictions start from a link that is too slow.")
+            f"{span([r['stream_mib_s'] for r in precopy if r['link'] == '1gbit'])} MiB/s (until 2026-11-22 "
+            f"the probe timed its own TLS handshake and the making of its random body and read 48–97 MiB/s "
+            f"unshaped). The ≤ 1.5 × check divides by the probe's rate.")
     pred = [r for r in ferry if r.get("prediction_error") is not None]
     if pred:
         over = [r for r in pred if r["prediction_error"] > TARGET_PREDICTION_ERROR]
@@ -598,15 +606,17 @@ def notes(runs):
         if over:
             text += (" Too long for " + ", ".join(f"{r['scenario']}/{r['link']} ({r['prediction_error']:+.0%})"
                                                   for r in over)
-                     + ": the probe's low link rate makes the model expect more and longer passes"
+                     + ": the model expects more and longer passes than QEMU made (its sync cost is a "
+                       "fit to a noisy effect)"
                      + (" (and ferry then cut pre-copy short by switching to post-copy)"
                         if any(r["switched_to_postcopy"] and r["strategy"] != "post-copy" for r in over) else "")
                      + ".")
         if under:
             text += (" Too short for " + ", ".join(f"{r['scenario']}/{r['link']} ({r['prediction_error']:+.0%})"
                                                    for r in under)
-                     + ": QEMU's multi-second set-up (and, where it was slow, switchover), which the model "
-                       "does not know (it assumes 0.1 s of set-up and a downtime of what is left / link).")
+                     + ": QEMU's set-up (and, where it was slow, switchover) took longer than the model's "
+                       "sync cost gives; the `--estimate` call itself lengthens the set-up that follows "
+                       "(above).")
         text += (" The measurements are also noisy: the run's own plan, measured seconds after the estimate, "
                  "predicted " + ", ".join(f"{r['scenario']}/{r['link']} {fmt(r['plan_predicted_total_s'], '{:.1f}')} s "
                                           f"(estimate {r['predicted_total_s']:.1f} s)" for r in pred) + ".")
