@@ -64,7 +64,20 @@ TOOLS = {
     # Not in the default run: ferry-auto without the --estimate call before
     # it, to see what that call costs the migration that follows.
     "ferry-auto-no-estimate": [],
+    # ... and with only part of what --estimate does before it: a dirty-rate
+    # measurement (`ferry dirtyrate`, QEMU's calc-dirty-rate), or nothing
+    # but as long a wait (the guest keeps running as it would meanwhile).
+    "ferry-auto-after-dirtyrate": [],
+    "ferry-auto-after-wait": [],
 }
+ESTIMATE_LIKE_WAIT_S = 3.5
+# Every migration starts this long after the guest's previous one ended
+# (or its boot was seen), whatever the tool does first (ferry-auto's
+# --estimate runs inside it). Under TCG QEMU's set-up grows with the time
+# a dirtying guest has run since it arrived: measured on dirty50, set-up
+# was 0.5-0.7 s right away and 3.9-4.2 s after 3.5 s, so without a common
+# start the tool that starts first is favoured.
+SETTLE_S = 8.0
 DEFAULT_TOOLS = ["qemu-defaults", "ferry-auto"]
 # Hard stop for one migration command (the tools' own limits come first).
 RUN_HARD_LIMIT_S = 300
@@ -135,8 +148,9 @@ def number(value):
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def run_migration(cluster, tool, source, destination, vm, scenario, link, tick, boot_id):
-    """One migration; returns (record, where the guest is, its last tick)."""
+def run_migration(cluster, tool, source, destination, vm, scenario, link, tick, boot_id, settled_at):
+    """One migration, started SETTLE_S after settled_at (monotonic); returns
+    (record, where the guest is, its last tick, its boot id, when it ended)."""
     record = {
         "tool": tool, "scenario": scenario, "link": link,
         "source": source.name, "destination": destination.name,
@@ -151,6 +165,15 @@ def run_migration(cluster, tool, source, destination, vm, scenario, link, tick, 
         record["estimate_strategy"] = estimate.get("strategy")
         log(f"  --estimate: {estimate.get('strategy')}, predicted total "
             f"{record['predicted_total_s']} s; {estimate.get('reason')}")
+
+    if tool == "ferry-auto-after-dirtyrate":
+        source.cli("dirtyrate", vm, "--period", "2")
+    elif tool == "ferry-auto-after-wait":
+        time.sleep(ESTIMATE_LIKE_WAIT_S)  # the variable under test, not a wait for an event
+
+    # The variable under test is held equal, not an event waited for.
+    time.sleep(max(0.0, settled_at + SETTLE_S - time.monotonic()))
+    record["since_previous_s"] = round(time.monotonic() - settled_at, 1)
 
     args = ["migrate", vm, destination.url, "--live"] + TOOLS[tool]
     record["command"] = "ferry " + " ".join(["migrate", vm, "DEST", "--live"] + TOOLS[tool])
@@ -174,7 +197,8 @@ def run_migration(cluster, tool, source, destination, vm, scenario, link, tick, 
             source.cli("job", "abort", vm, check=False)
             aborted_by_bench = True
     stdout, stderr = process.communicate()
-    wall_s = time.monotonic() - started
+    ended = time.monotonic()
+    wall_s = ended - started
     record["wall_s"] = round(wall_s, 2)
     record["exit_status"] = process.returncode
     record["cli_output"] = (stdout.strip() + "\n" + stderr.strip()).strip()
@@ -237,7 +261,7 @@ def run_migration(cluster, tool, source, destination, vm, scenario, link, tick, 
             tick, seen_boot = last_tick(now_on.console(vm))
             boot_id = seen_boot or boot_id
     log("  " + summary_line(record))
-    return record, now_on, tick, boot_id
+    return record, now_on, tick, boot_id, ended
 
 
 def derive(record):
@@ -533,11 +557,13 @@ def notes(runs):
         if pairs:
             out[-1] += (f" ferry's set-up was longer than the defaults' in {len(longer)} of {len(pairs)} dirtying "
                         f"cells" + (f" ({'; '.join(longer)})" if longer else "")
-                        + ". Measured apart (dirty50, unshaped, 2026-11-22): not the postcopy-ram capability "
-                        "(the defaults with it: 0.87–1.21 s, without: 0.95–1.34 s), not the order (swapped: "
-                        "ferry 2.2–3.2 s, defaults 0.8 s), but the `--estimate` run just before: ferry-auto "
-                        "without it 0.7–1.0 s, with it 3.2–4.7 s. Why a second dirty-rate and link "
-                        "measurement seconds before slows QEMU's set-up is not known yet.")
+                        + f". Measured apart (dirty50, unshaped, 2026-11-22): not the postcopy-ram capability "
+                        "(the defaults with it: 0.87–1.21 s, without: 0.95–1.34 s), but how long the guest had "
+                        "run on its host since it arrived: set-up 0.5–0.7 s when ferry-auto started right "
+                        "away, 2.1–2.4 s after a `ferry dirtyrate`, 2.4–2.6 s after `--estimate`, 3.9–4.2 s "
+                        "after a plain 3.5 s wait. Until then the defaults started right after the guest "
+                        f"arrived and ferry-auto after its `--estimate`; every run now starts {SETTLE_S:.0f} s "
+                        "after the previous one ended.")
         excl = [(r, (r["total_ms"] - (r["setup_ms"] or 0)) / 1000 / r["wire_time_s"]) for r in ferry
                 if r["wire_time_s"]]
         missed = [(r, ratio) for r, ratio in excl if not r["checks"]["total_le_1.5x_wire"]]
@@ -615,8 +641,8 @@ def notes(runs):
             text += (" Too short for " + ", ".join(f"{r['scenario']}/{r['link']} ({r['prediction_error']:+.0%})"
                                                    for r in under)
                      + ": QEMU's set-up (and, where it was slow, switchover) took longer than the model's "
-                       "sync cost gives; the `--estimate` call itself lengthens the set-up that follows "
-                       "(above).")
+                       "sync cost gives; it grows with the time the guest has run since it arrived (above), "
+                       "which the model does not know.")
         text += (" The measurements are also noisy: the run's own plan, measured seconds after the estimate, "
                  "predicted " + ", ".join(f"{r['scenario']}/{r['link']} {fmt(r['plan_predicted_total_s'], '{:.1f}')} s "
                                           f"(estimate {r['predicted_total_s']:.1f} s)" for r in pred) + ".")
@@ -725,6 +751,7 @@ def main():
     for scenario in scenarios:
         unshape(cluster)
         vm, tick, boot_id = boot_guest(cluster, kernel, initrd, scenario)
+        settled_at = time.monotonic()
         here = cluster.a
         for link in links:
             set_link(cluster, link)
@@ -732,8 +759,8 @@ def main():
             for tool in tools * max(1, options.repeat):
                 there = cluster.b if here is cluster.a else cluster.a
                 log(f"{tool}: {scenario} over {link}, {here.name} → {there.name}")
-                record, now_on, tick, boot_id = run_migration(cluster, tool, here, there, vm, scenario, link,
-                                                              tick, boot_id)
+                record, now_on, tick, boot_id, settled_at = run_migration(
+                    cluster, tool, here, there, vm, scenario, link, tick, boot_id, settled_at)
                 runs.append(record)
                 if now_on is None:
                     raise SystemExit(f"{vm} is lost: it runs on neither host")
