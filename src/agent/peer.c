@@ -157,7 +157,7 @@ ferry_peer_probe_async (FerryAgent *agent, const char *base_url, gsize bytes,
   /* Random bytes: a link that compresses must not look faster than QEMU's
    * stream of (incompressible) guest pages will be. xorshift64*, seeded
    * once: g_random_int takes a lock per call (0.1 s for 32 MiB). */
-  guint64 *data = g_malloc (bytes);
+  guint64 *data = g_malloc0 (bytes);   /* a tail shorter than a word is sent as zeroes */
   guint64 state = ((guint64) g_random_int () << 32) | g_random_int () | 1;
   for (gsize i = 0; i < bytes / sizeof (guint64); i++)
     {
