@@ -423,6 +423,14 @@ nudge_source (FerryJob *job, ColdDst *cold)
   ferry_peer_request_async (job->agent, cold->source_url, "POST", path, NULL, 5, NULL, on_nudged, NULL);
 }
 
+/* Chunk notes of a copy that is being thrown away (its records go too). */
+static void
+drop_unsaved_chunks (ColdDst *cold)
+{
+  g_clear_handle_id (&cold->save_timer, g_source_remove);
+  g_array_set_size (cold->unsaved, 0);
+}
+
 static void
 cold_teardown (FerryJob *job, FerryJobState terminal, const char *reason)
 {
@@ -431,8 +439,7 @@ cold_teardown (FerryJob *job, FerryJobState terminal, const char *reason)
     {
       g_cancellable_cancel (cold->cancel);
       remove_created_volumes (job, cold);
-      g_clear_handle_id (&cold->save_timer, g_source_remove);
-      g_array_set_size (cold->unsaved, 0);
+      drop_unsaved_chunks (cold);
     }
   ferry_store_chunks_delete (job->agent->store, job->id, -1, -1, NULL);
   /* Sent before the job ends (which frees `cold`); the source's poll it
@@ -1325,8 +1332,7 @@ mig_cold_dst_pass (FerryAgent *agent, const char *uuid, JsonObject *request, GEr
       disk->bytes_read = disk->bytes_written = 0;
       disk->failing_since_us = 0;
     }
-  g_clear_handle_id (&cold->save_timer, g_source_remove);
-  g_array_set_size (cold->unsaved, 0);
+  drop_unsaved_chunks (cold);
   ferry_store_chunks_delete (agent->store, job->id, -1, -1, NULL);
   /* Persisted before acted on: a restarted agent resumes this pass. */
   json_object_set_object_member (job->stats, "ferry-warm-pass", json_object_ref (request));

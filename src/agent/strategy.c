@@ -298,19 +298,29 @@ on_dirty_rate (GObject *source, GAsyncResult *result, gpointer user_data)
   g_object_unref (task);
 }
 
+/* A probe's reply, or NULL with the plan failed. */
+static JsonObject *
+probe_reply (GAsyncResult *result, GTask *task)
+{
+  GError *error = NULL;
+  JsonObject *reply = ferry_peer_request_finish (result, NULL, &error);
+  if (reply == NULL)
+    {
+      g_prefix_error (&error, "measuring the link to the destination: ");
+      plan_fail (task, error);
+    }
+  return reply;
+}
+
 static void
 on_probed (GObject *source, GAsyncResult *result, gpointer user_data)
 {
   GTask *task = user_data;
   PlanData *data = g_task_get_task_data (task);
   GError *error = NULL;
-  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
+  g_autoptr (JsonObject) reply = probe_reply (result, task);
   if (reply == NULL)
-    {
-      g_prefix_error (&error, "measuring the link to the destination: ");
-      plan_fail (task, error);
-      return;
-    }
+    return;
   double seconds = (g_get_monotonic_time () - data->probe_started_us) / 1e6;
   data->link_bytes_per_s = ferry_json_object_int (reply, "bytes") / MAX (seconds, 1e-3);
   FerryVm *vm = plan_vm (task, &error);
@@ -328,14 +338,9 @@ on_warmed_up (GObject *source, GAsyncResult *result, gpointer user_data)
 {
   GTask *task = user_data;
   PlanData *data = g_task_get_task_data (task);
-  GError *error = NULL;
-  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
+  g_autoptr (JsonObject) reply = probe_reply (result, task);
   if (reply == NULL)
-    {
-      g_prefix_error (&error, "measuring the link to the destination: ");
-      plan_fail (task, error);
-      return;
-    }
+    return;
   /* The body is made before the call returns: the clock runs from the
    * send on. */
   ferry_peer_probe_async (data->agent, data->dest_url, PROBE_BYTES, on_probed, task);
