@@ -992,6 +992,7 @@ open_local_export (FerryJob *job, ColdDisk *disk, GError **error)
     .format = disk->format,
     .export_name = "copy",
     .writable = TRUE,
+    .bypass_page_cache = TRUE,
     .unix_socket = disk->local_socket,
   };
   disk->local = ferry_nbd_export_start (&options, error);

@@ -769,37 +769,27 @@ read_clean_parts (FerryNbdCopy *copy, struct nbd_handle *dst, guint8 *buf, const
                       NULL, error);
 }
 
-/* A delta's chunk: only what the bitmap marks dirty is read and written;
- * the digest is of the whole chunk as the destination holds it then. */
-static gboolean
-copy_chunk_delta (FerryNbdCopy *copy, struct nbd_handle *src, struct nbd_handle *dst, FerryCopyChunk *chunk,
-                  guint8 *buf, GArray *pending, GError **error)
+/* ---- one connection pair: a reader and a writer ------------------------------ */
+
+/* Each worker is two threads: the reader keeps its source connection
+ * busy (block status, reads) while the writer writes, verifies and
+ * flushes the previous chunk on the destination, so a write or a flush
+ * never leaves the link idle. Two buffers go round between them. */
+#define BUFFERS_PER_WORKER 2
+
+/* A chunk read, on its way to the writer; buf NULL ends the stream. */
+typedef struct {
+  FerryCopyChunk chunk;
+  GArray *ranges;   /* full copy: the data ranges read; delta: the dirty ranges */
+  guint8 *buf;
+} ReadChunk;
+
+static void
+read_chunk_free (ReadChunk *item)
 {
-  guint stall_s = copy->options.stall_timeout_s;
-  g_autoptr (GArray) dirty = scan_ranges (src, copy->dirty_context, TRUE, chunk->offset, chunk->length, stall_s,
-                                          copy->stop, error);
-  if (dirty == NULL)
-    return FALSE;
-  if (dirty->len > 0)
-    {
-      g_autoptr (GArray) data = data_ranges (src, chunk->offset, chunk->length, stall_s, copy->stop, error);
-      if (data == NULL)
-        return FALSE;
-      g_autoptr (GArray) reads = intersect_ranges (data, dirty);
-      fill_gaps (buf, chunk->offset, chunk->length, reads);
-      gboolean read_ok = read_ranges (src, buf, chunk->offset, reads, copy->options.requests_in_flight,
-                                      copy->options.rate_limit, stall_s, copy->stop, &chunk->bytes_read, error);
-      g_mutex_lock (&copy->lock);
-      copy->progress.bytes_read += chunk->bytes_read;
-      g_mutex_unlock (&copy->lock);
-      if (!read_ok || !write_delta (copy, dst, buf, chunk->offset, dirty, &chunk->bytes_written, error)
-          || !read_clean_parts (copy, dst, buf, chunk, dirty, error))
-        return FALSE;
-      digest_buffer (buf, chunk->length, chunk->digest);
-      chunk->changed = TRUE;
-    }
-  g_array_append_val (pending, *chunk);
-  return TRUE;
+  if (item->ranges)
+    g_array_unref (item->ranges);
+  g_free (item);
 }
 
 /* Test hook: with FERRY_FAULT_CORRUPT_CHUNK=N in the environment, the
@@ -813,61 +803,111 @@ fault_corrupts (FerryNbdCopy *copy, guint64 index)
   return index == copy->fault_chunk && g_atomic_int_compare_and_exchange (&fired, 0, 1);
 }
 
-/* Copies one chunk; it is added to `pending` (done once flushed). */
+/* The reader's half of a chunk: what to copy (block status of the data,
+ * or of the dirty bitmap for a delta) read into item->buf, the rest of
+ * the chunk zeroed. */
 static gboolean
-copy_chunk (FerryNbdCopy *copy, struct nbd_handle *src, struct nbd_handle *dst, guint64 index,
-            guint8 *buf, guint8 *readback, GArray *pending, GError **error)
+read_chunk (FerryNbdCopy *copy, struct nbd_handle *src, ReadChunk *item, GError **error)
 {
-  guint64 size = copy->progress.size; /* set before the workers start */
-  FerryCopyChunk chunk = { .index = index, .offset = index * FERRY_COPY_CHUNK_BYTES };
-  chunk.length = MIN ((guint64) FERRY_COPY_CHUNK_BYTES, size - chunk.offset);
+  FerryCopyChunk *chunk = &item->chunk;
   guint stall_s = copy->options.stall_timeout_s;
+  g_autoptr (GArray) reads = NULL;
+
+  if (copy->dirty_context != NULL)
+    {
+      item->ranges = scan_ranges (src, copy->dirty_context, TRUE, chunk->offset, chunk->length, stall_s,
+                                  copy->stop, error);
+      if (item->ranges == NULL)
+        return FALSE;
+      if (item->ranges->len == 0)
+        return TRUE; /* unchanged since the last pass */
+      g_autoptr (GArray) data = data_ranges (src, chunk->offset, chunk->length, stall_s, copy->stop, error);
+      if (data == NULL)
+        return FALSE;
+      reads = intersect_ranges (data, item->ranges);
+    }
+  else
+    {
+      item->ranges = data_ranges (src, chunk->offset, chunk->length, stall_s, copy->stop, error);
+      if (item->ranges == NULL)
+        return FALSE;
+      if (item->ranges->len == 0)
+        return TRUE; /* nothing but zeroes: nothing crosses the link */
+      reads = g_array_ref (item->ranges);
+    }
+  chunk->changed = TRUE;
+  fill_gaps (item->buf, chunk->offset, chunk->length, reads);
+  gboolean read_ok = read_ranges (src, item->buf, chunk->offset, reads, copy->options.requests_in_flight,
+                                  copy->options.rate_limit, stall_s, copy->stop, &chunk->bytes_read, error);
+  /* Counted as read even if the chunk fails later: this is what crossed
+   * the link (requests issued; a broken one may have carried less). */
+  g_mutex_lock (&copy->lock);
+  copy->progress.bytes_read += chunk->bytes_read;
+  g_mutex_unlock (&copy->lock);
+  if (read_ok && reads->len > 0 && fault_corrupts (copy, chunk->index))
+    item->buf[g_array_index (reads, Range, 0).offset - chunk->offset] ^= 0x5a;
+  return read_ok;
+}
+
+/* The writer's half of a delta's chunk: only the dirty ranges are
+ * written; the digest is of the whole chunk as the destination holds it
+ * then. */
+static gboolean
+write_chunk_delta (FerryNbdCopy *copy, struct nbd_handle *dst, ReadChunk *item, GError **error)
+{
+  FerryCopyChunk *chunk = &item->chunk;
+  if (item->ranges->len == 0)
+    return TRUE;
+  if (!write_delta (copy, dst, item->buf, chunk->offset, item->ranges, &chunk->bytes_written, error)
+      || !read_clean_parts (copy, dst, item->buf, chunk, item->ranges, error))
+    return FALSE;
+  digest_buffer (item->buf, chunk->length, chunk->digest);
+  return TRUE;
+}
+
+/* The writer's half of a chunk: written (holes and zeroes skipped),
+ * digested, verified when asked; then added to `pending` (done once
+ * flushed). */
+static gboolean
+write_chunk (FerryNbdCopy *copy, struct nbd_handle *dst, ReadChunk *item, guint8 *readback, GArray *pending,
+             GError **error)
+{
+  FerryCopyChunk *chunk = &item->chunk;
   char sent[FERRY_COPY_DIGEST_LEN];
 
   if (copy->dirty_context != NULL)
-    return copy_chunk_delta (copy, src, dst, &chunk, buf, pending, error);
-  chunk.changed = TRUE;
-  g_autoptr (GArray) ranges = data_ranges (src, chunk.offset, chunk.length, stall_s, copy->stop, error);
-  if (ranges == NULL)
-    return FALSE;
-  if (ranges->len == 0)
-    /* Nothing but zeroes here: nothing crosses the link or is written. */
+    {
+      if (!write_chunk_delta (copy, dst, item, error))
+        return FALSE;
+      g_array_append_val (pending, *chunk);
+      return TRUE;
+    }
+  if (!chunk->changed)
     digest_buffer (NULL, 0, sent);
   else
     {
-      fill_gaps (buf, chunk.offset, chunk.length, ranges);
-      gboolean read_ok = read_ranges (src, buf, chunk.offset, ranges, copy->options.requests_in_flight,
-                                      copy->options.rate_limit, stall_s, copy->stop, &chunk.bytes_read, error);
-      /* Counted as read even if the chunk fails later: this is what crossed
-       * the link (requests issued; a broken one may have carried less). */
-      g_mutex_lock (&copy->lock);
-      copy->progress.bytes_read += chunk.bytes_read;
-      g_mutex_unlock (&copy->lock);
-      if (!read_ok)
-        return FALSE;
-      if (fault_corrupts (copy, index))
-        buf[g_array_index (ranges, Range, 0).offset - chunk.offset] ^= 0x5a;
-      digest_buffer (buf, chunk.length, sent);
-      if (!write_nonzero (copy, dst, buf, chunk.offset, chunk.length, &chunk.bytes_written, error))
+      digest_buffer (item->buf, chunk->length, sent);
+      if (!write_nonzero (copy, dst, item->buf, chunk->offset, chunk->length, &chunk->bytes_written, error))
         return FALSE;
     }
+  chunk->changed = TRUE; /* a full copy's chunk always counts as copied */
   /* The digest the source's own is compared with: of what was written,
    * or of what the destination holds now, read back through its export
    * (for a chunk without data, block status alone unless an earlier
    * attempt left data there). */
   if (!copy->options.verify_readback)
-    memcpy (chunk.digest, sent, sizeof chunk.digest);
-  else if (!digest_chunk (dst, chunk.offset, chunk.length, readback, copy->options.requests_in_flight,
-                          stall_s, copy->stop, chunk.digest, error))
+    memcpy (chunk->digest, sent, sizeof chunk->digest);
+  else if (!digest_chunk (dst, chunk->offset, chunk->length, readback, copy->options.requests_in_flight,
+                          copy->options.stall_timeout_s, copy->stop, chunk->digest, error))
     return FALSE;
-  if (strcmp (sent, chunk.digest) != 0)
+  if (strcmp (sent, chunk->digest) != 0)
     {
       g_set_error (error, FERRY_ERROR, FERRY_ERROR_FAILED,
                    "chunk %" G_GUINT64_FORMAT " (offset %" G_GUINT64_FORMAT
-                   "): the destination holds other data than was written", index, chunk.offset);
+                   "): the destination holds other data than was written", chunk->index, chunk->offset);
       return FALSE;
     }
-  g_array_append_val (pending, chunk);
+  g_array_append_val (pending, *chunk);
   return TRUE;
 }
 
@@ -875,6 +915,8 @@ typedef struct {
   FerryNbdCopy *copy;
   struct nbd_handle *src;   /* may be pre-connected (worker 0) */
   struct nbd_handle *dst;
+  GAsyncQueue *filled;      /* ReadChunk*: reader → writer */
+  GAsyncQueue *empty;       /* guint8* buffers: writer → reader */
 } Worker;
 
 /* Chunks without data are cheap to redo and are batched; a chunk that
@@ -889,15 +931,67 @@ flush_due (GArray *pending)
   return pending->len >= CHUNKS_PER_FLUSH || written > 0;
 }
 
+/* The writer thread: takes chunks until the reader's end marker, and
+ * always hands each buffer back (the reader may wait for one), even
+ * after a failure. */
+static gpointer
+writer_run (gpointer user_data)
+{
+  Worker *worker = user_data;
+  FerryNbdCopy *copy = worker->copy;
+  g_autoptr (GError) error = NULL;
+  g_autofree guint8 *readback = copy->options.verify_readback ? g_malloc (FERRY_COPY_CHUNK_BYTES) : NULL;
+  g_autoptr (GArray) pending = g_array_new (FALSE, FALSE, sizeof (FerryCopyChunk));
+  gboolean ok = TRUE;
+  for (;;)
+    {
+      ReadChunk *item = g_async_queue_pop (worker->filled);
+      guint8 *buf = item->buf;
+      if (buf != NULL && ok && !g_cancellable_is_cancelled (copy->stop))
+        ok = write_chunk (copy, worker->dst, item, readback, pending, &error)
+             && (!flush_due (pending) || flush_and_report (copy, worker->dst, pending, &error));
+      read_chunk_free (item);
+      if (buf == NULL)
+        break;
+      g_async_queue_push (worker->empty, buf);
+    }
+  if (ok && !g_cancellable_is_cancelled (copy->stop))
+    flush_and_report (copy, worker->dst, pending, &error);
+  if (error != NULL)
+    record_failure (copy, error);
+  return NULL;
+}
+
+/* The reader, in the worker's own thread: chunk after chunk into
+ * whichever buffer the writer has handed back. */
+static void
+reader_run (Worker *worker, GError **error)
+{
+  FerryNbdCopy *copy = worker->copy;
+  guint64 size = copy->progress.size; /* set before the workers start */
+  guint64 index;
+  while (take_chunk (copy, &index))
+    {
+      ReadChunk *item = g_new0 (ReadChunk, 1);
+      item->chunk = (FerryCopyChunk) { .index = index, .offset = index * FERRY_COPY_CHUNK_BYTES };
+      item->chunk.length = MIN ((guint64) FERRY_COPY_CHUNK_BYTES, size - item->chunk.offset);
+      item->buf = g_async_queue_pop (worker->empty);
+      if (!read_chunk (copy, worker->src, item, error))
+        {
+          g_async_queue_push (worker->empty, item->buf);
+          read_chunk_free (item);
+          return;
+        }
+      g_async_queue_push (worker->filled, item);
+    }
+}
+
 static gpointer
 worker_run (gpointer user_data)
 {
   Worker *worker = user_data;
   FerryNbdCopy *copy = worker->copy;
   g_autoptr (GError) error = NULL;
-  g_autofree guint8 *buf = NULL;
-  g_autofree guint8 *readback = NULL;
-  guint64 index;
 
   if (worker->src == NULL)
     worker->src = connect_uri (copy->source_uri, copy->dirty_context, copy->options.stall_timeout_s, copy->stop,
@@ -906,19 +1000,22 @@ worker_run (gpointer user_data)
     worker->dst = connect_uri (copy->destination_uri, NULL, copy->options.stall_timeout_s, copy->stop, &error);
   if (worker->dst != NULL)
     {
-      buf = g_malloc (FERRY_COPY_CHUNK_BYTES);
-      readback = copy->options.verify_readback ? g_malloc (FERRY_COPY_CHUNK_BYTES) : NULL;
-      g_autoptr (GArray) pending = g_array_new (FALSE, FALSE, sizeof (FerryCopyChunk));
-      gboolean ok = TRUE;
-      while (ok && take_chunk (copy, &index))
-        ok = copy_chunk (copy, worker->src, worker->dst, index, buf, readback, pending, &error)
-             && (!flush_due (pending) || flush_and_report (copy, worker->dst, pending, &error));
-      if (ok && !g_cancellable_is_cancelled (copy->stop))
-        flush_and_report (copy, worker->dst, pending, &error);
+      worker->filled = g_async_queue_new ();
+      worker->empty = g_async_queue_new_full (g_free);
+      for (guint i = 0; i < BUFFERS_PER_WORKER; i++)
+        g_async_queue_push (worker->empty, g_malloc (FERRY_COPY_CHUNK_BYTES));
+      GThread *writer = g_thread_new ("ferry-write", writer_run, worker);
+      reader_run (worker, &error);
+      g_async_queue_push (worker->filled, g_new0 (ReadChunk, 1)); /* the end */
+      g_thread_join (writer);
+      g_clear_pointer (&worker->filled, g_async_queue_unref);
+      g_clear_pointer (&worker->empty, g_async_queue_unref);
     }
-  gboolean polite = error == NULL && !g_cancellable_is_cancelled (copy->stop);
+  /* The writer recorded its own failure; this is the reader's (or the
+   * connection's). */
   if (error != NULL)
     record_failure (copy, error);
+  gboolean polite = !g_cancellable_is_cancelled (copy->stop);
   close_handle (worker->src, polite);
   close_handle (worker->dst, polite);
   worker->src = worker->dst = NULL;
@@ -1123,8 +1220,10 @@ gboolean
 ferry_nbd_chunk_digests (const char *uri, const guint64 *indexes, guint n_indexes, char *digests,
                          GCancellable *cancellable, GError **error)
 {
-  /* Hashing is the bottleneck: one connection per worker thread. */
-  guint n_workers = MAX (1, MIN (DEFAULT_CONNECTIONS, n_indexes));
+  /* Hashing a chunk read from the page cache is bound by the CPU: one
+   * worker (and connection) per core, no more, as the copy itself and
+   * the export's server need the same cores. */
+  guint n_workers = MAX (1, MIN (MIN (DEFAULT_CONNECTIONS, MAX (2, g_get_num_processors ())), n_indexes));
   g_autofree DigestWorker *workers = g_new0 (DigestWorker, n_workers);
   g_autofree GThread **threads = g_new0 (GThread *, n_workers);
   for (guint i = 0; i < n_workers; i++)

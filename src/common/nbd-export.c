@@ -3,6 +3,7 @@
 
 #include <gio/gunixsocketaddress.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/prctl.h>
 #include <string.h>
 #include <signal.h>
@@ -68,6 +69,18 @@ listen_unix (const char *path, GError **error)
   return g_steal_pointer (&socket);
 }
 
+/* Whether the file system holding path accepts O_DIRECT: open(2) says
+ * EINVAL where it does not. */
+static gboolean
+supports_direct_io (const char *path)
+{
+  int fd = open (path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+  if (fd < 0)
+    return errno != EINVAL;
+  close (fd);
+  return TRUE;
+}
+
 /* An export never outlives the agent that started it: a restarted agent
  * starts it again (on the same port, so the peer's URI stays valid). */
 static void
@@ -112,6 +125,8 @@ ferry_nbd_export_start (const FerryNbdExportOptions *options, GError **error)
   g_strv_builder_add (argv, shared);
   if (!options->writable)
     g_strv_builder_add (argv, "--read-only");
+  else if (options->bypass_page_cache && supports_direct_io (options->image))
+    g_strv_builder_add (argv, "--cache=none");
   g_autofree char *tls_object = NULL;
   if (options->tls_creds_dir)
     {

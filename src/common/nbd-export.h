@@ -20,6 +20,12 @@ typedef struct {
   const char *format;          /* "raw" | "qcow2" */
   const char *export_name;
   gboolean writable;
+  /* A writable export that bypasses the host's page cache (qemu-nbd
+   * --cache=none, O_DIRECT) where the file system allows it: a bulk copy
+   * then costs no page-cache copy and no writeback burst at each flush.
+   * On a file system without O_DIRECT (tmpfs on older kernels) the export
+   * silently uses the page cache. */
+  gboolean bypass_page_cache;
   /* Exactly one of: */
   const char *tcp_host;        /* with tcp_port (0 = any free port) and TLS */
   guint16 tcp_port;
