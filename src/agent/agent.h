@@ -92,6 +92,12 @@ struct _FerryVm {
   char *qmp_socket;
   char *pid_file;
   char *console_log;
+  /* QEMU's own messages (-D): it writes its errors there, not to a
+   * terminal, once daemonized. The previous run's is kept as .1. */
+  char *qemu_log;
+  /* The last lines QEMU wrote before it last exited (NULL = none):
+   * why it exited, when it says so. */
+  char *qemu_last_words;
   FerryJob *job;            /* active migration, or NULL */
   guint shutdown_timer;
   JsonObject *last_dirty_rate;  /* last measurement (dirtyrate.c) */
@@ -123,6 +129,9 @@ gboolean ferry_vm_shutdown (FerryVm *vm, guint timeout_s, GError **error);
 gboolean ferry_vm_destroy (FerryVm *vm, GError **error);
 /* Kills the QEMU process without asking (it must be ours). */
 void ferry_vm_kill (FerryVm *vm);
+/* "VERB: QEMU's last words" or VERB alone when QEMU said nothing (for
+ * an error message about its exit). */
+char *ferry_vm_exit_reason (FerryVm *vm, const char *verb);
 /* Reconnects to a QEMU started by an earlier agent process. */
 void ferry_vm_reattach_async (FerryVm *vm, GAsyncReadyCallback callback, gpointer user_data);
 gboolean ferry_vm_reattach_finish (FerryVm *vm, GAsyncResult *result, GError **error);

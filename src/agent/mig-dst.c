@@ -811,21 +811,22 @@ mig_dst_abort (FerryAgent *agent, const char *uuid, const char *reason, GError *
 void
 mig_dst_on_vm_gone (FerryJob *job)
 {
+  FerryVm *vm = g_hash_table_lookup (job->agent->vms, job->vm_name);
   if (job->state == FERRY_JOB_POSTCOPY)
     {
-      FerryVm *vm = g_hash_table_lookup (job->agent->vms, job->vm_name);
       if (vm != NULL && vm->job == job)
         vm->job = NULL;
-      ferry_job_finish (job, FERRY_JOB_FAILED,
-                        "destination QEMU exited during post-copy: the guest is lost unless the "
-                        "source still holds it");
+      g_autofree char *exited = ferry_vm_exit_reason (vm, "destination QEMU exited during post-copy");
+      g_autofree char *reason = g_strdup_printf ("%s (the guest is lost unless the source still holds it)",
+                                                 exited);
+      ferry_job_finish (job, FERRY_JOB_FAILED, reason);
       if (vm != NULL && !vm->persistent)
         ferry_vm_forget (vm);
       return;
     }
-  const char *reason = job->state == FERRY_JOB_FINISHING
-                       ? "destination QEMU exited while resuming the guest"
-                       : "destination QEMU exited before the migration completed";
+  g_autofree char *reason = ferry_vm_exit_reason (vm, job->state == FERRY_JOB_FINISHING
+                                                        ? "destination QEMU exited while resuming the guest"
+                                                        : "destination QEMU exited before the migration completed");
   mig_dst_teardown (job, FERRY_JOB_FAILED, reason);
 }
 

@@ -67,6 +67,15 @@ ferry_qemu_argv_build (const FerryVmSpec *spec, const FerryQemuLaunch *launch)
   add (b, "-daemonize");
   add (b, "-pidfile");
   add (b, pid);
+  if (launch->qemu_log != NULL)
+    {
+      /* A daemonized QEMU sends stderr to /dev/null unless -D names a
+       * log: with it, its error reports (a failed incoming migration, a
+       * crash's last message) land there. A plain file name: no commas
+       * to escape. */
+      add (b, "-D");
+      add (b, launch->qemu_log);
+    }
   add (b, "-chardev");
   addf (b, "socket,id=monitor,path=%s,server=on,wait=off", qmp);
   add (b, "-mon");

@@ -17,6 +17,7 @@ typedef struct {
   const char *qmp_socket;
   const char *pid_file;
   const char *console_log;
+  const char *qemu_log;       /* -D: QEMU's own messages; NULL = none */
   gboolean incoming;          /* destination of a migration: -incoming defer */
   gboolean start_paused;      /* -S */
   /* QEMU before 9.0 loses guest writes during migration under TCG: the

@@ -62,6 +62,8 @@ vm_free (FerryVm *vm)
   g_free (vm->qmp_socket);
   g_free (vm->pid_file);
   g_free (vm->console_log);
+  g_free (vm->qemu_log);
+  g_free (vm->qemu_last_words);
   g_free (vm);
 }
 
@@ -79,6 +81,7 @@ vm_new (FerryAgent *agent, FerryVmSpec *spec, gboolean persistent)
   vm->qmp_socket = g_build_filename (vm->dir, "qmp.sock", NULL);
   vm->pid_file = g_build_filename (vm->dir, "qemu.pid", NULL);
   vm->console_log = g_build_filename (vm->dir, "console.log", NULL);
+  vm->qemu_log = g_build_filename (vm->dir, "qemu.log", NULL);
   return vm;
 }
 
@@ -169,6 +172,9 @@ ferry_vm_forget (FerryVm *vm)
     g_warning ("vm %s: %s", vm->name, error->message);
   remove_runtime_files (vm);
   g_unlink (vm->console_log);
+  g_unlink (vm->qemu_log);
+  g_autofree char *previous_log = g_strconcat (vm->qemu_log, ".1", NULL);
+  g_unlink (previous_log);
   g_rmdir (vm->dir);
   g_info ("vm %s: undefined", vm->name);
   g_hash_table_remove (agent->vms, vm->name);
@@ -232,11 +238,50 @@ ferry_vm_kill (FerryVm *vm)
     kill (vm->pid, SIGKILL);
 }
 
+#define LAST_WORDS_LINES 3
+#define LAST_WORDS_BYTES 4096
+
+/* The last few lines of QEMU's log, joined with "; " (NULL when empty). */
+static char *
+read_last_words (FerryVm *vm)
+{
+  g_autofree char *text = NULL;
+  gsize length = 0;
+  if (!g_file_get_contents (vm->qemu_log, &text, &length, NULL) || length == 0)
+    return NULL;
+  const char *tail = text + (length > LAST_WORDS_BYTES ? length - LAST_WORDS_BYTES : 0);
+  g_auto (GStrv) lines = g_strsplit (tail, "\n", -1);
+  g_autoptr (GPtrArray) kept = g_ptr_array_new ();
+  for (guint i = g_strv_length (lines); i-- > 0 && kept->len < LAST_WORDS_LINES;)
+    {
+      g_strstrip (lines[i]);
+      if (*lines[i] != '\0')
+        g_ptr_array_insert (kept, 0, lines[i]);
+    }
+  if (kept->len == 0)
+    return NULL;
+  g_ptr_array_add (kept, NULL);
+  return g_strjoinv ("; ", (char **) kept->pdata);
+}
+
+char *
+ferry_vm_exit_reason (FerryVm *vm, const char *verb)
+{
+  if (vm == NULL || vm->qemu_last_words == NULL)
+    return g_strdup (verb);
+  return g_strdup_printf ("%s: %s", verb, vm->qemu_last_words);
+}
+
 static void
 on_qmp_closed (FerryQmp *qmp, gpointer user_data)
 {
   FerryVm *vm = user_data;
-  g_info ("vm %s: QEMU exited (monitor closed)", vm->name);
+  g_free (vm->qemu_last_words);
+  vm->qemu_last_words = read_last_words (vm);
+  if (vm->qemu_last_words != NULL)
+    g_info ("vm %s: QEMU exited (monitor closed); its last words: %s", vm->name, vm->qemu_last_words);
+  else
+    g_info ("vm %s: QEMU exited (monitor closed)", vm->name);
   g_clear_handle_id (&vm->shutdown_timer, g_source_remove);
   g_clear_signal_handler (&vm->event_handler, vm->qmp);
   g_clear_signal_handler (&vm->closed_handler, vm->qmp);
@@ -468,10 +513,14 @@ on_start_daemonized (GObject *source, GAsyncResult *result, gpointer user_data)
     }
   if (!g_subprocess_get_if_exited (process) || g_subprocess_get_exit_status (process) != 0)
     {
+      /* Once it parsed -D, QEMU reports errors in its log, not on stderr. */
+      g_free (vm->qemu_last_words);
+      vm->qemu_last_words = read_last_words (vm);
       g_strstrip (stderr_text);
+      const char *message = stderr_text && *stderr_text ? stderr_text
+                            : vm->qemu_last_words ? vm->qemu_last_words : "no message";
       start_fail (task, g_error_new (FERRY_ERROR, FERRY_ERROR_QEMU,
-                                     "VM '%s': QEMU failed to start: %s", vm->name,
-                                     stderr_text && *stderr_text ? stderr_text : "no message"));
+                                     "VM '%s': QEMU failed to start: %s", vm->name, message));
       return;
     }
   g_autofree char *pid_text = NULL;
@@ -523,6 +572,10 @@ ferry_vm_start_async (FerryVm *vm, const FerryVmStartOptions *options, GCancella
       return;
     }
   remove_runtime_files (vm);
+  /* QEMU truncates its log: keep the previous run's last words. */
+  g_autofree char *previous_log = g_strconcat (vm->qemu_log, ".1", NULL);
+  if (g_file_test (vm->qemu_log, G_FILE_TEST_EXISTS) && rename (vm->qemu_log, previous_log) < 0)
+    g_warning ("vm %s: cannot keep %s: %s", vm->name, vm->qemu_log, g_strerror (errno));
 
   g_autofree char *machine = ferry_qemu_resolve_machine (vm->agent->config.qemu_binary,
                                                          vm->spec->machine, &error);
@@ -548,6 +601,7 @@ ferry_vm_start_async (FerryVm *vm, const FerryVmStartOptions *options, GCancella
     .qmp_socket = vm->qmp_socket,
     .pid_file = vm->pid_file,
     .console_log = vm->console_log,
+    .qemu_log = vm->qemu_log,
     .incoming = options->incoming,
     .start_paused = options->paused || options->incoming,
     .pad_ram_for_tcg_dirty_sync = vm->agent->pad_ram_for_tcg,
@@ -736,6 +790,8 @@ ferry_vm_to_json (FerryVm *vm, gboolean with_spec)
     }
   if (vm->last_dirty_rate != NULL)
     json_object_set_object_member (object, "dirty_rate", json_object_ref (vm->last_dirty_rate));
+  if (vm->state == FERRY_VM_SHUTOFF && vm->qemu_last_words != NULL)
+    json_object_set_string_member (object, "qemu_last_words", vm->qemu_last_words);
   if (with_spec)
     json_object_set_member (object, "spec", ferry_vm_spec_to_json (vm->spec));
   return object;

@@ -77,6 +77,8 @@ vm_info (FerryClient *client, const char *name)
                ferry_json_object_int (rate, "dirty_rate_mib_s"), stamp,
                ferry_json_object_int (rate, "period_s"));
     }
+  if (json_object_has_member (reply, "qemu_last_words"))
+    g_print ("QEMU said:   %s\n", ferry_json_object_string (reply, "qemu_last_words"));
   if (json_object_has_member (reply, "job"))
     g_print ("Job:         %s (%s)\n", ferry_json_object_string (reply, "job"),
              ferry_json_object_string (reply, "job_role"));

@@ -3,10 +3,11 @@
 nothing is lost."""
 
 import os
+import signal
 import socket
 import ssl
 
-from ferrytest import FERRY, Cluster, ensure_guest, guest_spec, log, main, run, wait_for_ticks
+from ferrytest import FERRY, Cluster, ensure_guest, guest_spec, log, main, run, wait_for_ticks, wait_until
 
 
 def expect_error(result, *fragments):
@@ -141,6 +142,25 @@ def test():
     assert "over the limit" in reply, reply[:500]
     # The agent is still fine.
     assert a.vms()["vm1"]["state"] == "running"
+
+    log("a kernel QEMU cannot boot: the start error quotes QEMU")
+    bad_kernel = os.path.join(work, "not-a-kernel")
+    with open(bad_kernel, "wb") as handle:
+        handle.write(bytes(range(256)) * 16)
+    a.cli("vm", "define", guest_spec(os.path.join(work, "vm2.json"), "vm2", bad_kernel, initrd))
+    expect_error(a.cli("vm", "start", "vm2", check=False), "QEMU failed to start: qemu:", "kernel")
+    assert a.vms()["vm2"]["state"] == "shutoff", a.vms()
+    a.cli("vm", "undefine", "vm2")
+
+    log("QEMU stopped by a signal: vm info says what QEMU said")
+    pid = a.cli("vm", "info", "vm1", json_output=True)["pid"]
+    os.kill(pid, signal.SIGTERM)
+    info = wait_until("vm1 to be shut off", lambda: (lambda i: i if i["state"] == "shutoff" else None)(
+        a.cli("vm", "info", "vm1", json_output=True)), timeout=60)
+    log(f"QEMU's last words: {info.get('qemu_last_words')}")
+    assert "terminating on signal 15" in info.get("qemu_last_words", ""), info
+    shown = a.cli("vm", "info", "vm1").stdout
+    assert "QEMU said:" in shown and "signal 15" in shown, shown
 
 
 if __name__ == "__main__":

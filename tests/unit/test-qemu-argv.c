@@ -34,6 +34,7 @@ static const FerryQemuLaunch launch = {
   .qmp_socket = "/state/vms/web1/qmp.sock",
   .pid_file = "/state/vms/web1/qemu.pid",
   .console_log = "/state/vms/web1/console.log",
+  .qemu_log = "/state/vms/web1/qemu.log",
 };
 
 static char *
@@ -53,6 +54,7 @@ test_basic_machine (void)
   g_assert_nonnull (strstr (line, "-m 1024M"));
   g_assert_nonnull (strstr (line, "-cpu qemu64"));
   g_assert_nonnull (strstr (line, "-daemonize"));
+  g_assert_nonnull (strstr (line, "-D /state/vms/web1/qemu.log"));
   g_assert_nonnull (strstr (line, "path=/state/vms/web1/qmp.sock,server=on,wait=off"));
   g_assert_nonnull (strstr (line, "driver=qcow2,file=disk0-file,node-name=disk0"));
   g_assert_nonnull (strstr (line, "virtio-blk-pci,drive=disk0"));
