@@ -1220,10 +1220,15 @@ gboolean
 ferry_nbd_chunk_digests (const char *uri, const guint64 *indexes, guint n_indexes, char *digests,
                          GCancellable *cancellable, GError **error)
 {
-  /* Hashing a chunk read from the page cache is bound by the CPU: one
-   * worker (and connection) per core, no more, as the copy itself and
-   * the export's server need the same cores. */
-  guint n_workers = MAX (1, MIN (MIN (DEFAULT_CONNECTIONS, MAX (2, g_get_num_processors ())), n_indexes));
+  /* Hashing a chunk that a local qemu-nbd reads from the page cache is
+   * bound by the CPU: one worker (and connection) per core, no more, as
+   * the copy itself and the export's server need the same cores. Over
+   * TLS (a running guest's snapshot, served by its QEMU) each read waits
+   * on that QEMU, and more connections shorten the wait: a warm pass's
+   * last digests took 0.50-0.58 s on 2 connections, 0.37-0.44 s on 8. */
+  guint per_core = MIN (DEFAULT_CONNECTIONS, MAX (2, g_get_num_processors ()));
+  guint wanted = g_str_has_prefix (uri, "nbds://") ? DEFAULT_CONNECTIONS : per_core;
+  guint n_workers = MAX (1, MIN (wanted, n_indexes));
   g_autofree DigestWorker *workers = g_new0 (DigestWorker, n_workers);
   g_autofree GThread **threads = g_new0 (GThread *, n_workers);
   for (guint i = 0; i < n_workers; i++)
