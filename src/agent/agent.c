@@ -126,6 +126,8 @@ ferry_agent_free (FerryAgent *agent)
 {
   if (agent == NULL)
     return;
+  ferry_api_drop_waiters (agent);
+  g_clear_pointer (&agent->job_waiters, g_ptr_array_unref);
   if (agent->server)
     soup_server_disconnect (agent->server);
   g_clear_object (&agent->server);

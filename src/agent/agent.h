@@ -53,6 +53,7 @@ struct _FerryAgent {
   GHashTable *pools;           /* name → FerryPool* (owned), fixed after startup */
   SoupServer *server;
   SoupSession *peer_session;
+  GPtrArray *job_waiters;      /* api.c: GET …/job?wait_ms= held until the job ends */
 };
 
 FerryAgent *ferry_agent_new (const FerryAgentConfig *config, GError **error);
@@ -63,6 +64,10 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC (FerryAgent, ferry_agent_free)
  * were in flight (agent.c). */
 gboolean ferry_agent_recover (FerryAgent *agent, GError **error);
 gboolean ferry_agent_listen (FerryAgent *agent, GError **error);
+/* A VM's job ended: requests waiting for it are answered now (api.c). */
+void ferry_api_job_ended (FerryAgent *agent, const char *vm_name);
+/* Drops waiting requests unanswered (agent shutdown). */
+void ferry_api_drop_waiters (FerryAgent *agent);
 
 /* ---- VMs (vm.c) ----------------------------------------------------------- */
 

@@ -404,6 +404,126 @@ handle_block (FerryVm *vm, SoupServerMessage *msg)
   ferry_qmp_execute_async (vm->qmp, "query-named-block-nodes", args, NULL, on_block_nodes, g_object_ref (msg));
 }
 
+/* ---- waiting for a job's end ------------------------------------------------ */
+
+/* GET …/job?wait_ms=N on a VM with a running job is answered when the
+ * job ends or after N ms, whichever comes first: a client following a
+ * job learns of its end at once instead of at its next poll. */
+#define JOB_WAIT_MAX_MS 10000
+
+typedef struct {
+  FerryAgent *agent;
+  SoupServerMessage *msg;      /* paused, referenced */
+  char *vm_name;
+  guint timer;
+  gulong disconnected;
+} JobWaiter;
+
+static void reply_latest_job (FerryAgent *agent, SoupServerMessage *msg, const char *vm_name);
+
+static void
+job_waiter_free (JobWaiter *waiter)
+{
+  g_clear_handle_id (&waiter->timer, g_source_remove);
+  g_clear_signal_handler (&waiter->disconnected, waiter->msg);
+  g_object_unref (waiter->msg);
+  g_free (waiter->vm_name);
+  g_free (waiter);
+}
+
+static void
+job_waiter_answer (JobWaiter *waiter)
+{
+  g_ptr_array_remove_fast (waiter->agent->job_waiters, waiter);
+  g_clear_handle_id (&waiter->timer, g_source_remove);
+  reply_latest_job (waiter->agent, waiter->msg, waiter->vm_name);
+  soup_server_message_unpause (waiter->msg);
+  job_waiter_free (waiter);
+}
+
+static gboolean
+on_job_wait_elapsed (gpointer user_data)
+{
+  JobWaiter *waiter = user_data;
+  waiter->timer = 0;
+  job_waiter_answer (waiter);
+  return G_SOURCE_REMOVE;
+}
+
+static void
+on_job_waiter_disconnected (SoupServerMessage *msg, gpointer user_data)
+{
+  JobWaiter *waiter = user_data;
+  g_ptr_array_remove_fast (waiter->agent->job_waiters, waiter);
+  job_waiter_free (waiter);
+}
+
+void
+ferry_api_job_ended (FerryAgent *agent, const char *vm_name)
+{
+  if (agent->job_waiters == NULL)
+    return;
+  for (guint i = agent->job_waiters->len; i-- > 0;)
+    {
+      JobWaiter *waiter = g_ptr_array_index (agent->job_waiters, i);
+      if (g_str_equal (waiter->vm_name, vm_name))
+        job_waiter_answer (waiter);
+    }
+}
+
+void
+ferry_api_drop_waiters (FerryAgent *agent)
+{
+  if (agent->job_waiters == NULL)
+    return;
+  while (agent->job_waiters->len > 0)
+    job_waiter_free (g_ptr_array_steal_index_fast (agent->job_waiters, agent->job_waiters->len - 1));
+}
+
+/* TRUE when the request was held (answered later). */
+static gboolean
+hold_until_job_ends (FerryAgent *agent, SoupServerMessage *msg, const char *vm_name, GHashTable *query)
+{
+  const char *value = query ? g_hash_table_lookup (query, "wait_ms") : NULL;
+  gint64 wait_ms = 0;
+  if (value == NULL)
+    return FALSE;
+  if (!g_ascii_string_to_signed (value, 10, 0, JOB_WAIT_MAX_MS, &wait_ms, NULL))
+    {
+      reply_error_literal (msg, FERRY_ERROR_INVALID_ARGUMENT, "wait_ms: must be an integer between 0 and 10000");
+      return TRUE;
+    }
+  FerryVm *vm = g_hash_table_lookup (agent->vms, vm_name);
+  if (wait_ms == 0 || vm == NULL || vm->job == NULL)
+    return FALSE;
+  JobWaiter *waiter = g_new0 (JobWaiter, 1);
+  waiter->agent = agent;
+  waiter->msg = g_object_ref (msg);
+  waiter->vm_name = g_strdup (vm_name);
+  waiter->timer = g_timeout_add ((guint) wait_ms, on_job_wait_elapsed, waiter);
+  waiter->disconnected = g_signal_connect (msg, "disconnected", G_CALLBACK (on_job_waiter_disconnected), waiter);
+  if (agent->job_waiters == NULL)
+    agent->job_waiters = g_ptr_array_new ();
+  g_ptr_array_add (agent->job_waiters, waiter);
+  soup_server_message_pause (msg);
+  return TRUE;
+}
+
+/* The VM's latest job (running or ended), with its events. */
+static void
+reply_latest_job (FerryAgent *agent, SoupServerMessage *msg, const char *vm_name)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (FerryStoreJob) stored = ferry_store_job_latest_for_vm (agent->store, vm_name, &error);
+  if (stored == NULL)
+    {
+      reply_error (msg, error);
+      return;
+    }
+  g_autoptr (JsonObject) reply = ferry_job_info_json (agent, stored, TRUE);
+  reply_json (msg, 200, reply);
+}
+
 static void
 handle_job (FerryAgent *agent, SoupServerMessage *msg, const char *vm_name, const char *action)
 {
@@ -434,21 +554,23 @@ handle_job (FerryAgent *agent, SoupServerMessage *msg, const char *vm_name, cons
       return;
     }
   const char *query_text = g_uri_get_query (soup_server_message_get_uri (msg));
-  gboolean completed = query_text != NULL && strstr (query_text, "completed=1") != NULL;
-  g_autoptr (FerryStoreJob) stored = NULL;
-  if (completed)
+  g_autoptr (GHashTable) query = query_text ? g_uri_parse_params (query_text, -1, "&", G_URI_PARAMS_NONE, NULL)
+                                            : NULL;
+  gboolean completed = query != NULL && g_strcmp0 (g_hash_table_lookup (query, "completed"), "1") == 0;
+  if (!completed)
     {
-      /* The last job that ended, as `virsh domjobinfo --completed`. */
-      FerryVm *vm = g_hash_table_lookup (agent->vms, vm_name);
-      stored = ferry_store_job_latest_for_vm (agent->store, vm_name, &error);
-      if (stored != NULL && vm != NULL && vm->job != NULL && vm->job->id == stored->id)
-        g_clear_pointer (&stored, ferry_store_job_free);
-      if (stored == NULL && error == NULL)
-        error = g_error_new (FERRY_ERROR, FERRY_ERROR_NOT_FOUND,
-                             "no completed job for VM '%s' (one is still running)", vm_name);
+      if (!hold_until_job_ends (agent, msg, vm_name, query))
+        reply_latest_job (agent, msg, vm_name);
+      return;
     }
-  else
-    stored = ferry_store_job_latest_for_vm (agent->store, vm_name, &error);
+  /* The last job that ended, as `virsh domjobinfo --completed`. */
+  FerryVm *vm = g_hash_table_lookup (agent->vms, vm_name);
+  g_autoptr (FerryStoreJob) stored = ferry_store_job_latest_for_vm (agent->store, vm_name, &error);
+  if (stored != NULL && vm != NULL && vm->job != NULL && vm->job->id == stored->id)
+    g_clear_pointer (&stored, ferry_store_job_free);
+  if (stored == NULL && error == NULL)
+    error = g_error_new (FERRY_ERROR, FERRY_ERROR_NOT_FOUND,
+                         "no completed job for VM '%s' (one is still running)", vm_name);
   if (stored == NULL)
     {
       reply_error (msg, error);

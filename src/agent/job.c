@@ -337,7 +337,10 @@ ferry_job_finish (FerryJob *job, FerryJobState terminal, const char *reason)
   FerryVm *vm = g_hash_table_lookup (job->agent->vms, job->vm_name);
   if (vm != NULL && vm->job == job)
     vm->job = NULL;
-  g_hash_table_remove (job->agent->jobs, &job->id);
+  FerryAgent *agent = job->agent;
+  g_autofree char *vm_name = g_strdup (job->vm_name);
+  g_hash_table_remove (agent->jobs, &job->id);
+  ferry_api_job_ended (agent, vm_name);
 }
 
 FerryJob *

@@ -170,11 +170,14 @@ wait_for_job (FerryClient *client, const char *escaped, gint64 job_id, gboolean 
 {
   g_autoptr (GError) error = NULL;
   gboolean tty = isatty (STDERR_FILENO) && !ferry_global.json;
-  g_autofree char *job_path = g_strdup_printf ("/v1/vms/%s/job", escaped);
+  /* The agent holds each request until the job ends or POLL_MS pass, so
+   * the end is seen at once and the progress bar still moves. */
+  g_autofree char *job_path = g_strdup_printf ("/v1/vms/%s/job?wait_ms=%d", escaped, POLL_MS);
   g_autoptr (JsonObject) job = NULL;
   double fraction = 0;
   for (;;)
     {
+      gint64 asked_us = g_get_monotonic_time ();
       g_clear_pointer (&job, json_object_unref);
       job = ferry_client_call (client, "GET", job_path, NULL, &error);
       if (job == NULL)
@@ -189,7 +192,11 @@ wait_for_job (FerryClient *client, const char *escaped, gint64 job_id, gboolean 
         draw_progress (job, fraction);
       if (!json_object_get_boolean_member_with_default (job, "active", FALSE))
         break;
-      g_usleep (POLL_MS * 1000);
+      /* An agent that answered at once (one without wait_ms) is not
+       * asked again sooner than POLL_MS. */
+      gint64 waited_ms = (g_get_monotonic_time () - asked_us) / 1000;
+      if (waited_ms < POLL_MS / 2)
+        g_usleep ((POLL_MS - waited_ms) * 1000);
     }
   if (tty)
     fprintf (stderr, "\n");

@@ -2,12 +2,16 @@
 """Bad input gets a clear error that names the problem; nothing crashes,
 nothing is lost."""
 
+import http.client
+import json
 import os
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 
-from ferrytest import FERRY, Cluster, ensure_guest, guest_spec, log, main, run, wait_for_ticks, wait_until
+from ferrytest import FERRY, Cluster, ensure_guest, guest_spec, job, log, main, run, wait_for_ticks, wait_until
 
 
 def expect_error(result, *fragments):
@@ -43,6 +47,40 @@ def raw_post(host, path, body, cert_dir):
                     break
                 reply += chunk
     return reply.decode("utf-8", "replace")
+
+
+def raw_get(host, path, cert_dir):
+    """GET over a fresh mutual-TLS connection: (status, JSON body)."""
+    context = ssl.create_default_context(cafile=os.path.join(cert_dir, "ca-cert.pem"))
+    context.check_hostname = False
+    context.load_cert_chain(os.path.join(cert_dir, "cert.pem"), os.path.join(cert_dir, "key.pem"))
+    connection = http.client.HTTPSConnection(host.address, 7711, context=context, timeout=60)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def start_get(host, path, cert_dir):
+    """raw_get in a process inside the host's namespace (the agent's
+    address is only reachable there); finish_get collects
+    (status, JSON body, seconds the request took)."""
+    script = (f"import json, sys, time\nsys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+              "from test_bad_input import raw_get\n"
+              "class H: pass\n"
+              "h = H(); h.address = sys.argv[1]\n"
+              "started = time.monotonic()\n"
+              "status, body = raw_get(h, sys.argv[2], sys.argv[3])\n"
+              "print(json.dumps([status, body, time.monotonic() - started]))\n")
+    return subprocess.Popen(host.prefix() + [sys.executable, "-c", script, host.address, path, cert_dir],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def finish_get(process):
+    out, _ = process.communicate(timeout=60)
+    return json.loads(out)
 
 
 def test():
@@ -151,6 +189,26 @@ def test():
     expect_error(a.cli("vm", "start", "vm2", check=False), "QEMU failed to start: qemu:", "kernel")
     assert a.vms()["vm2"]["state"] == "shutoff", a.vms()
     a.cli("vm", "undefine", "vm2")
+
+    log("a request waiting for a job's end is answered when the job ends")
+    status, reply, _ = finish_get(start_get(a, "/v1/vms/vm1/job?wait_ms=soon", cluster.client_tls))
+    assert status == 400 and "wait_ms" in reply["error"]["message"], (status, reply)
+    a.cli("migrate", "vm1", b.url, "--live", "--bandwidth", "1", "--detach")
+    wait_until("the migration to run", lambda: job(a, "vm1").get("active"), timeout=60)
+    waiting = start_get(a, "/v1/vms/vm1/job?wait_ms=10000", cluster.client_tls)
+    # The request is held while the job runs (no answer within a second) ...
+    try:
+        waiting.wait(timeout=1)
+    except subprocess.TimeoutExpired:
+        pass
+    assert waiting.poll() is None, "the request was answered while the job still ran"
+    # ... and answered when the abort ends the job, not at the 10 s limit.
+    a.cli("job", "abort", "vm1")
+    status, info, seconds = finish_get(waiting)
+    log(f"the waiting request came back after {seconds:.2f} s: job {info['state']}")
+    assert status == 200 and not info["active"], info
+    assert seconds < 9, seconds
+    wait_until("vm1 to run on hosta after the abort", lambda: a.vms()["vm1"]["state"] == "running", timeout=60)
 
     log("QEMU stopped by a signal: vm info says what QEMU said")
     pid = a.cli("vm", "info", "vm1", json_output=True)["pid"]
