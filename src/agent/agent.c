@@ -223,5 +223,10 @@ ferry_agent_recover (FerryAgent *agent, GError **error)
     }
   for (guint i = 0; i < stale->len; i++)
     ferry_vm_forget (g_ptr_array_index (stale, i));
+
+  /* Mirrors whose removal was pending when the agent stopped. */
+  g_hash_table_iter_init (&iter, agent->vms);
+  while (g_hash_table_iter_next (&iter, NULL, &value))
+    mig_storage_src_sweep (value);
   return TRUE;
 }

@@ -414,6 +414,11 @@ void mig_storage_src_cancel (FerryJob *job);
  * (its job failed or ended, or it started after the cancel, or the agent
  * restarted) is cancelled, and once ended, dismissed with its node. */
 void mig_storage_src_reap (FerryVm *vm, const char *name, JsonObject *data);
+/* After an agent restart: the mirrors, target nodes and TLS objects of
+ * storage migrations that no running job owns (their removal may have
+ * been pending when the agent stopped) are cancelled and removed. Left
+ * in QEMU, such a node fails the next migration at its switchover. */
+void mig_storage_src_sweep (FerryVm *vm);
 /* The disks of a live storage migration for the Prepare request (pool
  * volumes only), with *dest_spec the spec with pools mapped. */
 JsonArray *mig_storage_src_disks (FerryVm *vm, const FerryMigrateOptions *options, JsonNode **dest_spec,

@@ -85,9 +85,22 @@ storage_of (FerryJob *job)
 
 /* A command whose answer nobody waits for (its effect shows in events). */
 static void
+on_forgotten_reply (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree char *what = user_data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
+  /* Expected at times (a second removal finds nothing): debug only. */
+  if (reply == NULL)
+    g_debug ("QMP %s: %s", what, error->message);
+}
+
+static void
 send_and_forget (FerryVm *vm, const char *command, JsonObject *arguments)
 {
-  ferry_qmp_execute_async (vm->qmp, command, arguments, NULL, NULL, NULL);
+  g_autofree char *args = ferry_json_object_to_string (arguments, FALSE);
+  ferry_qmp_execute_async (vm->qmp, command, arguments, NULL, on_forgotten_reply,
+                           g_strdup_printf ("%s %s", command, args));
   json_object_unref (arguments);
 }
 
@@ -298,7 +311,107 @@ mig_storage_src_reap (FerryVm *vm, const char *name, JsonObject *data)
       send_and_forget (vm, "block-job-cancel", ferry_qmp_args_block_job_cancel (id, TRUE));
     }
   else if (g_str_equal (status, "concluded"))
-    schedule_removal (vm, job_id, index, TRUE);
+    {
+      g_info ("vm %s: removing mirror %s in %u s: its migration ended", vm->name, id, REMOVAL_DELAY_S);
+      schedule_removal (vm, job_id, index, TRUE);
+    }
+}
+
+/* A VM by name: it may be undefined before a reply comes. */
+typedef struct {
+  FerryAgent *agent;
+  char *name;
+} VmRef;
+
+static void
+vm_ref_free (VmRef *ref)
+{
+  g_free (ref->name);
+  g_free (ref);
+}
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (VmRef, vm_ref_free)
+
+/* Parses "ferry-mirror-J-N" (a block job) or "ferry-mirror-J-diskN" (its
+ * target node). */
+static gboolean
+parse_mirror_name (const char *name, gboolean node, gint64 *job_id, guint *index)
+{
+  int consumed = 0;
+  const char *format = node ? "ferry-mirror-%" G_GINT64_FORMAT "-disk%u%n" : "ferry-mirror-%" G_GINT64_FORMAT "-%u%n";
+  return name != NULL && sscanf (name, format, job_id, index, &consumed) == 2 && name[consumed] == '\0';
+}
+
+static gboolean
+owned_by_running_storage (FerryVm *vm, gint64 job_id)
+{
+  FerryJob *owner = vm->job != NULL && vm->job->id == job_id ? vm->job : NULL;
+  Storage *storage = owner ? storage_of (owner) : NULL;
+  return storage != NULL && !storage->failed;
+}
+
+static void
+on_sweep_nodes (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (VmRef) ref = user_data;
+  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, NULL);
+  FerryVm *vm = g_hash_table_lookup (ref->agent->vms, ref->name);
+  JsonArray *nodes = reply && JSON_NODE_HOLDS_ARRAY (reply) ? json_node_get_array (reply) : NULL;
+  for (guint i = 0; vm != NULL && vm->qmp != NULL && nodes != NULL && i < json_array_get_length (nodes); i++)
+    {
+      JsonObject *node = json_array_get_object_element (nodes, i);
+      gint64 job_id = 0;
+      guint index = 0;
+      if (node == NULL || !parse_mirror_name (ferry_json_object_string (node, "node-name"), TRUE, &job_id, &index)
+          || owned_by_running_storage (vm, job_id))
+        continue;
+      g_info ("vm %s: removing %s, left by an earlier agent", vm->name, ferry_json_object_string (node, "node-name"));
+      schedule_removal (vm, job_id, index, TRUE);
+    }
+}
+
+static void
+on_sweep_jobs (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (VmRef) ref = user_data;
+  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, NULL);
+  FerryVm *vm = g_hash_table_lookup (ref->agent->vms, ref->name);
+  JsonArray *jobs = reply && JSON_NODE_HOLDS_ARRAY (reply) ? json_node_get_array (reply) : NULL;
+  for (guint i = 0; vm != NULL && vm->qmp != NULL && jobs != NULL && i < json_array_get_length (jobs); i++)
+    {
+      JsonObject *entry = json_array_get_object_element (jobs, i);
+      const char *id = entry ? ferry_json_object_string (entry, "id") : NULL;
+      gint64 job_id = 0;
+      guint index = 0;
+      if (!parse_mirror_name (id, FALSE, &job_id, &index) || owned_by_running_storage (vm, job_id))
+        continue;
+      /* A running one is cancelled (the reaper removes it once it has
+       * ended); one that has ended goes with its node below. */
+      const char *status = ferry_json_object_string (entry, "status");
+      if (g_strcmp0 (status, "concluded") != 0)
+        {
+          g_info ("vm %s: cancelling mirror %s, left by an earlier agent", vm->name, id);
+          send_and_forget (vm, "block-job-cancel", ferry_qmp_args_block_job_cancel (id, TRUE));
+        }
+    }
+  if (vm != NULL && vm->qmp != NULL)
+    {
+      JsonObject *args = json_object_new ();
+      json_object_set_boolean_member (args, "flat", TRUE);
+      ferry_qmp_execute_async (vm->qmp, "query-named-block-nodes", args, NULL, on_sweep_nodes,
+                               g_steal_pointer (&ref));
+      json_object_unref (args);
+    }
+}
+
+void
+mig_storage_src_sweep (FerryVm *vm)
+{
+  if (vm->qmp == NULL)
+    return;
+  VmRef *ref = g_new0 (VmRef, 1);
+  ref->agent = vm->agent;
+  ref->name = g_strdup (vm->name);
+  ferry_qmp_execute_async (vm->qmp, "query-jobs", NULL, NULL, on_sweep_jobs, ref);
 }
 
 gboolean
@@ -410,26 +523,96 @@ mig_storage_src_complete (FerryJob *job)
 
 /* ---- start ------------------------------------------------------------------------------ */
 
+/* The start steps' result. NULL storage: the job has gone (aborted
+ * while they ran); failed: it is being rolled back. Either way the
+ * mirrors just started are the reaper's. */
+static Storage *
+mirrors_start_result (FerryJob *job, GAsyncResult *result)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) reply = ferry_qmp_run_steps_finish (result, &error);
+  Storage *storage = job ? storage_of (job) : NULL;
+  if (storage == NULL || storage->failed)
+    return NULL;
+  if (reply == NULL)
+    {
+      /* A step failed: the job fails, the mirrors that started go. */
+      g_autofree char *reason = g_strdup_printf ("cannot mirror the disks to the destination: %s", error->message);
+      mig_storage_src_cancel (job);
+      storage->failed = FALSE;
+      storage_fail (job, reason);
+      return NULL;
+    }
+  return storage;
+}
+
 static void
 on_mirrors_started (GObject *source, GAsyncResult *result, gpointer user_data)
 {
   g_autofree FerryJobRef *ref = user_data;
   FerryJob *job = ferry_job_ref_get (ref);
-  g_autoptr (GError) error = NULL;
-  g_autoptr (JsonNode) reply = ferry_qmp_run_steps_finish (result, &error);
-  Storage *storage = job ? storage_of (job) : NULL;
+  Storage *storage = mirrors_start_result (job, result);
   if (storage == NULL)
     return;
-  if (reply == NULL)
-    {
-      g_autofree char *reason = g_strdup_printf ("cannot mirror the disks to the destination: %s", error->message);
-      mig_storage_src_cancel (job);
-      storage->failed = FALSE;
-      storage_fail (job, reason);
-      return;
-    }
   storage->poll_timer = g_timeout_add_full (G_PRIORITY_DEFAULT, MIRROR_POLL_MS, on_mirror_poll,
                                             ferry_job_ref_new (job), g_free);
+}
+
+/* Test hook: with FERRY_FAULT_MIRROR_START_PAUSE_MS=N in ferryd's
+ * environment every target node is added and the first disk's mirror
+ * starts, then the other mirrors N ms later, whatever happened meanwhile:
+ * a test aborts in between, and the later mirrors start with no job
+ * owning them, as when an abort lands while the start steps run. The
+ * reaper must cancel and remove them. */
+typedef struct {
+  FerryAgent *agent;
+  char *vm_name;
+  FerryQmpStep *steps;      /* the rest; arguments owned */
+  guint n_steps;
+  FerryJobRef ref;
+} PausedSteps;
+
+static void
+paused_steps_free (PausedSteps *paused)
+{
+  for (guint i = 0; i < paused->n_steps; i++)
+    g_clear_pointer (&paused->steps[i].arguments, json_object_unref);
+  g_free (paused->steps);
+  g_free (paused->vm_name);
+  g_free (paused);
+}
+
+static gboolean
+on_start_pause_over (gpointer user_data)
+{
+  PausedSteps *paused = user_data;
+  FerryVm *vm = g_hash_table_lookup (paused->agent->vms, paused->vm_name);
+  if (vm != NULL && vm->qmp != NULL)
+    {
+      ferry_qmp_run_steps_async (vm->qmp, paused->steps, paused->n_steps, NULL, on_mirrors_started,
+                                 g_memdup2 (&paused->ref, sizeof paused->ref));
+      paused->n_steps = 0; /* consumed */
+    }
+  paused_steps_free (paused);
+  return G_SOURCE_REMOVE;
+}
+
+static void
+on_first_mirror_started (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  PausedSteps *paused = user_data;
+  FerryJob *job = ferry_job_ref_get (&paused->ref);
+  gboolean was_failed = job == NULL || storage_of (job) == NULL || storage_of (job)->failed;
+  guint pause_ms = (guint) g_ascii_strtoull (g_getenv ("FERRY_FAULT_MIRROR_START_PAUSE_MS"), NULL, 10);
+  if (mirrors_start_result (job, result) == NULL && !was_failed)
+    {
+      /* The first disk's steps failed: the job failed as without the hook. */
+      paused_steps_free (paused);
+      return;
+    }
+  if (job != NULL)
+    ferry_job_event (job, "info", "test hook: the other mirrors start in %u ms", pause_ms);
+  g_timeout_add (pause_ms, on_start_pause_over, paused);
 }
 
 static void
@@ -460,6 +643,34 @@ start_mirrors (FerryJob *job)
   storage->started_us = g_get_monotonic_time ();
   ferry_job_event (job, "info", "mirroring %u disks to %s:%u (%s copy mode)", storage->mirrors->len,
                    storage->host, storage->port, storage->write_blocking ? "write-blocking" : "background");
+  guint first = (job->options.tls ? 1 : 0) + 2; /* the TLS object and the first disk's steps */
+  if (g_getenv ("FERRY_FAULT_MIRROR_START_PAUSE_MS") != NULL && n > first)
+    {
+      /* Every target node first (connected while the destination still
+       * serves), then the pause before the later disks' mirrors. */
+      g_autofree FerryQmpStep *ordered = g_new0 (FerryQmpStep, n);
+      guint k = 0;
+      for (guint i = 0; i < first; i++)
+        ordered[k++] = steps[i];
+      for (guint i = first; i < n; i++)
+        if (g_str_equal (steps[i].command, "blockdev-add"))
+          ordered[k++] = steps[i];
+      guint paused_from = k;
+      for (guint i = first; i < n; i++)
+        if (!g_str_equal (steps[i].command, "blockdev-add"))
+          ordered[k++] = steps[i];
+      memcpy (steps, ordered, sizeof *steps * n);
+      first = paused_from;
+      PausedSteps *paused = g_new0 (PausedSteps, 1);
+      paused->agent = job->agent;
+      paused->vm_name = g_strdup (job->vm_name);
+      paused->n_steps = n - first;
+      paused->steps = g_memdup2 (steps + first, sizeof *steps * paused->n_steps);
+      g_autofree FerryJobRef *ref = ferry_job_ref_new (job);
+      paused->ref = *ref;
+      ferry_qmp_run_steps_async (vm->qmp, steps, first, NULL, on_first_mirror_started, paused);
+      return;
+    }
   ferry_qmp_run_steps_async (vm->qmp, steps, n, NULL, on_mirrors_started, ferry_job_ref_new (job));
 }
 

@@ -300,6 +300,7 @@ check_ferry_commands (void)
   json_object_set_boolean_member (flat, "flat", TRUE);
   assert_built ("query-named-block-nodes", flat);
   assert_built ("query-block-jobs", NULL);
+  assert_built ("query-jobs", NULL);
   assert_built ("query-blockstats", NULL);
 }
 
