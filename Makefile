@@ -70,7 +70,7 @@ check-sanitizers: deps
 
 check-valgrind: build
 	$(MESON_TEST) -C $(BUILD) --suite unit --logbase valgrind \
-	    --wrap='valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite --track-origins=yes' \
+	    --wrap='valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite --track-origins=yes --suppressions=$(CURDIR)/tests/valgrind.supp' \
 	    --timeout-multiplier=10
 
 demo: build
