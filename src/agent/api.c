@@ -436,6 +436,8 @@ job_waiter_answer (JobWaiter *waiter)
 {
   g_ptr_array_remove_fast (waiter->agent->job_waiters, waiter);
   g_clear_handle_id (&waiter->timer, g_source_remove);
+  /* Before the reply: unpausing may end the connection at once. */
+  g_clear_signal_handler (&waiter->disconnected, waiter->msg);
   reply_latest_job (waiter->agent, waiter->msg, waiter->vm_name);
   soup_server_message_unpause (waiter->msg);
   job_waiter_free (waiter);
