@@ -558,63 +558,6 @@ on_mirrors_started (GObject *source, GAsyncResult *result, gpointer user_data)
                                             ferry_job_ref_new (job), g_free);
 }
 
-/* Test hook: with FERRY_FAULT_MIRROR_START_PAUSE_MS=N in ferryd's
- * environment every target node is added and the first disk's mirror
- * starts, then the other mirrors N ms later, whatever happened meanwhile:
- * a test aborts in between, and the later mirrors start with no job
- * owning them, as when an abort lands while the start steps run. The
- * reaper must cancel and remove them. */
-typedef struct {
-  FerryAgent *agent;
-  char *vm_name;
-  FerryQmpStep *steps;      /* the rest; arguments owned */
-  guint n_steps;
-  FerryJobRef ref;
-} PausedSteps;
-
-static void
-paused_steps_free (PausedSteps *paused)
-{
-  for (guint i = 0; i < paused->n_steps; i++)
-    g_clear_pointer (&paused->steps[i].arguments, json_object_unref);
-  g_free (paused->steps);
-  g_free (paused->vm_name);
-  g_free (paused);
-}
-
-static gboolean
-on_start_pause_over (gpointer user_data)
-{
-  PausedSteps *paused = user_data;
-  FerryVm *vm = g_hash_table_lookup (paused->agent->vms, paused->vm_name);
-  if (vm != NULL && vm->qmp != NULL)
-    {
-      ferry_qmp_run_steps_async (vm->qmp, paused->steps, paused->n_steps, NULL, on_mirrors_started,
-                                 g_memdup2 (&paused->ref, sizeof paused->ref));
-      paused->n_steps = 0; /* consumed */
-    }
-  paused_steps_free (paused);
-  return G_SOURCE_REMOVE;
-}
-
-static void
-on_first_mirror_started (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  PausedSteps *paused = user_data;
-  FerryJob *job = ferry_job_ref_get (&paused->ref);
-  gboolean was_failed = job == NULL || storage_of (job) == NULL || storage_of (job)->failed;
-  guint pause_ms = (guint) g_ascii_strtoull (g_getenv ("FERRY_FAULT_MIRROR_START_PAUSE_MS"), NULL, 10);
-  if (mirrors_start_result (job, result) == NULL && !was_failed)
-    {
-      /* The first disk's steps failed: the job failed as without the hook. */
-      paused_steps_free (paused);
-      return;
-    }
-  if (job != NULL)
-    ferry_job_event (job, "info", "test hook: the other mirrors start in %u ms", pause_ms);
-  g_timeout_add (pause_ms, on_start_pause_over, paused);
-}
-
 static void
 start_mirrors (FerryJob *job)
 {
@@ -643,34 +586,6 @@ start_mirrors (FerryJob *job)
   storage->started_us = g_get_monotonic_time ();
   ferry_job_event (job, "info", "mirroring %u disks to %s:%u (%s copy mode)", storage->mirrors->len,
                    storage->host, storage->port, storage->write_blocking ? "write-blocking" : "background");
-  guint first = (job->options.tls ? 1 : 0) + 2; /* the TLS object and the first disk's steps */
-  if (g_getenv ("FERRY_FAULT_MIRROR_START_PAUSE_MS") != NULL && n > first)
-    {
-      /* Every target node first (connected while the destination still
-       * serves), then the pause before the later disks' mirrors. */
-      g_autofree FerryQmpStep *ordered = g_new0 (FerryQmpStep, n);
-      guint k = 0;
-      for (guint i = 0; i < first; i++)
-        ordered[k++] = steps[i];
-      for (guint i = first; i < n; i++)
-        if (g_str_equal (steps[i].command, "blockdev-add"))
-          ordered[k++] = steps[i];
-      guint paused_from = k;
-      for (guint i = first; i < n; i++)
-        if (!g_str_equal (steps[i].command, "blockdev-add"))
-          ordered[k++] = steps[i];
-      memcpy (steps, ordered, sizeof *steps * n);
-      first = paused_from;
-      PausedSteps *paused = g_new0 (PausedSteps, 1);
-      paused->agent = job->agent;
-      paused->vm_name = g_strdup (job->vm_name);
-      paused->n_steps = n - first;
-      paused->steps = g_memdup2 (steps + first, sizeof *steps * paused->n_steps);
-      g_autofree FerryJobRef *ref = ferry_job_ref_new (job);
-      paused->ref = *ref;
-      ferry_qmp_run_steps_async (vm->qmp, steps, first, NULL, on_first_mirror_started, paused);
-      return;
-    }
   ferry_qmp_run_steps_async (vm->qmp, steps, n, NULL, on_mirrors_started, ferry_job_ref_new (job));
 }
 
