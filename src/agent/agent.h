@@ -283,6 +283,8 @@ struct _FerryJob {
   guint poll_timer;
   guint keepalive_timer;
   gint64 peer_last_seen_us;  /* monotonic */
+  gboolean rollback_waits_for_storage; /* the mirrors' teardown is under way */
+  gboolean rollback_guest_settled;     /* resumed (or left paused) after a rollback */
   gboolean keepalive_in_flight;
   gint64 guest_stopped_us;   /* wall clock of the source's STOP at switchover */
   gint64 perform_started_us; /* monotonic */
@@ -396,6 +398,9 @@ void mig_dst_recover (FerryAgent *agent, FerryStoreJob *stored);
 void mig_src_perform (FerryJob *job);
 void mig_src_finish (FerryJob *job);
 void mig_src_rollback (FerryJob *job, const char *reason);
+/* The rollback's disk mirrors have ended and their NBD clients are gone:
+ * the destination may drop the disks it served. */
+void mig_src_storage_released (FerryJob *job);
 
 /* ---- live migration with storage (mig-storage.c, source side) -------------- */
 
@@ -408,8 +413,11 @@ gboolean mig_storage_src_on_event (FerryJob *job, const char *name, JsonObject *
 /* After the memory stream completed: ends the mirrors, then mig_src_finish.
  * FALSE when the job copies no storage. */
 gboolean mig_storage_src_complete (FerryJob *job);
-/* Rollback: cancels the mirrors (the source's disks were only read). */
-void mig_storage_src_cancel (FerryJob *job);
+/* Rollback: cancels the mirrors (the source's disks were only read),
+ * removes their NBD client nodes, then calls mig_src_storage_released.
+ * FALSE when there is nothing to tear down (no storage copy, no QEMU, or
+ * a teardown already under way): nothing will be called. */
+gboolean mig_storage_src_cancel (FerryJob *job);
 /* Every QMP event of a VM, whatever its job: a mirror no running job owns
  * (its job failed or ended, or it started after the cancel, or the agent
  * restarted) is cancelled, and once ended, dismissed with its node. */
@@ -472,6 +480,9 @@ void mig_warm_src_on_qmp_event (FerryJob *job, const char *name, JsonObject *dat
 void mig_warm_src_on_vm_gone (FerryJob *job);
 /* Undoes everything on the source, then ends the job as terminal. */
 void mig_warm_src_roll_back (FerryJob *job, FerryJobState terminal, const char *reason);
+/* The first step of a roll back, for one that must wait: no pass, cutover
+ * or shutdown starts any more, and the job is cancelling. */
+void mig_warm_src_stop_passes (FerryJob *job, const char *reason);
 /* ferry migrate cutover: at (unix s) or now (0). */
 gboolean mig_warm_src_cutover (FerryJob *job, gint64 at, GError **error);
 /* The NBD URI the source digests its snapshot of a disk at; NULL between passes. */

@@ -52,6 +52,13 @@ typedef struct {
   guint reexport_attempts;
   WarmSrc *warm;             /* a warm migration's passes (mig-warm.c) */
   gboolean finish_silence_logged;
+  /* Digests being computed for the destination: cancelled, and waited
+   * for, before a warm roll back removes the exports they read. */
+  GCancellable *digests_cancellable;
+  guint digests_in_flight;
+  gboolean roll_back_deferred;
+  FerryJobState deferred_terminal;
+  char *deferred_reason;
 } ColdSrc;
 
 static void
@@ -76,6 +83,8 @@ cold_src_free (ColdSrc *cold)
   if (cold->dest_spec)
     json_node_unref (cold->dest_spec);
   mig_warm_src_free (cold->warm);
+  g_clear_object (&cold->digests_cancellable);
+  g_free (cold->deferred_reason);
   g_free (cold);
 }
 
@@ -157,6 +166,7 @@ mig_cold_src_fail (FerryJob *job, FerryJobState terminal, const char *reason, gb
     {
       g_clear_handle_id (&cold->shutdown_timer, g_source_remove);
       g_clear_handle_id (&cold->poll_timer, g_source_remove);
+      g_cancellable_cancel (cold->digests_cancellable);
       stop_exports (cold);
     }
   if (tell_destination)
@@ -166,7 +176,22 @@ mig_cold_src_fail (FerryJob *job, FerryJobState terminal, const char *reason, gb
     }
   if (cold != NULL && cold->warm != NULL)
     {
-      /* The guest never stopped (or boots again): QEMU's side is undone. */
+      /* The guest never stopped (or boots again): QEMU's side is undone,
+       * once no digest reads the exports any more. A digest reading
+       * while its export went left QEMU 7.2 stuck (its monitor silent)
+       * in CI. */
+      if (cold->digests_in_flight > 0)
+        {
+          if (!cold->roll_back_deferred)
+            {
+              mig_warm_src_stop_passes (job, reason);
+              cold->roll_back_deferred = TRUE;
+              cold->deferred_terminal = terminal;
+              cold->deferred_reason = g_strdup (reason);
+              ferry_job_event (job, "info", "waiting for %u digest computations to stop", cold->digests_in_flight);
+            }
+          return;
+        }
       mig_warm_src_roll_back (job, terminal, reason);
       return;
     }
@@ -824,16 +849,62 @@ run_digests (GTask *task, gpointer source_object, gpointer task_data, GCancellab
   g_task_return_pointer (task, reply, (GDestroyNotify) json_object_unref);
 }
 
+/* The caller's callback, and the job whose count of digests in flight
+ * the task is in. */
+typedef struct {
+  FerryJobRef ref;
+  GAsyncReadyCallback callback;
+  gpointer user_data;
+} DigestCaller;
+
+static void
+on_digests_computed (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree DigestCaller *caller = user_data;
+  FerryJob *job = ferry_job_ref_get (&caller->ref);
+  ColdSrc *cold = job ? cold_of (job) : NULL;
+  caller->callback (source, result, caller->user_data);
+  if (cold == NULL || cold->digests_in_flight == 0)
+    return;
+  cold->digests_in_flight--;
+  if (cold->digests_in_flight == 0 && cold->roll_back_deferred)
+    {
+      cold->roll_back_deferred = FALSE;
+      g_autofree char *reason = g_steal_pointer (&cold->deferred_reason);
+      mig_warm_src_roll_back (job, cold->deferred_terminal, reason);
+    }
+}
+
 void
 mig_cold_src_digests_async (FerryAgent *agent, const char *uuid, JsonObject *request,
                             GAsyncReadyCallback callback, gpointer user_data)
 {
-  g_autoptr (GTask) task = g_task_new (NULL, NULL, callback, user_data);
+  FerryJob *job = ferry_job_lookup_uuid (agent, uuid, FERRY_JOB_ROLE_SOURCE);
+  ColdSrc *cold = job ? cold_of (job) : NULL;
+  if (cold != NULL && cold->digests_cancellable == NULL)
+    cold->digests_cancellable = g_cancellable_new ();
+  g_autoptr (GTask) task = NULL;
+  if (cold != NULL && g_cancellable_is_cancelled (cold->digests_cancellable))
+    {
+      g_autoptr (GTask) refused = g_task_new (NULL, NULL, callback, user_data);
+      g_task_return_new_error (refused, FERRY_ERROR, FERRY_ERROR_CONFLICT,
+                               "source: migration %s is being cancelled", uuid);
+      return;
+    }
+  if (cold != NULL)
+    {
+      DigestCaller *caller = g_new0 (DigestCaller, 1);
+      caller->ref = cold->ref;
+      caller->callback = callback;
+      caller->user_data = user_data;
+      cold->digests_in_flight++;
+      task = g_task_new (NULL, cold->digests_cancellable, on_digests_computed, caller);
+    }
+  else
+    task = g_task_new (NULL, NULL, callback, user_data);
   static const char *const fields[] = { "disk", "chunks", NULL };
   g_autoptr (GError) error = NULL;
   gint64 index = 0;
-  FerryJob *job = ferry_job_lookup_uuid (agent, uuid, FERRY_JOB_ROLE_SOURCE);
-  ColdSrc *cold = job ? cold_of (job) : NULL;
   if (cold == NULL)
     {
       g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_NOT_FOUND,

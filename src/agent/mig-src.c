@@ -84,6 +84,36 @@ on_peer_abort_done (GObject *source, GAsyncResult *result, gpointer user_data)
 }
 
 static void
+rollback_finish_when_done (FerryJob *job)
+{
+  if (!job->rollback_guest_settled || job->rollback_waits_for_storage)
+    return;
+  FerryJobState terminal = job->abort_requested ? FERRY_JOB_CANCELLED : FERRY_JOB_FAILED;
+  ferry_job_finish (job, terminal, job->error);
+}
+
+static void
+release_destination (FerryJob *job)
+{
+  if (!job->options.live || job->peer_url == NULL)
+    return;
+  g_autofree char *path = incoming_path (job, NULL);
+  g_autoptr (JsonObject) body = NULL;
+  ferry_peer_request_async (job->agent, job->peer_url, "DELETE", path, body, 10, NULL, on_peer_abort_done,
+                            g_strdup_printf ("job %" G_GINT64_FORMAT, job->id));
+}
+
+void
+mig_src_storage_released (FerryJob *job)
+{
+  if (!job->rollback_waits_for_storage)
+    return;
+  job->rollback_waits_for_storage = FALSE;
+  release_destination (job);
+  rollback_finish_when_done (job);
+}
+
+static void
 on_rollback_resumed (GObject *source, GAsyncResult *result, gpointer user_data)
 {
   g_autofree FerryJobRef *ref = user_data;
@@ -103,8 +133,8 @@ on_rollback_resumed (GObject *source, GAsyncResult *result, gpointer user_data)
     }
   else if (error != NULL)
     ferry_job_event (job, "error", "could not resume the guest on the source: %s", error->message);
-  FerryJobState terminal = job->abort_requested ? FERRY_JOB_CANCELLED : FERRY_JOB_FAILED;
-  ferry_job_finish (job, terminal, job->error);
+  job->rollback_guest_settled = TRUE;
+  rollback_finish_when_done (job);
 }
 
 /* Every failure before the destination confirmed ends here: the guest
@@ -124,20 +154,15 @@ mig_src_rollback (FerryJob *job, const char *reason)
     }
   stop_timers (job);
   ferry_job_transition (job, FERRY_JOB_CANCELLING, reason);
-  mig_storage_src_cancel (job);
-
-  if (job->options.live && job->peer_url != NULL)
-    {
-      g_autofree char *path = incoming_path (job, NULL);
-      g_autoptr (JsonObject) body = NULL;
-      ferry_peer_request_async (job->agent, job->peer_url, "DELETE", path, body, 10, NULL,
-                                on_peer_abort_done,
-                                g_strdup_printf ("job %" G_GINT64_FORMAT, job->id));
-    }
+  /* With disk mirrors, the destination is told once they are torn down
+   * (mig_src_storage_released); the guest is resumed meanwhile. */
+  job->rollback_waits_for_storage = mig_storage_src_cancel (job);
+  if (!job->rollback_waits_for_storage)
+    release_destination (job);
   if (!job->options.live || vm == NULL || vm->qmp == NULL)
     {
-      FerryJobState terminal = job->abort_requested ? FERRY_JOB_CANCELLED : FERRY_JOB_FAILED;
-      ferry_job_finish (job, terminal, reason);
+      job->rollback_guest_settled = TRUE;
+      rollback_finish_when_done (job);
       return;
     }
   /* QEMU resumes a guest itself when pre-copy fails, but not after a

@@ -33,6 +33,7 @@
 #define MIRROR_POLL_MS 1000
 #define WRITE_SAMPLE_MS 1000
 #define REMOVAL_DELAY_S 2
+#define TEARDOWN_TIMEOUT_S 15
 
 typedef struct {
   guint index;
@@ -53,7 +54,11 @@ typedef struct {
   gboolean write_blocking;
   gboolean completing;      /* after the stream: cancelling ready mirrors */
   gboolean failed;
+  gboolean starting;        /* the start steps are under way */
+  gboolean tearing_down;    /* rollback: the mirrors end, then their nodes go */
+  gboolean removing_nodes;
   guint poll_timer;
+  guint teardown_timer;
   gint64 written_before;    /* wr_bytes sum at the start of the sample */
   gint64 ready_us;
   gint64 started_us;
@@ -72,6 +77,7 @@ static void
 storage_free (Storage *storage)
 {
   g_clear_handle_id (&storage->poll_timer, g_source_remove);
+  g_clear_handle_id (&storage->teardown_timer, g_source_remove);
   g_ptr_array_unref (storage->mirrors);
   g_free (storage->host);
   g_free (storage);
@@ -197,26 +203,141 @@ storage_fail (FerryJob *job, const char *reason)
   mig_src_rollback (job, reason);
 }
 
-void
+/* The rollback's teardown. The destination serves its new disks to our
+ * mirrors' NBD clients; it is told to go (mig_src_storage_released) only
+ * once every mirror has ended and its client node is gone, so that no
+ * client sees its server vanish under in-flight requests. After that
+ * (the destination killed while a mirror wrote at 2 MiB/s), QEMU 7.2's
+ * source process died seconds later of a corrupted heap, taking the
+ * guest with it. */
+
+static void
+teardown_done (FerryJob *job)
+{
+  Storage *storage = storage_of (job);
+  if (storage == NULL || !storage->tearing_down)
+    return;
+  storage->tearing_down = FALSE;
+  g_clear_handle_id (&storage->teardown_timer, g_source_remove);
+  mig_src_storage_released (job);
+}
+
+static gboolean
+on_teardown_timeout (gpointer user_data)
+{
+  FerryJob *job = ferry_job_ref_get (user_data);
+  Storage *storage = job ? storage_of (job) : NULL;
+  if (storage == NULL)
+    return G_SOURCE_REMOVE;
+  storage->teardown_timer = 0;
+  /* What is left is the reaper's once it ends. */
+  ferry_job_event (job, "warning", "the disk mirrors did not end within %u s of the cancel", TEARDOWN_TIMEOUT_S);
+  teardown_done (job);
+  return G_SOURCE_REMOVE;
+}
+
+static void
+on_teardown_nodes_removed (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree FerryJobRef *ref = user_data;
+  g_autoptr (JsonNode) reply = ferry_qmp_run_steps_finish (result, NULL);
+  FerryJob *job = ferry_job_ref_get (ref);
+  if (job != NULL)
+    teardown_done (job);
+}
+
+/* Once every mirror has ended: its job, its NBD client node and the TLS
+ * object go. Errors are expected and ignored (a mirror that never
+ * started has no node; QEMU dismissed the job itself). */
+static void
+teardown_continue (FerryJob *job)
+{
+  Storage *storage = storage_of (job);
+  FerryVm *vm = ferry_job_vm (job);
+  if (!storage->tearing_down || storage->starting || storage->removing_nodes)
+    return;
+  for (guint i = 0; i < storage->mirrors->len; i++)
+    if (!((Mirror *) g_ptr_array_index (storage->mirrors, i))->ended)
+      return;
+  if (vm == NULL || vm->qmp == NULL)
+    {
+      teardown_done (job);
+      return;
+    }
+  storage->removing_nodes = TRUE;
+  g_autofree FerryQmpStep *steps = g_new0 (FerryQmpStep, 2 * storage->mirrors->len + 1);
+  guint n = 0;
+  for (guint i = 0; i < storage->mirrors->len; i++)
+    {
+      Mirror *mirror = g_ptr_array_index (storage->mirrors, i);
+      steps[n++] = (FerryQmpStep) { "job-dismiss", ferry_qmp_args_id ("id", mirror->job_id), TRUE };
+      steps[n++] = (FerryQmpStep) { "blockdev-del", ferry_qmp_args_id ("node-name", mirror->target), TRUE };
+    }
+  g_autofree char *creds = g_strdup_printf (MIRROR_CREDS_FORMAT, job->id);
+  steps[n++] = (FerryQmpStep) { "object-del", ferry_qmp_args_id ("id", creds), TRUE };
+  ferry_qmp_run_steps_async (vm->qmp, steps, n, NULL, on_teardown_nodes_removed, ferry_job_ref_new (job));
+}
+
+typedef struct {
+  FerryJobRef ref;
+  guint index;
+} MirrorRef;
+
+/* A cancel refused means there is no such job (it never started, or it
+ * ended and QEMU dismissed it): that mirror has ended. */
+static void
+on_teardown_cancel_reply (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree MirrorRef *ref = user_data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
+  FerryJob *job = ferry_job_ref_get (&ref->ref);
+  Storage *storage = job ? storage_of (job) : NULL;
+  if (storage == NULL || reply != NULL || ref->index >= storage->mirrors->len)
+    return;
+  ((Mirror *) g_ptr_array_index (storage->mirrors, ref->index))->ended = TRUE;
+  teardown_continue (job);
+}
+
+/* Forced: a mirror that is not ready ends at once; the target is thrown
+ * away with the destination's volumes. */
+static void
+teardown_cancel_mirrors (FerryJob *job)
+{
+  Storage *storage = storage_of (job);
+  FerryVm *vm = ferry_job_vm (job);
+  for (guint i = 0; vm != NULL && vm->qmp != NULL && i < storage->mirrors->len; i++)
+    {
+      Mirror *mirror = g_ptr_array_index (storage->mirrors, i);
+      if (mirror->ended)
+        continue;
+      MirrorRef *ref = g_new0 (MirrorRef, 1);
+      ref->ref.agent = job->agent;
+      ref->ref.job_id = job->id;
+      ref->index = i;
+      JsonObject *args = ferry_qmp_args_block_job_cancel (mirror->job_id, TRUE);
+      ferry_qmp_execute_async (vm->qmp, "block-job-cancel", args, NULL, on_teardown_cancel_reply, ref);
+      json_object_unref (args);
+    }
+  teardown_continue (job);
+}
+
+gboolean
 mig_storage_src_cancel (FerryJob *job)
 {
   Storage *storage = storage_of (job);
   FerryVm *vm = ferry_job_vm (job);
-  if (storage == NULL || vm == NULL || vm->qmp == NULL)
-    return;
+  if (storage == NULL || storage->tearing_down || vm == NULL || vm->qmp == NULL)
+    return FALSE;
   storage->failed = TRUE;
+  storage->tearing_down = TRUE;
   g_clear_handle_id (&storage->poll_timer, g_source_remove);
-  /* Forced: a mirror that is not ready ends at once; the target is thrown
-   * away with the destination's volumes. A mirror still starting (the
-   * start steps may be under way) and the jobs' and nodes' removal once
-   * they end are left to mig_storage_src_reap: once failed, nothing here
-   * owns them. */
-  for (guint i = 0; i < storage->mirrors->len; i++)
-    {
-      Mirror *mirror = g_ptr_array_index (storage->mirrors, i);
-      if (!mirror->ended)
-        send_and_forget (vm, "block-job-cancel", ferry_qmp_args_block_job_cancel (mirror->job_id, TRUE));
-    }
+  storage->teardown_timer = g_timeout_add_seconds_full (G_PRIORITY_DEFAULT, TEARDOWN_TIMEOUT_S, on_teardown_timeout,
+                                                        ferry_job_ref_new (job), g_free);
+  /* Mirrors still starting are cancelled once their steps are done. */
+  if (!storage->starting)
+    teardown_cancel_mirrors (job);
+  return TRUE;
 }
 
 /* ---- events --------------------------------------------------------------------- */
@@ -289,6 +410,25 @@ remove_completed_mirror (FerryVm *vm, Mirror *mirror, gint64 job_id)
   schedule_removal (vm, job_id, mirror->index, FALSE);
 }
 
+/* Parses "ferry-mirror-J-N" (a block job) or "ferry-mirror-J-diskN" (its
+ * target node). */
+static gboolean
+parse_mirror_name (const char *name, gboolean node, gint64 *job_id, guint *index)
+{
+  int consumed = 0;
+  const char *format = node ? "ferry-mirror-%" G_GINT64_FORMAT "-disk%u%n" : "ferry-mirror-%" G_GINT64_FORMAT "-%u%n";
+  return name != NULL && sscanf (name, format, job_id, index, &consumed) == 2 && name[consumed] == '\0';
+}
+
+static gboolean
+owned_by_running_storage (FerryVm *vm, gint64 job_id)
+{
+  FerryJob *owner = vm->job != NULL && vm->job->id == job_id ? vm->job : NULL;
+  Storage *storage = owner ? storage_of (owner) : NULL;
+  /* A job tearing its mirrors down still owns them. */
+  return storage != NULL && (!storage->failed || storage->tearing_down);
+}
+
 void
 mig_storage_src_reap (FerryVm *vm, const char *name, JsonObject *data)
 {
@@ -296,14 +436,7 @@ mig_storage_src_reap (FerryVm *vm, const char *name, JsonObject *data)
   const char *status = ferry_json_object_string (data, "status");
   gint64 job_id = 0;
   guint index = 0;
-  int consumed = 0;
-  if (id == NULL || status == NULL
-      || sscanf (id, "ferry-mirror-%" G_GINT64_FORMAT "-%u%n", &job_id, &index, &consumed) != 2
-      || id[consumed] != '\0')
-    return;
-  FerryJob *owner = vm->job != NULL && vm->job->id == job_id ? vm->job : NULL;
-  Storage *storage = owner ? storage_of (owner) : NULL;
-  if (storage != NULL && !storage->failed)
+  if (status == NULL || !parse_mirror_name (id, FALSE, &job_id, &index) || owned_by_running_storage (vm, job_id))
     return;
   if (g_str_equal (status, "running") || g_str_equal (status, "ready") || g_str_equal (status, "paused"))
     {
@@ -330,24 +463,6 @@ vm_ref_free (VmRef *ref)
   g_free (ref);
 }
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (VmRef, vm_ref_free)
-
-/* Parses "ferry-mirror-J-N" (a block job) or "ferry-mirror-J-diskN" (its
- * target node). */
-static gboolean
-parse_mirror_name (const char *name, gboolean node, gint64 *job_id, guint *index)
-{
-  int consumed = 0;
-  const char *format = node ? "ferry-mirror-%" G_GINT64_FORMAT "-disk%u%n" : "ferry-mirror-%" G_GINT64_FORMAT "-%u%n";
-  return name != NULL && sscanf (name, format, job_id, index, &consumed) == 2 && name[consumed] == '\0';
-}
-
-static gboolean
-owned_by_running_storage (FerryVm *vm, gint64 job_id)
-{
-  FerryJob *owner = vm->job != NULL && vm->job->id == job_id ? vm->job : NULL;
-  Storage *storage = owner ? storage_of (owner) : NULL;
-  return storage != NULL && !storage->failed;
-}
 
 static void
 on_sweep_nodes (GObject *source, GAsyncResult *result, gpointer user_data)
@@ -418,6 +533,8 @@ gboolean
 mig_storage_src_on_event (FerryJob *job, const char *name, JsonObject *data)
 {
   Storage *storage = storage_of (job);
+  if (storage != NULL && storage->tearing_down && g_str_equal (name, "FERRY_QEMU_EXITED"))
+    teardown_done (job);   /* nothing left to remove; the job sees the exit too */
   if (storage == NULL || !g_str_has_prefix (name, "BLOCK_JOB_"))
     return FALSE;
   Mirror *mirror = mirror_by_job_id (storage, ferry_json_object_string (data, "device"));
@@ -450,6 +567,11 @@ mig_storage_src_on_event (FerryJob *job, const char *name, JsonObject *data)
     {
       const char *failure = ferry_json_object_string (data, "error");
       mirror->ended = TRUE;
+      if (storage->tearing_down)
+        {
+          teardown_continue (job);
+          return TRUE;
+        }
       if (!storage->failed)   /* else the reaper removes it */
         remove_completed_mirror (vm, mirror, job->id);
       if (storage->completing && !storage->failed)
@@ -523,23 +645,26 @@ mig_storage_src_complete (FerryJob *job)
 
 /* ---- start ------------------------------------------------------------------------------ */
 
-/* The start steps' result. NULL storage: the job has gone (aborted
- * while they ran); failed: it is being rolled back. Either way the
- * mirrors just started are the reaper's. */
+/* The start steps' result. NULL storage: the job has gone (its mirrors
+ * are the reaper's), or it is being rolled back (the teardown cancels
+ * the mirrors that started meanwhile). */
 static Storage *
 mirrors_start_result (FerryJob *job, GAsyncResult *result)
 {
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonNode) reply = ferry_qmp_run_steps_finish (result, &error);
   Storage *storage = job ? storage_of (job) : NULL;
-  if (storage == NULL || storage->failed)
+  if (storage == NULL)
+    return NULL;
+  storage->starting = FALSE;
+  if (storage->tearing_down)
+    teardown_cancel_mirrors (job);
+  if (storage->failed)
     return NULL;
   if (reply == NULL)
     {
-      /* A step failed: the job fails, the mirrors that started go. */
+      /* A step failed: the rollback's teardown ends the mirrors that started. */
       g_autofree char *reason = g_strdup_printf ("cannot mirror the disks to the destination: %s", error->message);
-      mig_storage_src_cancel (job);
-      storage->failed = FALSE;
       storage_fail (job, reason);
       return NULL;
     }
@@ -584,6 +709,7 @@ start_mirrors (FerryJob *job)
                                                                     storage->write_blocking, speed) };
     }
   storage->started_us = g_get_monotonic_time ();
+  storage->starting = TRUE;
   ferry_job_event (job, "info", "mirroring %u disks to %s:%u (%s copy mode)", storage->mirrors->len,
                    storage->host, storage->port, storage->write_blocking ? "write-blocking" : "background");
   ferry_qmp_run_steps_async (vm->qmp, steps, n, NULL, on_mirrors_started, ferry_job_ref_new (job));
@@ -629,7 +755,7 @@ on_write_sample (GObject *source, GAsyncResult *result, gpointer user_data)
   Storage *storage = job ? storage_of (job) : NULL;
   g_autoptr (GError) error = NULL;
   g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
-  if (storage == NULL)
+  if (storage == NULL || storage->failed)   /* rolled back before any mirror started */
     return;
   gint64 written = written_bytes (reply);
   if (storage->written_before < 0)

@@ -334,7 +334,7 @@ on_roll_back_deadline (gpointer user_data)
 }
 
 void
-mig_warm_src_roll_back (FerryJob *job, FerryJobState terminal, const char *reason)
+mig_warm_src_stop_passes (FerryJob *job, const char *reason)
 {
   WarmSrc *warm = warm_of (job);
   g_clear_handle_id (&warm->pass_timer, g_source_remove);
@@ -342,6 +342,13 @@ mig_warm_src_roll_back (FerryJob *job, FerryJobState terminal, const char *reaso
   g_clear_handle_id (&warm->shutdown_timer, g_source_remove);
   if (job->state != FERRY_JOB_CANCELLING)
     ferry_job_transition (job, FERRY_JOB_CANCELLING, reason);
+}
+
+void
+mig_warm_src_roll_back (FerryJob *job, FerryJobState terminal, const char *reason)
+{
+  WarmSrc *warm = warm_of (job);
+  mig_warm_src_stop_passes (job, reason);
   if (!warm->roll_back_deadline_armed)
     {
       /* A QEMU that never answers (one seen under ASan, stuck closing an

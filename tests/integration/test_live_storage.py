@@ -74,6 +74,11 @@ def test():
     info = wait_until("the job to end", lambda: (lambda i: i if not i.get("active") else None)(job(a, "vm2")),
                       timeout=120)
     assert info["state"] == "cancelled", info
+    # The job ends once its mirrors and their NBD clients are gone, before
+    # hostb drops the disks it served them.
+    left = [node["node"] for node in a.cli("vm", "block", "vm2", json_output=True)["nodes"]
+            if (node["node"] or "").startswith("ferry-mirror")]
+    assert not left, f"mirror nodes left on hosta after the abort: {left}"
     number, _ = wait_for_ticks(a, "vm2", beyond=0, boot_id=boot)
     wait_for_ticks(a, "vm2", beyond=number, boot_id=boot)
     wait_until("hostb to forget vm2", lambda: "vm2" not in b.vms(), timeout=60)
