@@ -149,7 +149,12 @@ def run_ferry(cluster, vm):
     cluster.a.cli("migrate", vm, cluster.b.url, "--offline", "--copy-storage", "--persistent")
     elapsed = time.monotonic() - started
     info = job(cluster.a, vm, completed=True)
-    return elapsed, info["stats"]["ferry-copy"]
+    events = info.get("events", [])
+    first = events[0]["time_us"] if events else 0
+    # Where the time outside the copy goes: each source event, in seconds
+    # from the job's creation.
+    timeline = [[round((event["time_us"] - first) / 1e6, 3), event["message"]] for event in events]
+    return elapsed, info["stats"]["ferry-copy"], timeline
 
 
 def one_run(cluster, tool, link, kernel, initrd, image_a, data_bytes):
@@ -169,7 +174,7 @@ def one_run(cluster, tool, link, kernel, initrd, image_a, data_bytes):
         spec = guest_spec(os.path.join(cluster.workdir, "bench.json"), vm, kernel, initrd,
                           disks=[{"volume": "bench.qcow2", "format": "qcow2"}])
         cluster.a.cli("vm", "define", spec)
-        elapsed, copy = run_ferry(cluster, vm)
+        elapsed, copy, record["ferry_timeline"] = run_ferry(cluster, vm)
         record["ferry_bytes_read"] = copy["bytes_read"]
         # The copy and verification alone (the destination's pull), without
         # the migration's checks, exports, definition and the CLI.

@@ -56,7 +56,11 @@ typedef struct {
   gboolean running;
   gboolean verified;
   guint verify_rounds;
-  GArray *unverified;        /* guint64: done, digest not yet compared */
+  GArray *unverified;        /* guint64: digest to ask the source for (done, or started) */
+  /* Chunks whose source digest was asked for when their copy started:
+   * gint64* chunk → the source's digest once it came (NULL until then).
+   * Compared, and dropped, when both digests are known. */
+  GHashTable *asked_early;
   GArray *bad;               /* guint64: digest disagreed */
   guint verify_in_flight;     /* chunks in the batch the source is digesting */
   gboolean started;          /* its copy began in this agent process */
@@ -113,6 +117,7 @@ cold_disk_free (ColdDisk *disk)
   g_free (disk->local_uri);
   g_clear_pointer (&disk->done, g_hash_table_unref);
   g_clear_pointer (&disk->unverified, g_array_unref);
+  g_clear_pointer (&disk->asked_early, g_hash_table_unref);
   g_clear_pointer (&disk->bad, g_array_unref);
   g_free (disk);
 }
@@ -228,6 +233,7 @@ parse_disk (FerryAgent *agent, const FerryVmSpec *spec, JsonNode *node, guint i,
   disk->path = g_steal_pointer (&path);
   disk->done = g_hash_table_new_full (g_int64_hash, g_int64_equal, g_free, g_free);
   disk->unverified = g_array_new (FALSE, FALSE, sizeof (guint64));
+  disk->asked_early = g_hash_table_new_full (g_int64_hash, g_int64_equal, g_free, g_free);
   disk->bad = g_array_new (FALSE, FALSE, sizeof (guint64));
   return disk;
 }
@@ -377,6 +383,7 @@ restore_disks (FerryJob *job, JsonObject *request, GError **error)
         disk->done = g_hash_table_new_full (g_int64_hash, g_int64_equal, g_free, g_free);
       /* Chunks copied before the restart still need the source's word. */
       disk->unverified = g_array_new (FALSE, FALSE, sizeof (guint64));
+      disk->asked_early = g_hash_table_new_full (g_int64_hash, g_int64_equal, g_free, g_free);
       disk->bad = g_array_new (FALSE, FALSE, sizeof (guint64));
       GHashTableIter iter;
       gint64 *chunk;
@@ -609,11 +616,52 @@ on_chunk_noted (gpointer user_data)
   *key = (gint64) note->chunk;
   g_hash_table_replace (disk->done, key, g_strdup (note->digest));
   guint64 chunk = note->chunk;
+  gpointer source_digest = NULL;
   /* A warm pass's unchanged chunk (empty digest) has nothing to compare. */
-  if (note->digest[0] != '\0')
+  if (note->digest[0] == '\0')
+    ;
+  else if (!g_hash_table_lookup_extended (disk->asked_early, key, NULL, &source_digest))
     g_array_append_val (disk->unverified, chunk);
+  else if (source_digest != NULL)
+    {
+      /* The source's word came while the chunk was being copied. */
+      if (!g_str_equal (source_digest, note->digest))
+        g_array_append_val (disk->bad, chunk);
+      g_hash_table_remove (disk->asked_early, key);
+    }
+  /* else: asked, not answered yet; the answer compares it. */
   if (job->state == FERRY_JOB_COPYING)
     verify_next (job, disk);
+  return G_SOURCE_REMOVE;
+}
+
+/* A chunk started to be copied, on its way to the main thread. */
+typedef struct {
+  FerryJobRef ref;
+  guint disk;
+  guint64 chunk;
+} StartNote;
+
+/* Main thread: ask the source for the chunk's digest now, so that it is
+ * known when the chunk is done (the last chunks' digests would otherwise
+ * be asked for, and computed, only after the copy: a tail of about 0.4 s
+ * per warm pass). */
+static gboolean
+on_chunk_start_noted (gpointer user_data)
+{
+  g_autofree StartNote *note = user_data;
+  FerryJob *job = ferry_job_ref_get (&note->ref);
+  ColdDst *cold = job ? cold_of (job) : NULL;
+  if (cold == NULL || note->disk >= cold->disks->len || job->state != FERRY_JOB_COPYING)
+    return G_SOURCE_REMOVE;
+  ColdDisk *disk = g_ptr_array_index (cold->disks, note->disk);
+  gint64 key = (gint64) note->chunk;
+  /* Asked already (an earlier attempt), or done and queued already. */
+  if (g_hash_table_contains (disk->asked_early, &key) || g_hash_table_contains (disk->done, &key))
+    return G_SOURCE_REMOVE;
+  g_hash_table_insert (disk->asked_early, g_memdup2 (&key, sizeof key), NULL);
+  g_array_append_val (disk->unverified, note->chunk);
+  verify_next (job, disk);
   return G_SOURCE_REMOVE;
 }
 
@@ -633,6 +681,18 @@ on_chunk_done (const FerryCopyChunk *chunk, gpointer user_data)
   note->chunk = chunk->index;
   g_strlcpy (note->digest, chunk->digest, sizeof note->digest);
   g_main_context_invoke (NULL, on_chunk_noted, note);
+}
+
+/* Worker thread. */
+static void
+on_chunk_started (guint64 index, gpointer user_data)
+{
+  CopyTaskData *data = user_data;
+  StartNote *note = g_new0 (StartNote, 1);
+  note->ref = data->ref;
+  note->disk = data->disk;
+  note->chunk = index;
+  g_main_context_invoke (NULL, on_chunk_start_noted, note);
 }
 
 static void
@@ -739,6 +799,7 @@ start_disk_copy (FerryJob *job, ColdDisk *disk)
   data->ref = cold->ref;
   data->disk = disk->index;
   ferry_nbd_copy_set_chunk_done (copy, on_chunk_done, data);
+  ferry_nbd_copy_set_chunk_started (copy, on_chunk_started, data);
 
   disk->attempts++;
   disk->attempt_started_us = g_get_monotonic_time ();
@@ -859,7 +920,8 @@ on_verify_retry (gpointer user_data)
 static void
 verify_settle (FerryJob *job, ColdDisk *disk)
 {
-  if (disk->running || disk->retry_timer != 0 || disk->verify_in_flight || disk->unverified->len > 0)
+  if (disk->running || disk->retry_timer != 0 || disk->verify_in_flight || disk->unverified->len > 0
+      || g_hash_table_size (disk->asked_early) > 0)
     return;
   /* Notes of the last chunks may still be on their way from the workers. */
   if (disk->bad->len == 0 && g_hash_table_size (disk->done) < ferry_copy_chunk_count (disk->virtual_size))
@@ -935,8 +997,16 @@ on_digests (GObject *source, GAsyncResult *result, gpointer user_data)
   for (guint i = 0; i < batch->chunks->len; i++)
     {
       gint64 chunk = (gint64) g_array_index (batch->chunks, guint64, i);
+      const char *theirs = json_array_get_string_element (digests, i);
       const char *ours = g_hash_table_lookup (disk->done, &chunk);
-      if (ours == NULL || g_strcmp0 (ours, json_array_get_string_element (digests, i)) != 0)
+      if (ours == NULL && g_hash_table_contains (disk->asked_early, &chunk))
+        {
+          /* Still being copied: compared when it is done. */
+          g_hash_table_insert (disk->asked_early, g_memdup2 (&chunk, sizeof chunk), g_strdup (theirs ? theirs : ""));
+          continue;
+        }
+      g_hash_table_remove (disk->asked_early, &chunk);
+      if (ours == NULL || g_strcmp0 (ours, theirs) != 0)
         g_array_append_val (disk->bad, chunk);
     }
   verify_batch_free (batch);
@@ -1327,6 +1397,7 @@ mig_cold_dst_pass (FerryAgent *agent, const char *uuid, JsonObject *request, GEr
       ColdDisk *disk = g_ptr_array_index (cold->disks, i);
       g_hash_table_remove_all (disk->done);
       g_array_set_size (disk->unverified, 0);
+      g_hash_table_remove_all (disk->asked_early);
       g_array_set_size (disk->bad, 0);
       disk->verified = disk->started = disk->running = FALSE;
       disk->attempts = disk->verify_rounds = 0;

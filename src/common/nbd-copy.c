@@ -499,6 +499,8 @@ struct _FerryNbdCopy {
   GArray *selected;            /* guint64 chunk indexes; NULL = all */
   FerryCopyChunkDone chunk_done;
   gpointer chunk_done_data;
+  FerryCopyChunkStarted chunk_started;
+  gpointer chunk_started_data;
 
   GMutex lock;                 /* guards everything below */
   guint64 next_position;       /* into the work list */
@@ -564,6 +566,13 @@ ferry_nbd_copy_set_chunk_done (FerryNbdCopy *copy, FerryCopyChunkDone callback, 
 {
   copy->chunk_done = callback;
   copy->chunk_done_data = user_data;
+}
+
+void
+ferry_nbd_copy_set_chunk_started (FerryNbdCopy *copy, FerryCopyChunkStarted callback, gpointer user_data)
+{
+  copy->chunk_started = callback;
+  copy->chunk_started_data = user_data;
 }
 
 void
@@ -821,6 +830,8 @@ read_chunk (FerryNbdCopy *copy, struct nbd_handle *src, ReadChunk *item, GError 
         return FALSE;
       if (item->ranges->len == 0)
         return TRUE; /* unchanged since the last pass */
+      if (copy->chunk_started)
+        copy->chunk_started (chunk->index, copy->chunk_started_data);
       g_autoptr (GArray) data = data_ranges (src, chunk->offset, chunk->length, stall_s, copy->stop, error);
       if (data == NULL)
         return FALSE;
@@ -828,6 +839,8 @@ read_chunk (FerryNbdCopy *copy, struct nbd_handle *src, ReadChunk *item, GError 
     }
   else
     {
+      if (copy->chunk_started)
+        copy->chunk_started (chunk->index, copy->chunk_started_data);
       item->ranges = data_ranges (src, chunk->offset, chunk->length, stall_s, copy->stop, error);
       if (item->ranges == NULL)
         return FALSE;

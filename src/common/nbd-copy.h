@@ -86,6 +86,11 @@ typedef struct {
 
 /* Called from a worker thread for each chunk copied and flushed. */
 typedef void (*FerryCopyChunkDone) (const FerryCopyChunk *chunk, gpointer user_data);
+/* Called from a worker thread when a chunk whose digest will count
+ * starts to be copied (every chunk of a full copy; a delta's chunks with
+ * a dirty block): its source digest may be asked for now, so the
+ * comparison need not wait for it after the copy. */
+typedef void (*FerryCopyChunkStarted) (guint64 index, gpointer user_data);
 
 typedef struct _FerryNbdCopy FerryNbdCopy;
 
@@ -100,6 +105,7 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC (FerryNbdCopy, ferry_nbd_copy_free)
  * disagreed). Without a call, all chunks are. */
 void ferry_nbd_copy_select_chunks (FerryNbdCopy *copy, const guint64 *indexes, guint n_indexes);
 void ferry_nbd_copy_set_chunk_done (FerryNbdCopy *copy, FerryCopyChunkDone callback, gpointer user_data);
+void ferry_nbd_copy_set_chunk_started (FerryNbdCopy *copy, FerryCopyChunkStarted callback, gpointer user_data);
 
 /* Copies. Both exports must have the same size. Blocking. */
 gboolean ferry_nbd_copy_run (FerryNbdCopy *copy, GCancellable *cancellable, GError **error);
