@@ -246,6 +246,19 @@ mig_src_confirm (FerryJob *job)
 
 static void mig_src_check_destination (FerryJob *job, gint64 deadline_us);
 
+/* What the guest saw: paused here until running there (wall clocks of
+ * two hosts; exact on one machine, skewed by NTP error across machines). */
+static void
+record_guest_downtime (FerryJob *job, gint64 resumed_us)
+{
+  if (resumed_us <= 0 || job->guest_stopped_us <= 0)
+    return;
+  gint64 downtime_ms = (resumed_us - job->guest_stopped_us) / 1000;
+  json_object_set_int_member (job->stats, "ferry-guest-downtime-ms", downtime_ms);
+  ferry_job_event (job, "info", "guest paused for %" G_GINT64_FORMAT " ms (source stop to destination resume)",
+                   downtime_ms);
+}
+
 static void
 on_finish_replied (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -260,17 +273,7 @@ on_finish_replied (GObject *source, GAsyncResult *result, gpointer user_data)
   if (reply != NULL && ferry_json_object_string (reply, "state") != NULL
       && g_str_equal (ferry_json_object_string (reply, "state"), "completed"))
     {
-      gint64 resumed_us = ferry_json_object_int (reply, "resumed_us");
-      if (resumed_us > 0 && job->guest_stopped_us > 0)
-        {
-          /* What the guest saw: paused here until running there (wall
-           * clocks of two hosts; exact on one machine, skewed by NTP
-           * error across machines). */
-          gint64 downtime_ms = (resumed_us - job->guest_stopped_us) / 1000;
-          json_object_set_int_member (job->stats, "ferry-guest-downtime-ms", downtime_ms);
-          ferry_job_event (job, "info", "guest paused for %" G_GINT64_FORMAT
-                           " ms (source stop to destination resume)", downtime_ms);
-        }
+      record_guest_downtime (job, ferry_json_object_int (reply, "resumed_us"));
       mig_src_confirm (job);
       return;
     }
@@ -489,10 +492,7 @@ on_postcopy_resumed (GObject *source, GAsyncResult *result, gpointer user_data)
     return;
   if (reply != NULL)
     {
-      gint64 resumed_us = ferry_json_object_int (reply, "resumed_us");
-      if (resumed_us > 0 && job->guest_stopped_us > 0)
-        json_object_set_int_member (job->stats, "ferry-guest-downtime-ms",
-                                    (resumed_us - job->guest_stopped_us) / 1000);
+      record_guest_downtime (job, ferry_json_object_int (reply, "resumed_us"));
       ferry_job_event (job, "info", "guest runs on the destination; remaining pages follow on demand");
       job->postcopy_dest_running = TRUE;
       if (job->stream_completed)
@@ -1056,7 +1056,10 @@ mig_src_on_qmp_event (FerryJob *job, const char *name, JsonObject *data)
         }
       return;
     }
-  if (g_str_equal (name, "STOP") && job->state == FERRY_JOB_PERFORMING)
+  /* A switch to post-copy reports postcopy-active before it stops the
+   * guest: the STOP finds the job in POSTCOPY already. */
+  if (g_str_equal (name, "STOP") && job->guest_stopped_us == 0
+      && (job->state == FERRY_JOB_PERFORMING || job->state == FERRY_JOB_POSTCOPY))
     {
       job->guest_stopped_us = g_get_real_time ();
       return;

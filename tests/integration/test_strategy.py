@@ -85,6 +85,10 @@ def test():
     assert any("switching to post-copy" in m for m in messages), messages
     assert any("performing → postcopy" in m for m in messages), messages
     assert info["stats"]["status"] == "completed"
+    # The guest's pause, source stop to destination resume, is measured in post-copy too.
+    paused = info["stats"].get("ferry-guest-downtime-ms")
+    assert paused is not None and paused >= 0, info["stats"]
+    log(f"  guest paused {paused} ms at the switch")
     tick, _ = wait_for_ticks(a, "vm1", beyond=tick, boot_id=boot_id)
 
     log("live controls: set-speed, set-max-downtime, postcopy on demand")
