@@ -29,6 +29,7 @@ import platform
 import random
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -73,6 +74,55 @@ def allocated(path):
 def tx_bytes(host):
     out = host.run_in("cat", f"/sys/class/net/{host.veth}/statistics/tx_bytes").stdout
     return int(out.strip())
+
+
+class WireProfile:
+    """Samples hosta's transmitted bytes every 50 ms (from /proc/PID/net/dev
+    of a process in its namespace, no process per sample) while a tool
+    runs: how fast the copy gets going, its steady rate, and its tail."""
+
+    def __init__(self, cluster):
+        self.path = f"/proc/{cluster.a.process.pid}/net/dev"
+        self.veth = cluster.a.veth
+        self.samples = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def read(self):
+        with open(self.path) as handle:
+            for line in handle:
+                name, _, fields = line.partition(":")
+                if name.strip() == self.veth:
+                    return int(fields.split()[8])
+        return 0
+
+    def run(self):
+        while not self.stop.is_set():
+            self.samples.append((time.time(), self.read()))
+            self.stop.wait(0.05)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+    def summary(self, data_bytes):
+        if len(self.samples) < 2:
+            return None
+        t0, b0 = self.samples[0]
+
+        def when(fraction):
+            for t, b in self.samples:
+                if b - b0 >= fraction * data_bytes:
+                    return t - t0
+            return None
+        t02, t10, t90, t98, t100 = (when(f) for f in (0.02, 0.10, 0.90, 0.98, 0.999))
+        return {"to_2pct_s": round(t02, 2) if t02 is not None else None,
+                "steady_mib_s": round(0.8 * data_bytes / MIB / (t90 - t10), 1) if t10 and t90 else None,
+                "last_2pct_s": round(t100 - t98, 2) if t98 is not None and t100 is not None else None}
 
 
 def set_link(cluster, link):
@@ -149,11 +199,13 @@ def run_ferry(cluster, vm):
     cluster.a.cli("migrate", vm, cluster.b.url, "--offline", "--copy-storage", "--persistent")
     elapsed = time.monotonic() - started
     info = job(cluster.a, vm, completed=True)
-    events = info.get("events", [])
-    first = events[0]["time_us"] if events else 0
-    # Where the time outside the copy goes: each source event, in seconds
-    # from the job's creation.
-    timeline = [[round((event["time_us"] - first) / 1e6, 3), event["message"]] for event in events]
+    events = [("source", event) for event in info.get("events", [])]
+    events += [("destination", event) for event in job(cluster.b, vm, completed=True).get("events", [])]
+    events.sort(key=lambda pair: pair[1]["time_us"])
+    first = events[0][1]["time_us"] if events else 0
+    # Where the time outside the copy goes: both sides' events (one clock:
+    # the hosts share a machine), in seconds from the first.
+    timeline = [[round((event["time_us"] - first) / 1e6, 3), side, event["message"]] for side, event in events]
     return elapsed, info["stats"]["ferry-copy"], timeline
 
 
@@ -174,7 +226,8 @@ def one_run(cluster, tool, link, kernel, initrd, image_a, data_bytes):
         spec = guest_spec(os.path.join(cluster.workdir, "bench.json"), vm, kernel, initrd,
                           disks=[{"volume": "bench.qcow2", "format": "qcow2"}])
         cluster.a.cli("vm", "define", spec)
-        elapsed, copy, record["ferry_timeline"] = run_ferry(cluster, vm)
+        with WireProfile(cluster) as profile:
+            elapsed, copy, record["ferry_timeline"] = run_ferry(cluster, vm)
         record["ferry_bytes_read"] = copy["bytes_read"]
         # The copy and verification alone (the destination's pull), without
         # the migration's checks, exports, definition and the CLI.
@@ -182,7 +235,9 @@ def one_run(cluster, tool, link, kernel, initrd, image_a, data_bytes):
         cluster.b.cli("vm", "undefine", vm)
         cluster.a.cli("vm", "undefine", vm)
     else:
-        elapsed = run_peer(cluster, tool, image_a, destination)
+        with WireProfile(cluster) as profile:
+            elapsed = run_peer(cluster, tool, image_a, destination)
+    record["wire_profile"] = profile.summary(data_bytes)
     wire = tx_bytes(cluster.a) - before
     record.update({
         "seconds": round(elapsed, 2),
@@ -310,7 +365,14 @@ def main():
                   "started before their clock.",
                   "Both hosts share the same 2 CPUs: unshaped, the copy is bound by the CPU (TLS on both ends, "
                   "the servers' copies, the digests); at 1 Gbit/s by the link (1e9/8 bytes/s = 119.2 MiB/s, "
-                  "of which TCP/TLS leave about 111 MiB/s)."],
+                  "of which TCP/TLS leave about 111 MiB/s).",
+                  "'wire_profile' in the JSON samples hosta's transmitted bytes every 50 ms: steady_mib_s is the "
+                  "rate between 10 % and 90 % of the data, to_2pct_s the time from the sampler's start (before "
+                  "ferry's CLI; before the peers' export and destination are started) to 2 % of the data, "
+                  "last_2pct_s the tail. 'ferry_timeline' lists both agents' job events.",
+                  "Until 2026-11-23 ferry's qemu-tls directory had no dh-params.pem, so each TLS server object "
+                  "(the source's qemu-nbd here) generated Diffie-Hellman parameters at start-up: 0.1-1.7 s before "
+                  "the first byte moved, which was most of ferry's deficit at 1 Gbit/s."],
     }
     report["summary"] = summarize(runs)
     report["targets"] = targets(report["summary"])

@@ -48,7 +48,9 @@ char *ferry_pki_default_dir (void);
  * server-cert.pem, server-key.pem, client-cert.pem, client-key.pem}, the
  * server and client pairs being copies of the host pair. Creates out_dir
  * (0700) if needed; keys are written 0600. The same directory serves
- * both endpoint=server and endpoint=client. */
+ * both endpoint=server and endpoint=client. It also holds dh-params.pem
+ * (RFC 7919's ffdhe3072), without which QEMU generates parameters for
+ * every server-side TLS object (up to 1.7 s each). */
 gboolean ferry_pki_write_qemu_creds_dir (const char *tls_dir, const char *out_dir,
                                          GError **error);
 

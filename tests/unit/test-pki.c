@@ -841,7 +841,7 @@ assert_same_file (const char *dir_a, const char *a, const char *dir_b, const cha
 }
 
 static void
-test_qemu_creds_five_files (Fixture *f, gconstpointer data)
+test_qemu_creds_six_files (Fixture *f, gconstpointer data)
 {
   g_autofree char *out = write_qemu_dir (f);
   g_autofree char *host_dir = g_build_filename (f->pki, "hosts", "hosta", NULL);
@@ -859,11 +859,37 @@ test_qemu_creds_five_files (Fixture *f, gconstpointer data)
   assert_same_file (host_dir, "key.pem", out, "server-key.pem");
   assert_same_file (host_dir, "key.pem", out, "client-key.pem");
 
+  g_assert_cmpuint (file_mode (out, "dh-params.pem"), ==, 0644);
   g_autoptr(GDir) listing = g_dir_open (out, 0, NULL);
   guint n = 0;
   while (g_dir_read_name (listing) != NULL)
     n++;
-  g_assert_cmpuint (n, ==, 5);
+  g_assert_cmpuint (n, ==, 6);
+}
+
+/* QEMU reads dh-params.pem instead of generating parameters: it must be
+ * PKCS#3 PEM that GnuTLS imports, holding RFC 7919's 3072-bit group. */
+static void
+test_qemu_creds_dh_params (Fixture *f, gconstpointer data)
+{
+  g_autofree char *out = write_qemu_dir (f);
+  g_autofree char *path = g_build_filename (out, "dh-params.pem", NULL);
+  g_autofree char *text = NULL;
+  gsize length = 0;
+  g_assert_true (g_file_get_contents (path, &text, &length, NULL));
+  g_assert_nonnull (strstr (text, "-----BEGIN DH PARAMETERS-----"));
+  gnutls_dh_params_t params;
+  g_assert_cmpint (gnutls_dh_params_init (&params), ==, 0);
+  gnutls_datum_t pem = { (unsigned char *) text, (unsigned int) length };
+  g_assert_cmpint (gnutls_dh_params_import_pkcs3 (params, &pem, GNUTLS_X509_FMT_PEM), ==, 0);
+  gnutls_datum_t prime = { NULL, 0 }, generator = { NULL, 0 };
+  unsigned int bits = 0;
+  g_assert_cmpint (gnutls_dh_params_export_raw (params, &prime, &generator, &bits), ==, 0);
+  g_assert_cmpuint (prime.size, ==, gnutls_ffdhe_3072_group_prime.size);
+  g_assert_cmpint (memcmp (prime.data, gnutls_ffdhe_3072_group_prime.data, prime.size), ==, 0);
+  gnutls_free (prime.data);
+  gnutls_free (generator.data);
+  gnutls_dh_params_deinit (params);
 }
 
 static void
@@ -1005,7 +1031,8 @@ main (int argc, char **argv)
   ADD ("/pki/tls/handshake-ip-identity", test_tls_handshake_ip_identity);
   ADD ("/pki/tls/foreign-client-rejected", test_tls_foreign_client_rejected);
   ADD ("/pki/tls/wrong-identity-rejected", test_tls_wrong_identity_rejected);
-  ADD ("/pki/qemu-creds/five-files", test_qemu_creds_five_files);
+  ADD ("/pki/qemu-creds/six-files", test_qemu_creds_six_files);
+  ADD ("/pki/qemu-creds/dh-params", test_qemu_creds_dh_params);
   ADD ("/pki/qemu-creds/missing-tls-dir", test_qemu_creds_missing_tls_dir);
   ADD ("/pki/qemu-creds/qemu-accepts", test_qemu_accepts_creds);
   g_test_add_func ("/pki/default-dir", test_default_dir);
