@@ -784,6 +784,14 @@ mig_cold_src_begin (FerryVm *vm, const char *dest_url, const FerryMigrateOptions
     }
   save_state (job);
 
+  if (cold->warm == NULL && vm->state == FERRY_VM_SHUTOFF)
+    {
+      /* Nothing to stop: Prepare makes the same checks (a refusal leaves
+       * the disks as they were), one round trip sooner. */
+      cold->was_running = FALSE;
+      cold_src_prepare (job);
+      return job;
+    }
   /* Ask the destination before stopping anything: a refusal (name clash,
    * no room, unknown pool) leaves the guest as it is. */
   g_autoptr (JsonObject) request = prepare_request (job, TRUE);

@@ -54,6 +54,17 @@ error_maybe_delivered (const GError *error)
   return TRUE;
 }
 
+/* A certificate refused (by us or by the peer) stays refused; a handshake
+ * cut short ("Peer failed to perform TLS handshake: … Connection reset
+ * by peer", seen while the peer's agent restarted) is worth another try. */
+static gboolean
+tls_error_is_permanent (const GError *error)
+{
+  return error->domain == G_TLS_ERROR
+         && (error->code == G_TLS_ERROR_BAD_CERTIFICATE || error->code == G_TLS_ERROR_CERTIFICATE_REQUIRED
+             || error->code == G_TLS_ERROR_HANDSHAKE || error->code == G_TLS_ERROR_INAPPROPRIATE_FALLBACK);
+}
+
 static void
 on_peer_reply (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -69,10 +80,13 @@ on_peer_reply (GObject *source, GAsyncResult *result, gpointer user_data)
       if (request->timed_out)
         g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE,
                                  "%s: no answer in time", request->what);
-      else if (error->domain == G_TLS_ERROR)
+      else if (tls_error_is_permanent (error))
         g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_PERMISSION,
                                  "%s: TLS handshake failed (certificate not from our CA?): %s",
                                  request->what, error->message);
+      else if (error->domain == G_TLS_ERROR)
+        g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE,
+                                 "%s: TLS handshake cut short: %s", request->what, error->message);
       else
         g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE, "%s: %s",
                                  request->what, error->message);
