@@ -156,9 +156,12 @@ mig_src_rollback (FerryJob *job, const char *reason)
   ferry_job_transition (job, FERRY_JOB_CANCELLING, reason);
   /* With disk mirrors, the destination is told once they are torn down
    * (mig_src_storage_released); the guest is resumed meanwhile. */
-  job->rollback_waits_for_storage = mig_storage_src_cancel (job);
-  if (!job->rollback_waits_for_storage)
-    release_destination (job);
+  job->rollback_waits_for_storage = TRUE;
+  if (!mig_storage_src_cancel (job))
+    {
+      job->rollback_waits_for_storage = FALSE;
+      release_destination (job);
+    }
   if (!job->options.live || vm == NULL || vm->qmp == NULL)
     {
       job->rollback_guest_settled = TRUE;

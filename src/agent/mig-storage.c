@@ -532,9 +532,9 @@ mig_storage_src_sweep (FerryVm *vm)
 gboolean
 mig_storage_src_on_event (FerryJob *job, const char *name, JsonObject *data)
 {
+  /* A QEMU that exits during the teardown ends the job from mig-src.c
+   * (its exit handler tells the destination and finishes). */
   Storage *storage = storage_of (job);
-  if (storage != NULL && storage->tearing_down && g_str_equal (name, "FERRY_QEMU_EXITED"))
-    teardown_done (job);   /* nothing left to remove; the job sees the exit too */
   if (storage == NULL || !g_str_has_prefix (name, "BLOCK_JOB_"))
     return FALSE;
   Mirror *mirror = mirror_by_job_id (storage, ferry_json_object_string (data, "device"));
@@ -658,7 +658,10 @@ mirrors_start_result (FerryJob *job, GAsyncResult *result)
     return NULL;
   storage->starting = FALSE;
   if (storage->tearing_down)
-    teardown_cancel_mirrors (job);
+    {
+      teardown_cancel_mirrors (job);   /* may end the job: nothing after it */
+      return NULL;
+    }
   if (storage->failed)
     return NULL;
   if (reply == NULL)
