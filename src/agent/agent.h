@@ -450,6 +450,8 @@ gboolean mig_cold_src_abort (FerryJob *job, GError **error);
 void mig_cold_src_digests_async (FerryAgent *agent, const char *uuid, JsonObject *request,
                                  GAsyncReadyCallback callback, gpointer user_data);
 JsonObject *mig_cold_src_digests_finish (GAsyncResult *result, GError **error);
+/* Digest computations not yet answered (a failure cancels them). */
+guint mig_cold_src_digests_in_flight (FerryJob *job);
 /* POST /v1/migrations/outgoing/UUID/nudge from the destination: its state
  * changed (a copy or pass ended, or it failed), so the source asks it now
  * rather than at its next poll. Only a hint: the poll stays the truth. */
@@ -480,9 +482,9 @@ void mig_warm_src_on_qmp_event (FerryJob *job, const char *name, JsonObject *dat
 void mig_warm_src_on_vm_gone (FerryJob *job);
 /* Undoes everything on the source, then ends the job as terminal. */
 void mig_warm_src_roll_back (FerryJob *job, FerryJobState terminal, const char *reason);
-/* The first step of a roll back, for one that must wait: no pass, cutover
- * or shutdown starts any more, and the job is cancelling. */
-void mig_warm_src_stop_passes (FerryJob *job, const char *reason);
+/* A roll back that waited (a snapshot sequence, the source's digests)
+ * goes on; nothing when none waits. */
+void mig_warm_src_resume_roll_back (FerryJob *job);
 /* ferry migrate cutover: at (unix s) or now (0). */
 gboolean mig_warm_src_cutover (FerryJob *job, gint64 at, GError **error);
 /* The NBD URI the source digests its snapshot of a disk at; NULL between passes. */

@@ -56,9 +56,6 @@ typedef struct {
    * for, before a warm roll back removes the exports they read. */
   GCancellable *digests_cancellable;
   guint digests_in_flight;
-  gboolean roll_back_deferred;
-  FerryJobState deferred_terminal;
-  char *deferred_reason;
 } ColdSrc;
 
 static void
@@ -84,7 +81,6 @@ cold_src_free (ColdSrc *cold)
     json_node_unref (cold->dest_spec);
   mig_warm_src_free (cold->warm);
   g_clear_object (&cold->digests_cancellable);
-  g_free (cold->deferred_reason);
   g_free (cold);
 }
 
@@ -176,22 +172,8 @@ mig_cold_src_fail (FerryJob *job, FerryJobState terminal, const char *reason, gb
     }
   if (cold != NULL && cold->warm != NULL)
     {
-      /* The guest never stopped (or boots again): QEMU's side is undone,
-       * once no digest reads the exports any more. A digest reading
-       * while its export went left QEMU 7.2 stuck (its monitor silent)
-       * in CI. */
-      if (cold->digests_in_flight > 0)
-        {
-          if (!cold->roll_back_deferred)
-            {
-              mig_warm_src_stop_passes (job, reason);
-              cold->roll_back_deferred = TRUE;
-              cold->deferred_terminal = terminal;
-              cold->deferred_reason = g_strdup (reason);
-              ferry_job_event (job, "info", "waiting for %u digest computations to stop", cold->digests_in_flight);
-            }
-          return;
-        }
+      /* The guest never stopped (or boots again): QEMU's side is undone
+       * (once no digest reads its exports: mig_warm_src_roll_back). */
       mig_warm_src_roll_back (job, terminal, reason);
       return;
     }
@@ -875,12 +857,15 @@ on_digests_computed (GObject *source, GAsyncResult *result, gpointer user_data)
   if (cold == NULL || cold->digests_in_flight == 0)
     return;
   cold->digests_in_flight--;
-  if (cold->digests_in_flight == 0 && cold->roll_back_deferred)
-    {
-      cold->roll_back_deferred = FALSE;
-      g_autofree char *reason = g_steal_pointer (&cold->deferred_reason);
-      mig_warm_src_roll_back (job, cold->deferred_terminal, reason);
-    }
+  if (cold->digests_in_flight == 0 && cold->warm != NULL)
+    mig_warm_src_resume_roll_back (job);
+}
+
+guint
+mig_cold_src_digests_in_flight (FerryJob *job)
+{
+  ColdSrc *cold = cold_of (job);
+  return cold ? cold->digests_in_flight : 0;
 }
 
 void
@@ -889,36 +874,29 @@ mig_cold_src_digests_async (FerryAgent *agent, const char *uuid, JsonObject *req
 {
   FerryJob *job = ferry_job_lookup_uuid (agent, uuid, FERRY_JOB_ROLE_SOURCE);
   ColdSrc *cold = job ? cold_of (job) : NULL;
-  if (cold != NULL && cold->digests_cancellable == NULL)
-    cold->digests_cancellable = g_cancellable_new ();
-  g_autoptr (GTask) task = NULL;
-  if (cold != NULL && g_cancellable_is_cancelled (cold->digests_cancellable))
+  if (cold == NULL || g_cancellable_is_cancelled (cold->digests_cancellable))
     {
       g_autoptr (GTask) refused = g_task_new (NULL, NULL, callback, user_data);
-      g_task_return_new_error (refused, FERRY_ERROR, FERRY_ERROR_CONFLICT,
-                               "source: migration %s is being cancelled", uuid);
+      if (cold == NULL)
+        g_task_return_new_error (refused, FERRY_ERROR, FERRY_ERROR_NOT_FOUND,
+                                 "source: no disk copy for migration %s", uuid);
+      else
+        g_task_return_new_error (refused, FERRY_ERROR, FERRY_ERROR_CONFLICT,
+                                 "source: migration %s is being cancelled", uuid);
       return;
     }
-  if (cold != NULL)
-    {
-      DigestCaller *caller = g_new0 (DigestCaller, 1);
-      caller->ref = cold->ref;
-      caller->callback = callback;
-      caller->user_data = user_data;
-      cold->digests_in_flight++;
-      task = g_task_new (NULL, cold->digests_cancellable, on_digests_computed, caller);
-    }
-  else
-    task = g_task_new (NULL, NULL, callback, user_data);
+  if (cold->digests_cancellable == NULL)
+    cold->digests_cancellable = g_cancellable_new ();
+  /* Counted until its callback: a warm roll back waits for it. */
+  DigestCaller *caller = g_new0 (DigestCaller, 1);
+  caller->ref = cold->ref;
+  caller->callback = callback;
+  caller->user_data = user_data;
+  cold->digests_in_flight++;
+  g_autoptr (GTask) task = g_task_new (NULL, cold->digests_cancellable, on_digests_computed, caller);
   static const char *const fields[] = { "disk", "chunks", NULL };
   g_autoptr (GError) error = NULL;
   gint64 index = 0;
-  if (cold == NULL)
-    {
-      g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_NOT_FOUND,
-                               "source: no disk copy for migration %s", uuid);
-      return;
-    }
   if (!ferry_json_reject_unknown (request, fields, &error)
       || !ferry_json_get_int (request, "disk", TRUE, 0, FERRY_SPEC_MAX_DISKS - 1, &index, &error))
     {

@@ -1051,10 +1051,7 @@ mig_src_on_qmp_event (FerryJob *job, const char *name, JsonObject *data)
           g_autofree char *reason = ferry_vm_exit_reason (g_hash_table_lookup (job->agent->vms, job->vm_name),
                                                           "source QEMU exited during the migration");
           ferry_job_transition (job, FERRY_JOB_CANCELLING, reason);
-          g_autofree char *path = incoming_path (job, NULL);
-          if (job->options.live)
-            ferry_peer_request_async (job->agent, job->peer_url, "DELETE", path, NULL, 10, NULL,
-                                      on_peer_abort_done, g_strdup ("source QEMU exited"));
+          release_destination (job);
           ferry_job_finish (job, FERRY_JOB_FAILED, reason);
         }
       return;

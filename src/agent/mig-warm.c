@@ -334,7 +334,17 @@ on_roll_back_deadline (gpointer user_data)
 }
 
 void
-mig_warm_src_stop_passes (FerryJob *job, const char *reason)
+mig_warm_src_resume_roll_back (FerryJob *job)
+{
+  WarmSrc *warm = warm_of (job);
+  if (warm == NULL || warm->deferred_roll_back == NULL)
+    return;
+  g_autofree char *reason = g_steal_pointer (&warm->deferred_roll_back);
+  mig_warm_src_roll_back (job, warm->deferred_terminal, reason);
+}
+
+void
+mig_warm_src_roll_back (FerryJob *job, FerryJobState terminal, const char *reason)
 {
   WarmSrc *warm = warm_of (job);
   g_clear_handle_id (&warm->pass_timer, g_source_remove);
@@ -342,13 +352,6 @@ mig_warm_src_stop_passes (FerryJob *job, const char *reason)
   g_clear_handle_id (&warm->shutdown_timer, g_source_remove);
   if (job->state != FERRY_JOB_CANCELLING)
     ferry_job_transition (job, FERRY_JOB_CANCELLING, reason);
-}
-
-void
-mig_warm_src_roll_back (FerryJob *job, FerryJobState terminal, const char *reason)
-{
-  WarmSrc *warm = warm_of (job);
-  mig_warm_src_stop_passes (job, reason);
   if (!warm->roll_back_deadline_armed)
     {
       /* A QEMU that never answers (one seen under ASan, stuck closing an
@@ -361,8 +364,15 @@ mig_warm_src_roll_back (FerryJob *job, FerryJobState terminal, const char *reaso
                                   (GDestroyNotify) roll_back_free);
       warm->roll_back_deadline_armed = TRUE;
     }
-  if (warm->snapshotting)
+  /* Not while a snapshot sequence runs (what it creates exists only at
+   * its end), nor while the source's digests read the exports (a client
+   * reading while its export went left QEMU 7.2's monitor silent in CI;
+   * the cancel stopped them, mig_warm_src_resume_roll_back follows). */
+  guint digests = mig_cold_src_digests_in_flight (job);
+  if (warm->snapshotting || digests > 0)
     {
+      if (digests > 0 && warm->deferred_roll_back == NULL)
+        ferry_job_event (job, "info", "waiting for %u digest computations to stop", digests);
       g_free (warm->deferred_roll_back);
       warm->deferred_roll_back = g_strdup (reason);
       warm->deferred_terminal = terminal;
@@ -512,8 +522,7 @@ on_snapshot_ready (GObject *source, GAsyncResult *result, gpointer user_data)
     {
       /* Whatever the sequence created exists now, so the roll back
        * removes it all. */
-      g_autofree char *reason = g_steal_pointer (&warm->deferred_roll_back);
-      mig_warm_src_roll_back (job, warm->deferred_terminal, reason);
+      mig_warm_src_resume_roll_back (job);
       return;
     }
   if (reply == NULL)

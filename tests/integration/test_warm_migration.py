@@ -106,6 +106,18 @@ def test():
     assert refused.returncode != 0 and "no outgoing migration" in refused.stderr, refused.stderr
     assert a.vms()["vm1"]["state"] == "running"
 
+    def abort_and_check_clean():
+        assert ferry_block_objects(a, "vm1"), "a warm migration tracks changes with a bitmap"
+        a.cli("job", "abort", "vm1")
+        info = wait_job_done(a, "vm1", timeout=120)
+        assert info["state"] == "cancelled", info
+        wait_for_ticks(a, "vm1", beyond=0, boot_id=boot_a)
+        left = ferry_block_objects(a, "vm1")
+        assert not left, f"left in QEMU after cancel: {left}"
+        wait_until("hostb to remove its copies", lambda: not os.listdir(b_pool), timeout=60)
+        assert "vm1" not in b.vms()
+        assert not [f for f in os.listdir(os.path.join(a.state_dir, "run")) if f.startswith("ferry-snap")]
+
     log("cancel while the first pass copies (8 MiB/s): the guest never stops, nothing is left on either side")
     a.cli("migrate", "vm1", b.url, "--warm", "--precopy-interval", f"{INTERVAL_S}s", "--bandwidth", "8")
     # The first pass fills the bar from 5 to 60 %.
@@ -113,28 +125,12 @@ def test():
                          lambda: (lambda p: p if 8 <= p < 55 else None)(
                              job(a, "vm1").get("progress", {}).get("percent", 0)), timeout=300)
     log(f"  aborting at {percent:.0f} %")
-    a.cli("job", "abort", "vm1")
-    info = wait_job_done(a, "vm1", timeout=120)
-    assert info["state"] == "cancelled", info
-    wait_for_ticks(a, "vm1", beyond=0, boot_id=boot_a)
-    left = ferry_block_objects(a, "vm1")
-    assert not left, f"left in QEMU after cancel: {left}"
-    wait_until("hostb to remove its copies", lambda: not os.listdir(b_pool), timeout=60)
-    assert "vm1" not in b.vms()
+    abort_and_check_clean()
 
     log("cancel between passes: the guest never stops, nothing is left on either side")
     a.cli("migrate", "vm1", b.url, "--warm", "--precopy-interval", f"{INTERVAL_S}s")
     wait_until("the first pass", lambda: len(iterations(a, "vm1")) >= 1, timeout=300)
-    assert ferry_block_objects(a, "vm1"), "a warm migration tracks changes with a bitmap"
-    a.cli("job", "abort", "vm1")
-    info = wait_job_done(a, "vm1", timeout=120)
-    assert info["state"] == "cancelled", info
-    wait_for_ticks(a, "vm1", beyond=0, boot_id=boot_a)
-    left = ferry_block_objects(a, "vm1")
-    assert not left, f"left in QEMU after cancel: {left}"
-    wait_until("hostb to remove its copies", lambda: not os.listdir(b_pool), timeout=60)
-    assert "vm1" not in b.vms()
-    assert not [f for f in os.listdir(os.path.join(a.state_dir, "run")) if f.startswith("ferry-snap")]
+    abort_and_check_clean()
 
     log("warm migration, a pass every 5 s")
     a.cli("migrate", "vm1", b.url, "--warm", "--precopy-interval", f"{INTERVAL_S}s", "--force-stop")
