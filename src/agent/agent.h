@@ -635,6 +635,15 @@ void ferry_peer_request_async (FerryAgent *agent, const char *base_url, const ch
                                const char *path, JsonObject *body, guint timeout_s,
                                GCancellable *cancellable, GAsyncReadyCallback callback,
                                gpointer user_data);
+/* The same for a POST the peer answers alike when it gets it twice
+ * (a nudge, a digest request, a warm pass): it may go over a kept-alive
+ * connection. libsoup opens a new connection for every other POST, as it
+ * resends a request whose reused connection turns out closed; that is a
+ * TLS handshake, 10-20 ms on a busy host. */
+void ferry_peer_request_repeatable_async (FerryAgent *agent, const char *base_url, const char *method,
+                                          const char *path, JsonObject *body, guint timeout_s,
+                                          GCancellable *cancellable, GAsyncReadyCallback callback,
+                                          gpointer user_data);
 JsonObject *ferry_peer_request_finish (GAsyncResult *result, gboolean *maybe_delivered,
                                        GError **error);
 /* POSTs `bytes` of incompressible data to the peer's /v1/probe; finish

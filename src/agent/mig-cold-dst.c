@@ -427,7 +427,7 @@ static void
 nudge_source (FerryJob *job, ColdDst *cold)
 {
   g_autofree char *path = g_strdup_printf ("/v1/migrations/outgoing/%s/nudge", job->uuid);
-  ferry_peer_request_async (job->agent, cold->source_url, "POST", path, NULL, 5, NULL, on_nudged, NULL);
+  ferry_peer_request_repeatable_async (job->agent, cold->source_url, "POST", path, NULL, 5, NULL, on_nudged, NULL);
 }
 
 /* Chunk notes of a copy that is being thrown away (its records go too). */
@@ -1044,8 +1044,8 @@ verify_next (FerryJob *job, ColdDisk *disk)
   json_object_set_int_member (body, "disk", disk->index);
   json_object_set_array_member (body, "chunks", chunks);
   g_autofree char *path = g_strdup_printf ("/v1/migrations/outgoing/%s/digests", job->uuid);
-  ferry_peer_request_async (job->agent, cold->source_url, "POST", path, body, DIGEST_TIMEOUT_S,
-                            NULL, on_digests, batch);
+  ferry_peer_request_repeatable_async (job->agent, cold->source_url, "POST", path, body, DIGEST_TIMEOUT_S,
+                                       NULL, on_digests, batch);
 }
 
 /* ---- prepare ------------------------------------------------------------------------ */
@@ -1377,8 +1377,8 @@ mig_cold_dst_pass (FerryAgent *agent, const char *uuid, JsonObject *request, GEr
   JsonObject *reply = json_object_new ();
   json_object_set_string_member (reply, "uuid", job->uuid);
   json_object_set_int_member (reply, "pass", pass);
-  if ((guint) pass == cold->pass && job->state == FERRY_JOB_COPYING)
-    return reply; /* asked again (a lost answer): it runs */
+  if ((guint) pass == cold->pass && (job->state == FERRY_JOB_COPYING || job->state == FERRY_JOB_PREPARED))
+    return reply; /* asked again (a lost answer, a resent request): it runs or ran */
   if (job->state != FERRY_JOB_PREPARED || (guint) pass != cold->pass + 1)
     {
       json_object_unref (reply);

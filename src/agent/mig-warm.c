@@ -502,8 +502,8 @@ post_pass (FerryJob *job)
     }
   json_object_set_array_member (body, "disks", disks);
   g_autofree char *path = g_strdup_printf ("/v1/migrations/incoming/%s/pass", job->uuid);
-  ferry_peer_request_async (job->agent, job->peer_url, "POST", path, body, PEER_TIMEOUT_S, NULL, on_pass_posted,
-                            ferry_job_ref_new (job));
+  ferry_peer_request_repeatable_async (job->agent, job->peer_url, "POST", path, body, PEER_TIMEOUT_S, NULL,
+                                       on_pass_posted, ferry_job_ref_new (job));
 }
 
 static void

@@ -503,6 +503,8 @@ struct _FerryNbdCopy {
   gpointer chunk_started_data;
 
   GMutex lock;                 /* guards everything below */
+  gboolean work_ready;         /* the work list is set, or the copy stopped */
+  GCond work_ready_cond;
   guint64 next_position;       /* into the work list */
   guint64 n_work;
   GError *first_error;
@@ -533,6 +535,7 @@ ferry_nbd_copy_new (const char *source_uri, const char *destination_uri,
   const char *fault = g_getenv ("FERRY_FAULT_CORRUPT_CHUNK");
   copy->fault_chunk = fault ? g_ascii_strtoull (fault, NULL, 10) : G_MAXUINT64;
   g_mutex_init (&copy->lock);
+  g_cond_init (&copy->work_ready_cond);
   return copy;
 }
 
@@ -549,6 +552,7 @@ ferry_nbd_copy_free (FerryNbdCopy *copy)
   g_clear_error (&copy->first_error);
   g_clear_object (&copy->stop);
   g_mutex_clear (&copy->lock);
+  g_cond_clear (&copy->work_ready_cond);
   g_free (copy);
 }
 
@@ -999,6 +1003,26 @@ reader_run (Worker *worker, GError **error)
     }
 }
 
+/* Lets the workers take chunks: the work list is set up, or the copy
+ * stopped before it was (they find no work then). */
+static void
+open_work (FerryNbdCopy *copy)
+{
+  g_mutex_lock (&copy->lock);
+  copy->work_ready = TRUE;
+  g_cond_broadcast (&copy->work_ready_cond);
+  g_mutex_unlock (&copy->lock);
+}
+
+static void
+wait_for_work (FerryNbdCopy *copy)
+{
+  g_mutex_lock (&copy->lock);
+  while (!copy->work_ready)
+    g_cond_wait (&copy->work_ready_cond, &copy->lock);
+  g_mutex_unlock (&copy->lock);
+}
+
 static gpointer
 worker_run (gpointer user_data)
 {
@@ -1011,6 +1035,7 @@ worker_run (gpointer user_data)
                                &error);
   if (worker->src != NULL && worker->dst == NULL)
     worker->dst = connect_uri (copy->destination_uri, NULL, copy->options.stall_timeout_s, copy->stop, &error);
+  wait_for_work (copy);
   if (worker->dst != NULL)
     {
       worker->filled = g_async_queue_new ();
@@ -1093,22 +1118,41 @@ skip_clean_chunks (FerryNbdCopy *copy, struct nbd_handle *src, guint64 n_chunks,
   return TRUE;
 }
 
-/* Worker 0 runs in the calling thread on the connections already open. */
+/* The helpers (workers 1..n-1) connect in their own threads while the
+ * calling thread connects worker 0 and sets the work up: every connection
+ * is made at once, not one after the other (against a busy QEMU, a TLS
+ * connection took 0.1 s). A delta's work is known only after its bitmap
+ * scan, so it gets every connection; a resumed or repaired copy no more
+ * than it has chunks. */
+typedef struct {
+  guint n;
+  Worker *workers;
+  GThread **threads;
+} Workers;
+
 static void
-run_workers (FerryNbdCopy *copy, struct nbd_handle *src, struct nbd_handle *dst)
+start_helpers (FerryNbdCopy *copy, Workers *workers)
 {
-  guint n_workers = (guint) MIN ((guint64) copy->options.connections, MAX (copy->n_work, 1));
-  g_autofree Worker *workers = g_new0 (Worker, n_workers);
-  g_autofree GThread **threads = g_new0 (GThread *, n_workers);
-  workers[0] = (Worker) { copy, src, dst };
-  for (guint i = 1; i < n_workers; i++)
+  guint n = copy->options.connections;
+  if (copy->selected != NULL)
+    n = MIN (n, MAX (copy->selected->len, 1));
+  workers->n = n;
+  workers->workers = g_new0 (Worker, n);
+  workers->threads = g_new0 (GThread *, n);
+  for (guint i = 1; i < n; i++)
     {
-      workers[i] = (Worker) { copy, NULL, NULL };
-      threads[i] = g_thread_new ("ferry-copy", worker_run, &workers[i]);
+      workers->workers[i] = (Worker) { copy, NULL, NULL };
+      workers->threads[i] = g_thread_new ("ferry-copy", worker_run, &workers->workers[i]);
     }
-  worker_run (&workers[0]);
-  for (guint i = 1; i < n_workers; i++)
-    g_thread_join (threads[i]);
+}
+
+static void
+join_helpers (Workers *workers)
+{
+  for (guint i = 1; i < workers->n; i++)
+    g_thread_join (workers->threads[i]);
+  g_clear_pointer (&workers->workers, g_free);
+  g_clear_pointer (&workers->threads, g_free);
 }
 
 gboolean
@@ -1124,6 +1168,12 @@ ferry_nbd_copy_run (FerryNbdCopy *copy, GCancellable *cancellable, GError **erro
     forward = g_cancellable_connect (cancellable, G_CALLBACK (g_cancellable_cancel),
                                      g_object_ref (copy->stop), g_object_unref);
 
+  g_mutex_lock (&copy->lock);
+  copy->work_ready = FALSE;
+  copy->next_position = copy->n_work = 0;
+  g_mutex_unlock (&copy->lock);
+  Workers workers;
+  start_helpers (copy, &workers);
   struct nbd_handle *src = connect_uri (copy->source_uri, copy->dirty_context, stall_s, copy->stop, error);
   struct nbd_handle *dst = src ? connect_uri (copy->destination_uri, NULL, stall_s, copy->stop, error) : NULL;
   if (dst == NULL || !export_size (src, "the source", &source_size, error)
@@ -1155,8 +1205,11 @@ ferry_nbd_copy_run (FerryNbdCopy *copy, GCancellable *cancellable, GError **erro
   if (copy->dirty_context != NULL && !skip_clean_chunks (copy, src, n_chunks, error))
     goto failed;
 
-  run_workers (copy, src, dst);
+  open_work (copy);
+  workers.workers[0] = (Worker) { copy, src, dst };
+  worker_run (&workers.workers[0]);
   src = dst = NULL;
+  join_helpers (&workers);
 
   if (forward)
     g_cancellable_disconnect (cancellable, forward);
@@ -1170,6 +1223,19 @@ ferry_nbd_copy_run (FerryNbdCopy *copy, GCancellable *cancellable, GError **erro
   return TRUE;
 
 failed:
+  /* The helpers give up their connections and find no work. */
+  g_cancellable_cancel (copy->stop);
+  open_work (copy);
+  join_helpers (&workers);
+  /* A helper that failed to connect stopped our own connecting: its
+   * reason is the one to give. */
+  if (copy->first_error != NULL && error != NULL && g_error_matches (*error, G_IO_ERROR, G_IO_ERROR_CANCELLED)
+      && !g_cancellable_is_cancelled (cancellable))
+    {
+      g_clear_error (error);
+      g_propagate_error (error, g_steal_pointer (&copy->first_error));
+    }
+  g_clear_error (&copy->first_error);
   if (forward)
     g_cancellable_disconnect (cancellable, forward);
   close_failed (src);
