@@ -39,7 +39,7 @@ os.environ.setdefault("FERRY_BUILD_DIR", os.path.join(ROOT, "build"))
 os.environ.setdefault("FERRY_SOURCE_DIR", ROOT)
 os.environ.setdefault("FERRY_GUEST_DIR", os.path.join(os.environ["FERRY_BUILD_DIR"], "guest-image"))
 
-from ferrytest import FERRY, FERRYD, Cluster, ensure_guest, guest_spec, job, log, run  # noqa: E402
+from ferrytest import FERRY, FERRYD, Cluster, StealMeter, ensure_guest, guest_spec, job, log, run  # noqa: E402
 
 MIB = 1024 * 1024
 VIRTUAL_GIB = 8
@@ -221,6 +221,7 @@ def one_run(cluster, tool, link, kernel, initrd, image_a, data_bytes):
     os.sync()
     before = tx_bytes(cluster.a)
     record = {"tool": tool, "link": link}
+    steal = StealMeter()
     if tool == "ferry":
         vm = "bench"
         spec = guest_spec(os.path.join(cluster.workdir, "bench.json"), vm, kernel, initrd,
@@ -240,6 +241,7 @@ def one_run(cluster, tool, link, kernel, initrd, image_a, data_bytes):
     record["wire_profile"] = profile.summary(data_bytes)
     wire = tx_bytes(cluster.a) - before
     record.update({
+        "cpu_steal_pct": steal.percent(),
         "seconds": round(elapsed, 2),
         "wire_bytes": wire,
         "data_bytes": data_bytes,
@@ -263,6 +265,7 @@ def summarize(runs):
             same = sorted((r for r in runs if r["link"] == link and r["tool"] == tool), key=lambda r: r["seconds"])
             median = dict(same[len(same) // 2])
             median["all_seconds"] = [r["seconds"] for r in runs if r["link"] == link and r["tool"] == tool]
+            median["all_steal_pct"] = [r.get("cpu_steal_pct") for r in runs if r["link"] == link and r["tool"] == tool]
             median["identical"] = all(r["identical"] for r in same)
             median["destination_allocated"] = max(r["destination_allocated"] for r in same)
             rows.append(median)
@@ -289,20 +292,26 @@ def targets(rows):
     return out
 
 
+def every_run(row):
+    steal = row.get("all_steal_pct") or [None] * len(row["all_seconds"])
+    return ", ".join(f"{t} ({s} %)" if s is not None else str(t) for t, s in zip(row["all_seconds"], steal))
+
+
 def markdown(report):
     lines = [f"# Disk copy benchmark ({report['started']})", "",
              f"Image: {VIRTUAL_GIB} GiB qcow2, {report['config']['data_mib']} MiB of random data in "
              f"{EXTENT_MIB} MiB extents. Hosts: two network namespaces on one machine "
              f"({report['environment']['cpus']} CPUs), TLS on every run. Rerun: `python3 bench/disk/run.py`.",
              f"Each tool ran {report['config']['repeat']} times per link, interleaved; the row is the median run "
-             "(every run's time in the last column).",
+             "(every run's time in the last column, with the CPU time the hypervisor took from the machine "
+             "during it: a run with a few % of steal is slower for any tool).",
              "", "| link | tool | time s (median) | MiB/s (data) | wire / data | dest allocated KiB | src allocated KiB "
-             "| identical | every run s |",
+             "| identical | every run s (steal %) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in report["summary"]:
         lines.append(f"| {r['link']} | {r['tool']} | {r['seconds']} | {r['mib_s_of_data']} | {r['wire_over_data']} | "
                      f"{r['destination_allocated'] // 1024} | {r['source_allocated'] // 1024} | {r['identical']} | "
-                     f"{', '.join(str(t) for t in r['all_seconds'])} |")
+                     f"{every_run(r)} |")
     lines += ["", "## Targets", ""]
     for t in report["targets"]:
         lines.append(f"- {'met' if t['met'] else '**missed**'}: {t['target']} ({t['detail']})")
@@ -365,7 +374,10 @@ def main():
                   "started before their clock.",
                   "Both hosts share the same 2 CPUs: unshaped, the copy is bound by the CPU (TLS on both ends, "
                   "the servers' copies, the digests); at 1 Gbit/s by the link (1e9/8 bytes/s = 119.2 MiB/s, "
-                  "of which TCP/TLS leave about 111 MiB/s).",
+                  "of which TCP/TLS leave about 111 MiB/s). 'cpu_steal_pct' in the JSON is the CPU time the "
+                  "hypervisor under this machine gave to others during the run (/proc/stat); it accrues only while "
+                  "the machine wants the CPU, so a CPU-bound (unshaped) run shows more of it than a link-bound "
+                  "one.",
                   "'wire_profile' in the JSON samples hosta's transmitted bytes every 50 ms: steady_mib_s is the "
                   "rate between 10 % and 90 % of the data, to_2pct_s the time from the sampler's start (before "
                   "ferry's CLI; before the peers' export and destination are started) to 2 % of the data, "

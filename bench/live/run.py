@@ -27,7 +27,7 @@ os.environ.setdefault("FERRY_BUILD_DIR", os.path.join(ROOT, "build"))
 os.environ.setdefault("FERRY_SOURCE_DIR", ROOT)
 os.environ.setdefault("FERRY_GUEST_DIR", os.path.join(os.environ["FERRY_BUILD_DIR"], "guest-image"))
 
-from ferrytest import (FERRY, FERRYD, Cluster, _cleanup_all, ensure_guest, guest_spec,  # noqa: E402
+from ferrytest import (FERRY, FERRYD, Cluster, StealMeter, _cleanup_all, ensure_guest, guest_spec,  # noqa: E402
                        job, last_tick, log, wait_for_console, wait_for_ticks, wait_until)
 
 MIB = 1024 * 1024
@@ -157,6 +157,7 @@ def run_migration(cluster, tool, source, destination, vm, scenario, link, tick, 
         "command": None, "finished": False,
         "load_avg_before": round(os.getloadavg()[0], 2),
     }
+    steal = StealMeter()
 
     if tool == "ferry-auto":
         estimate = source.cli("migrate", vm, destination.url, "--live", "--estimate", json_output=True)
@@ -200,6 +201,7 @@ def run_migration(cluster, tool, source, destination, vm, scenario, link, tick, 
     ended = time.monotonic()
     wall_s = ended - started
     record["wall_s"] = round(wall_s, 2)
+    record["cpu_steal_pct"] = steal.percent()
     record["exit_status"] = process.returncode
     record["cli_output"] = (stdout.strip() + "\n" + stderr.strip()).strip()
 
@@ -657,7 +659,9 @@ def notes(runs):
         "- Two cores are shared by both QEMUs (source and destination), both ferryds, TLS and, for the "
         "max scenario, a vCPU that dirties memory flat out; other work on the machine "
         f"(load average before the runs: {span([r['load_avg_before'] for r in runs], '{:.1f}')}) disturbs the "
-        "numbers. One run per cell, no error bars.",
+        "numbers, and so does the hypervisor under this machine (CPU time stolen during the runs: "
+        f"{span([r.get('cpu_steal_pct', 0) for r in runs], '{:.1f}')} %; QEMU's set-up time, pure CPU under "
+        "TCG, follows it). One run per cell, no error bars.",
         "- The defaults' cap is ferry's completion timeout (120 s per GiB, counted from the start of the "
         "stream); the job time shown for those runs also holds ferry's measuring, the destination's "
         "set-up and the abort. Their stream rate is low because every pass ends in a slow bitmap sync.",

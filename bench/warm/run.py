@@ -37,7 +37,7 @@ os.environ.setdefault("FERRY_BUILD_DIR", os.path.join(ROOT, "build"))
 os.environ.setdefault("FERRY_SOURCE_DIR", ROOT)
 os.environ.setdefault("FERRY_GUEST_DIR", os.path.join(os.environ["FERRY_BUILD_DIR"], "guest-image"))
 
-from ferrytest import Cluster, ensure_guest, guest_spec, job, log, run, wait_until  # noqa: E402
+from ferrytest import Cluster, StealMeter, ensure_guest, guest_spec, job, log, run, wait_until  # noqa: E402
 
 MIB = 1024 * 1024
 LINK_BYTES_S = 1e9 / 8
@@ -266,6 +266,7 @@ def main():
         print("bench/warm/run.py needs root (network namespaces and tc)", file=sys.stderr)
         return 2
     started_wall = datetime.datetime.now().astimezone()
+    steal = StealMeter()
     kernel, initrd = ensure_guest()
     cluster = Cluster(need_netns=True, agent_args={"hosta": ["--shutdown-timeout", "30"],
                                                    "hostb": ["--shutdown-timeout", "30"]})
@@ -303,7 +304,8 @@ def main():
         "started": started_wall.isoformat(timespec="seconds"),
         "environment": {"host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
                         "qemu": run(["qemu-img", "--version"]).stdout.splitlines()[0],
-                        "git": run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]).stdout.strip()},
+                        "git": run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]).stdout.strip(),
+                        "cpu_steal_pct": steal.percent()},
         "config": {"churn_mib_s": options.churn_mib_s, "interval_s": options.interval, "passes": options.passes,
                    "link": "veth, tc tbf 1 Gbit/s both ends"},
         "boot_s": boot_s, "bound_s": bound, "warm": warm, "cold": cold, "targets": targets,
@@ -312,7 +314,9 @@ def main():
                   "'copy s' is the destination's time for the pass (pull and digest check); 'pass s' runs "
                   "from the snapshot to the source's cleanup and adds the snapshot, the hand-over and up to "
                   "one poll interval (250 ms) before the source notices the end. The rate target is judged "
-                  "on the copy."],
+                  "on the copy.",
+                  f"CPU time the hypervisor under this machine gave to others during the run: "
+                  f"{steal.percent()} % (/proc/stat's steal)."],
     }
     os.makedirs(options.out_dir, exist_ok=True)
     with open(os.path.join(options.out_dir, "warm.json"), "w") as handle:

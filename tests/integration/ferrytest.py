@@ -36,6 +36,29 @@ PORT = 7711
 _cleanups = []
 
 
+class StealMeter:
+    """Share of the machine's CPU time the hypervisor gave to others
+    (/proc/stat's steal) between start() and percent(): a bench run on a
+    shared host is slower when it is high."""
+
+    @staticmethod
+    def _read():
+        with open("/proc/stat") as handle:
+            fields = [int(x) for x in handle.readline().split()[1:]]
+        steal = fields[7] if len(fields) > 7 else 0
+        return steal, sum(fields[:8])
+
+    def __init__(self):
+        self.start()
+
+    def start(self):
+        self.steal, self.total = self._read()
+
+    def percent(self):
+        steal, total = self._read()
+        return round(100.0 * (steal - self.steal) / max(total - self.total, 1), 1)
+
+
 def log(message):
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
