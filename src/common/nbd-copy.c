@@ -1035,6 +1035,12 @@ worker_run (gpointer user_data)
                                &error);
   if (worker->src != NULL && worker->dst == NULL)
     worker->dst = connect_uri (copy->destination_uri, NULL, copy->options.stall_timeout_s, copy->stop, &error);
+  if (error != NULL)
+    {
+      /* Said before the wait: it stops the set-up, which then reports it. */
+      record_failure (copy, error);
+      g_clear_error (&error);
+    }
   wait_for_work (copy);
   if (worker->dst != NULL)
     {
