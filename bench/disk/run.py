@@ -71,34 +71,20 @@ def allocated(path):
     return os.stat(path).st_blocks * 512
 
 
-def tx_bytes(host):
-    out = host.run_in("cat", f"/sys/class/net/{host.veth}/statistics/tx_bytes").stdout
-    return int(out.strip())
-
-
 class WireProfile:
     """Samples hosta's transmitted bytes every 50 ms (from /proc/PID/net/dev
     of a process in its namespace, no process per sample) while a tool
     runs: how fast the copy gets going, its steady rate, and its tail."""
 
     def __init__(self, cluster):
-        self.path = f"/proc/{cluster.a.process.pid}/net/dev"
-        self.veth = cluster.a.veth
+        self.host = cluster.a
         self.samples = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
-    def read(self):
-        with open(self.path) as handle:
-            for line in handle:
-                name, _, fields = line.partition(":")
-                if name.strip() == self.veth:
-                    return int(fields.split()[8])
-        return 0
-
     def run(self):
         while not self.stop.is_set():
-            self.samples.append((time.time(), self.read()))
+            self.samples.append((time.time(), self.host.tx_bytes()))
             self.stop.wait(0.05)
 
     def __enter__(self):
@@ -219,7 +205,7 @@ def one_run(cluster, tool, link, kernel, initrd, image_a, data_bytes):
     # Every run starts with nothing dirty in the page cache: the kernel
     # writing back an earlier run's data would slow the next one.
     os.sync()
-    before = tx_bytes(cluster.a)
+    before = cluster.a.tx_bytes()
     record = {"tool": tool, "link": link}
     steal = StealMeter()
     if tool == "ferry":
@@ -239,7 +225,7 @@ def one_run(cluster, tool, link, kernel, initrd, image_a, data_bytes):
         with WireProfile(cluster) as profile:
             elapsed = run_peer(cluster, tool, image_a, destination)
     record["wire_profile"] = profile.summary(data_bytes)
-    wire = tx_bytes(cluster.a) - before
+    wire = cluster.a.tx_bytes() - before
     record.update({
         "cpu_steal_pct": steal.percent(),
         "seconds": round(elapsed, 2),

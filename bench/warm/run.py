@@ -44,10 +44,6 @@ LINK_BYTES_S = 1e9 / 8
 TICK = re.compile(r"tick (\d+) boot_id=([0-9a-f-]+)")
 
 
-def tx_bytes(host):
-    return int(host.run_in("cat", f"/sys/class/net/{host.veth}/statistics/tx_bytes").stdout.strip())
-
-
 def first_tick_time(host, vm, after_boot_id, timeout=300):
     """Wall time at which the guest's first tick of a new boot appears."""
     def ticked():
@@ -98,10 +94,9 @@ def start_and_time_boot(host, vm):
 
 
 # Runs inside a host's network namespace for the whole warm run: answers
-# "job VM" with the job's JSON over one kept-alive HTTPS connection and
-# "tx IFACE" with the interface's tx byte counter. Polling 10 times a
-# second through the CLI (a process and a TLS handshake each) took a sixth
-# of the two cores the migration runs on.
+# "job VM" with the job's JSON over one kept-alive HTTPS connection.
+# Polling 10 times a second through the CLI (a process and a TLS handshake
+# each) took a sixth of the two cores the migration runs on.
 WATCHER = r"""
 import http.client, json, os, ssl, sys, urllib.parse
 url, tls = urllib.parse.urlsplit(sys.argv[1]), sys.argv[2]
@@ -110,12 +105,8 @@ context.check_hostname = False
 context.load_cert_chain(os.path.join(tls, "cert.pem"), os.path.join(tls, "key.pem"))
 connection = http.client.HTTPSConnection(url.hostname, url.port, context=context)
 for line in sys.stdin:
-    verb, argument = line.split()
-    if verb == "tx":
-        with open(f"/sys/class/net/{argument}/statistics/tx_bytes") as handle:
-            print(handle.read().strip(), flush=True)
-        continue
-    connection.request("GET", f"/v1/vms/{urllib.parse.quote(argument)}/job")
+    _, vm = line.split()
+    connection.request("GET", f"/v1/vms/{urllib.parse.quote(vm)}/job")
     print(json.dumps(json.loads(connection.getresponse().read())), flush=True)
 """
 
@@ -134,9 +125,6 @@ class Watcher:
 
     def job(self, vm):
         return json.loads(self.ask(f"job {vm}"))
-
-    def tx_bytes(self):
-        return int(self.ask(f"tx {self.host.veth}"))
 
     def close(self):
         self.process.stdin.close()
@@ -157,10 +145,10 @@ def warm_run(cluster, vm, interval_s, passes_wanted):
         warm = info["stats"].get("ferry-warm", {})
         its = warm.get("iterations", [])
         if warm.get("pass_running") and warm.get("pass") not in wire_at:
-            wire_at[warm["pass"]] = watcher.tx_bytes()
+            wire_at[warm["pass"]] = a.tx_bytes()
         if len(its) > seen:
             seen = len(its)
-            wire_at[f"end{its[-1]['pass']}"] = watcher.tx_bytes()
+            wire_at[f"end{its[-1]['pass']}"] = a.tx_bytes()
             log(f"  pass {its[-1]['pass']}: {its[-1]['bytes_changed'] // MIB} MiB changed, "
                 f"{its[-1]['bytes_copied'] // MIB} MiB copied in {its[-1]['duration_s']:.1f} s")
         if seen >= passes_wanted and not warm.get("pass_running"):
@@ -299,13 +287,14 @@ def main():
         {"target": "cutover downtime ≤ shutdown + last delta / link rate + boot + 2 s",
          "met": warm["downtime_s"] <= bound, "detail": f"{warm['downtime_s']} s vs {bound} s"},
     ]
+    steal_pct = steal.percent()
     report = {
         "benchmark": "warm migration, issue 5",
         "started": started_wall.isoformat(timespec="seconds"),
         "environment": {"host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
                         "qemu": run(["qemu-img", "--version"]).stdout.splitlines()[0],
                         "git": run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]).stdout.strip(),
-                        "cpu_steal_pct": steal.percent()},
+                        "cpu_steal_pct": steal_pct},
         "config": {"churn_mib_s": options.churn_mib_s, "interval_s": options.interval, "passes": options.passes,
                    "link": "veth, tc tbf 1 Gbit/s both ends"},
         "boot_s": boot_s, "bound_s": bound, "warm": warm, "cold": cold, "targets": targets,
@@ -316,7 +305,7 @@ def main():
                   "one poll interval (250 ms) before the source notices the end. The rate target is judged "
                   "on the copy.",
                   f"CPU time the hypervisor under this machine gave to others during the run: "
-                  f"{steal.percent()} % (/proc/stat's steal)."],
+                  f"{steal_pct} % (/proc/stat's steal)."],
     }
     os.makedirs(options.out_dir, exist_ok=True)
     with open(os.path.join(options.out_dir, "warm.json"), "w") as handle:

@@ -119,10 +119,12 @@ on_peer_reply (GObject *source, GAsyncResult *result, gpointer user_data)
                            message ? message : soup_status_get_phrase (status));
 }
 
+/* Sends body (NULL: none) to base_url + path. repeatable: the peer answers
+ * a repeat alike, so the request may go over a kept-alive connection. */
 static void
 peer_request_start (FerryAgent *agent, const char *base_url, const char *method, const char *path,
-                    JsonObject *body, guint timeout_s, gboolean repeatable, GCancellable *cancellable,
-                    GAsyncReadyCallback callback, gpointer user_data)
+                    GBytes *body, const char *content_type, guint timeout_s, gboolean repeatable,
+                    GCancellable *cancellable, GAsyncReadyCallback callback, gpointer user_data)
 {
   g_autoptr (GTask) task = g_task_new (NULL, NULL, callback, user_data);
   PeerRequest *request = g_new0 (PeerRequest, 1);
@@ -141,16 +143,20 @@ peer_request_start (FerryAgent *agent, const char *base_url, const char *method,
   if (repeatable)
     soup_message_add_flags (request->message, SOUP_MESSAGE_IDEMPOTENT);
   if (body != NULL)
-    {
-      char *text = ferry_json_object_to_string (body, FALSE);
-      gsize length = strlen (text);
-      g_autoptr (GBytes) bytes = g_bytes_new_take (text, length);
-      soup_message_set_request_body_from_bytes (request->message, "application/json", bytes);
-    }
+    soup_message_set_request_body_from_bytes (request->message, content_type, body);
   request->cancellable = cancellable ? g_object_ref (cancellable) : g_cancellable_new ();
   request->timeout_id = g_timeout_add_seconds (timeout_s, on_peer_timeout, request);
   soup_session_send_and_read_async (agent->peer_session, request->message, G_PRIORITY_DEFAULT,
                                     request->cancellable, on_peer_reply, g_steal_pointer (&task));
+}
+
+static GBytes *
+json_body (JsonObject *body)
+{
+  if (body == NULL)
+    return NULL;
+  char *text = ferry_json_object_to_string (body, FALSE);
+  return g_bytes_new_take (text, strlen (text));
 }
 
 void
@@ -159,7 +165,9 @@ ferry_peer_request_async (FerryAgent *agent, const char *base_url, const char *m
                           GCancellable *cancellable, GAsyncReadyCallback callback,
                           gpointer user_data)
 {
-  peer_request_start (agent, base_url, method, path, body, timeout_s, FALSE, cancellable, callback, user_data);
+  g_autoptr (GBytes) bytes = json_body (body);
+  peer_request_start (agent, base_url, method, path, bytes, "application/json", timeout_s, FALSE, cancellable,
+                      callback, user_data);
 }
 
 void
@@ -168,25 +176,15 @@ ferry_peer_request_repeatable_async (FerryAgent *agent, const char *base_url, co
                                      GCancellable *cancellable, GAsyncReadyCallback callback,
                                      gpointer user_data)
 {
-  peer_request_start (agent, base_url, method, path, body, timeout_s, TRUE, cancellable, callback, user_data);
+  g_autoptr (GBytes) bytes = json_body (body);
+  peer_request_start (agent, base_url, method, path, bytes, "application/json", timeout_s, TRUE, cancellable,
+                      callback, user_data);
 }
 
 void
 ferry_peer_probe_async (FerryAgent *agent, const char *base_url, gsize bytes,
                         GAsyncReadyCallback callback, gpointer user_data)
 {
-  g_autoptr (GTask) task = g_task_new (NULL, NULL, callback, user_data);
-  PeerRequest *request = g_new0 (PeerRequest, 1);
-  g_task_set_task_data (task, request, (GDestroyNotify) peer_request_free);
-  g_autofree char *url = g_strconcat (base_url, "/v1/probe", NULL);
-  request->what = g_strdup_printf ("POST %s", url);
-  request->message = soup_message_new ("POST", url);
-  if (request->message == NULL)
-    {
-      g_task_return_new_error (task, FERRY_ERROR, FERRY_ERROR_INVALID_ARGUMENT,
-                               "destination: '%s' is not a valid URL", base_url);
-      return;
-    }
   /* Random bytes: a link that compresses must not look faster than QEMU's
    * stream of (incompressible) guest pages will be. xorshift64*, seeded
    * once: g_random_int takes a lock per call (0.1 s for 32 MiB). */
@@ -200,16 +198,10 @@ ferry_peer_probe_async (FerryAgent *agent, const char *base_url, gsize bytes,
       data[i] = state * G_GUINT64_CONSTANT (0x2545F4914F6CDD1D);
     }
   g_autoptr (GBytes) body = g_bytes_new_take (data, bytes);
-  soup_message_set_tls_client_certificate (request->message, agent->tls->certificate);
   /* Repeatable, so it goes over the connection the caller's warm-up
-   * opened: the clock must not include a TLS handshake (which made a
-   * 1 Gbit/s link measure 101 MiB/s). */
-  soup_message_add_flags (request->message, SOUP_MESSAGE_IDEMPOTENT);
-  soup_message_set_request_body_from_bytes (request->message, "application/octet-stream", body);
-  request->cancellable = g_cancellable_new ();
-  request->timeout_id = g_timeout_add_seconds (60, on_peer_timeout, request);
-  soup_session_send_and_read_async (agent->peer_session, request->message, G_PRIORITY_DEFAULT,
-                                    request->cancellable, on_peer_reply, g_steal_pointer (&task));
+   * opened: the clock must not include a TLS handshake. */
+  peer_request_start (agent, base_url, "POST", "/v1/probe", body, "application/octet-stream", 60, TRUE, NULL,
+                      callback, user_data);
 }
 
 JsonObject *

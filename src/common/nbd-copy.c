@@ -1176,7 +1176,6 @@ ferry_nbd_copy_run (FerryNbdCopy *copy, GCancellable *cancellable, GError **erro
 
   g_mutex_lock (&copy->lock);
   copy->work_ready = FALSE;
-  copy->next_position = copy->n_work = 0;
   g_mutex_unlock (&copy->lock);
   Workers workers;
   start_helpers (copy, &workers);

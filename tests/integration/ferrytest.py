@@ -243,6 +243,16 @@ class Host:
         result = run(["pgrep", "-f", f"qemu-system.*{self.state_dir}/"], check=False)
         return [int(pid) for pid in result.stdout.split()]
 
+    def tx_bytes(self):
+        """Bytes sent on this host's veth, as its agent's namespace counts
+        them (/proc/PID/net/dev of ferryd): no process per reading."""
+        with open(f"/proc/{self.process.pid}/net/dev") as handle:
+            for line in handle:
+                name, _, fields = line.partition(":")
+                if name.strip() == self.veth:
+                    return int(fields.split()[8])
+        raise AssertionError(f"{self.veth} is not in {self.name}'s network namespace")
+
     def run_in(self, *argv, check=True):
         return run(self.prefix() + list(argv), check=check)
 

@@ -887,6 +887,8 @@ test_qemu_creds_dh_params (Fixture *f, gconstpointer data)
   g_assert_cmpint (gnutls_dh_params_export_raw (params, &prime, &generator, &bits), ==, 0);
   g_assert_cmpuint (prime.size, ==, gnutls_ffdhe_3072_group_prime.size);
   g_assert_cmpint (memcmp (prime.data, gnutls_ffdhe_3072_group_prime.data, prime.size), ==, 0);
+  g_assert_cmpuint (generator.size, ==, gnutls_ffdhe_3072_group_generator.size);
+  g_assert_cmpint (memcmp (generator.data, gnutls_ffdhe_3072_group_generator.data, generator.size), ==, 0);
   gnutls_free (prime.data);
   gnutls_free (generator.data);
   gnutls_dh_params_deinit (params);
