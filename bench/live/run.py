@@ -712,6 +712,9 @@ def main():
                         help="comma-separated, run in this order in every cell: " + ", ".join(TOOLS))
     parser.add_argument("--repeat", type=int, default=1, help="runs of the tools per cell (interleaved)")
     parser.add_argument("--out-dir", default=os.path.join(ROOT, "bench/results"))
+    parser.add_argument("--qemu", metavar="PATH",
+                        help="the QEMU binary both agents run (ferryd --qemu), e.g. a wrapper that adds "
+                             "QEMU trace options to study a run")
     parser.add_argument("--from-json", metavar="LIVE_JSON",
                         help="do not migrate: recompute checks, targets and notes of an earlier run's "
                              "live.json and rewrite live.json and live.md in --out-dir")
@@ -747,7 +750,8 @@ def main():
     started = time.monotonic()
     log("guest kit (cached after the first build)")
     kernel, initrd = ensure_guest()
-    cluster = Cluster(need_netns=True)
+    qemu_args = ["--qemu", options.qemu] if options.qemu else []
+    cluster = Cluster(need_netns=True, agent_args={"hosta": qemu_args, "hostb": qemu_args})
     log(f"hosts: {cluster.a.name} {cluster.a.url} ({cluster.netns[0]}), "
         f"{cluster.b.name} {cluster.b.url} ({cluster.netns[1]})")
     env = environment(cluster)
