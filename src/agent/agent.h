@@ -220,6 +220,10 @@ typedef struct {
   gboolean auto_converge;
   gboolean postcopy;          /* post-copy allowed (capability on both ends) */
   gint64 postcopy_after_s;    /* switch after this much pre-copy; 0 = not on a timer */
+  /* Strategy auto's switch point: when QEMU reports this pass
+   * (MIGRATION_PASS, its dirty-sync count): 1 = set-up's sync is done,
+   * 2 = the first pass is done; 0 = none. Set by the planner only. */
+  gint64 postcopy_at_pass;
   gint64 completion_timeout_per_gib_s;
   gint64 progress_timeout_s;
   FerryTimeoutAction timeout_action;

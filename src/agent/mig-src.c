@@ -484,6 +484,23 @@ on_postcopy_timer (gpointer user_data)
   return G_SOURCE_REMOVE;
 }
 
+/* Strategy auto's switch point (postcopy_at_pass), from QEMU's
+ * MIGRATION_PASS event or, should that be missed (an agent restarted
+ * meanwhile), the next poll's dirty-sync count. */
+static void
+maybe_postcopy_at_pass (FerryJob *job, gint64 pass)
+{
+  if (job->options.postcopy_at_pass <= 0 || pass < job->options.postcopy_at_pass || job->postcopy_requested
+      || job->state != FERRY_JOB_PERFORMING)
+    return;
+  const char *why = job->options.postcopy_at_pass <= 1
+                      ? "QEMU's set-up is done and pre-copy cannot converge (strategy auto)"
+                      : "the first pass is done (strategy auto)";
+  g_autoptr (GError) error = NULL;
+  if (!request_postcopy (job, why, &error))
+    ferry_job_event (job, "warning", "%s", error->message);
+}
+
 static void
 on_postcopy_resumed (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -682,6 +699,9 @@ check_watchdogs (FerryJob *job, JsonObject *stats)
    * left by a tenth means pre-copy is not converging; switch now rather
    * than wait for a timeout. */
   gint64 pass = ferry_json_object_int (ram, "dirty-sync-count");
+  maybe_postcopy_at_pass (job, pass);
+  if (job->postcopy_requested)
+    return;
   if (pass > job->last_pass)
     {
       if (job->options.strategy == FERRY_STRATEGY_AUTO && job->options.postcopy && pass >= 3
@@ -1062,6 +1082,11 @@ mig_src_on_qmp_event (FerryJob *job, const char *name, JsonObject *data)
       && (job->state == FERRY_JOB_PERFORMING || job->state == FERRY_JOB_POSTCOPY))
     {
       job->guest_stopped_us = g_get_real_time ();
+      return;
+    }
+  if (g_str_equal (name, "MIGRATION_PASS"))
+    {
+      maybe_postcopy_at_pass (job, ferry_json_object_int (data, "pass"));
       return;
     }
   if (!g_str_equal (name, "MIGRATION")

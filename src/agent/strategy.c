@@ -84,29 +84,38 @@ ferry_predict_precopy (const FerryPlanInputs *inputs, FerryPrediction *predictio
 }
 
 void
-ferry_predict_postcopy (const FerryPlanInputs *inputs, double switch_after_s,
+ferry_predict_postcopy (const FerryPlanInputs *inputs, gint64 switch_at_pass,
                         FerryPrediction *prediction)
 {
   double link = MAX (inputs->link_bytes_per_s, 1.0);
-  double first_pass_s = (double) MAX (inputs->resident_bytes, 0) / link;
-  double precopy_s = MIN (switch_after_s, first_pass_s);
-  /* After the switch, what the guest dirtied during pre-copy is sent
-   * once more, at most all of its memory. */
-  double rest = MIN (inputs->dirty_bytes_per_s * precopy_s, (double) inputs->resident_bytes);
-  if (precopy_s < first_pass_s)
-    rest += (first_pass_s - precopy_s) * link;
-  /* The switch stops the guest for the sync of what it dirtied during
-   * pre-copy (set-up's sync is covered by the first pass, as above). */
+  double resident = (double) MAX (inputs->resident_bytes, 0);
+  double first_pass_s = resident / link;
   double setup_sync_s = sync_s (inputs, (double) inputs->ram_bytes);
-  double dirtied = MIN (inputs->dirty_bytes_per_s * precopy_s, (double) inputs->resident_bytes);
-  double switch_s = DEVICE_STATE_BYTES / link + sync_s (inputs, dirtied);
+  double total_s = SETUP_S + setup_sync_s;
+  double precopy_bytes = 0;
+  double last_sync_s = setup_sync_s;
+  /* What is left to send after the switch: everything, or what the guest
+   * dirtied since the first pass read it. */
+  double rest = resident;
+  if (switch_at_pass >= 2)
+    {
+      precopy_bytes = resident;
+      double dirtied = MIN (inputs->dirty_bytes_per_s * first_pass_s, resident);
+      last_sync_s = sync_s (inputs, dirtied);
+      total_s += first_pass_s + last_sync_s;
+      rest = dirtied;
+    }
+  double dirtied_since = MIN (inputs->dirty_bytes_per_s * last_sync_s, resident);
+  if (switch_at_pass >= 2)
+    rest = MIN (rest + dirtied_since, resident);
+  double switch_s = DEVICE_STATE_BYTES / link + sync_s (inputs, dirtied_since);
   *prediction = (FerryPrediction) {
     .converges = TRUE,
-    .passes = 1,
+    .passes = switch_at_pass >= 2 ? 1 : 0,
     .first_pass_s = first_pass_s,
     .downtime_ms = switch_s * 1000.0,
-    .total_s = SETUP_S + setup_sync_s + precopy_s + switch_s + rest / link,
-    .bytes = (gint64) (precopy_s * link + rest + DEVICE_STATE_BYTES),
+    .total_s = total_s + switch_s + rest / link,
+    .bytes = (gint64) (precopy_bytes + rest + DEVICE_STATE_BYTES),
   };
 }
 
@@ -236,17 +245,32 @@ choose (PlanData *data, FerryVm *vm)
       options->timeout_action = FERRY_TIMEOUT_POSTCOPY;
       /* One full pass first: the destination then has most pages and the
        * guest faults on few after the switch. */
-      options->postcopy_after_s = (gint64) ceil (precopy.first_pass_s * 1.1 + 1);
-      ferry_predict_postcopy (&inputs, options->postcopy_after_s, &chosen);
+      /* Pre-copy that converges, only slowly: one full pass first, so
+       * the guest moves with most of its pages there. One that cannot:
+       * the guest moves as soon as QEMU's set-up is done, since a pass
+       * it cannot finish only delays the move (and the first pass's
+       * end sync under TCG costs as much as the switch's). */
+      options->postcopy_after_s = 0;
+      options->postcopy_at_pass = precopy.converges ? 2 : 1;
+      ferry_predict_postcopy (&inputs, options->postcopy_at_pass, &chosen);
       if (precopy.converges)
         reason = g_strdup_printf ("pre-copy would take %.1f s, over half the completion limit of %.0f s; "
-                                  "post-copy after the first pass (%" G_GINT64_FORMAT " s)",
-                                  precopy.total_s, limit_s, options->postcopy_after_s);
+                                  "post-copy once the first pass is done", precopy.total_s, limit_s);
       else
         reason = g_strdup_printf ("the guest dirties %.0f MiB/s, the link carries %.0f MiB/s: pre-copy "
-                                  "cannot converge; post-copy after the first pass (%" G_GINT64_FORMAT " s)",
-                                  inputs.dirty_bytes_per_s / 1048576.0, inputs.link_bytes_per_s / 1048576.0,
-                                  options->postcopy_after_s);
+                                  "cannot converge; post-copy as soon as QEMU's set-up is done",
+                                  inputs.dirty_bytes_per_s / 1048576.0, inputs.link_bytes_per_s / 1048576.0);
+      if (chosen.downtime_ms > data->options.max_downtime_ms)
+        {
+          g_autofree char *longer = g_strdup_printf ("%s; the switch will stop the guest for about %.1f s, "
+                                                     "over the %" G_GINT64_FORMAT " ms limit: QEMU's "
+                                                     "dirty-bitmap sync of what it dirtied meanwhile "
+                                                     "(%.0f µs a page here)", reason,
+                                                     chosen.downtime_ms / 1000.0, data->options.max_downtime_ms,
+                                                     inputs.sync_s_per_page * 1e6);
+          g_free (reason);
+          reason = g_steal_pointer (&longer);
+        }
     }
 
   JsonObject *plan = json_object_new ();

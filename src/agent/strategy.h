@@ -48,9 +48,16 @@ double ferry_tcg_sync_s_per_page (double dirty_bytes_per_s);
 /* Pure: the same inputs give the same prediction (unit-tested). */
 void ferry_predict_precopy (const FerryPlanInputs *inputs, FerryPrediction *prediction);
 
-/* Post-copy needs: one pass over the resident memory, then the guest
- * moves and the rest follows on demand. */
-void ferry_predict_postcopy (const FerryPlanInputs *inputs, double switch_after_s,
+/* Post-copy, switched when QEMU reports pass switch_at_pass: 1 = as soon
+ * as set-up's sync is done (the guest moves at once and every page
+ * follows), 2 = once the first pass is done (the guest moves with most
+ * pages already there; what it dirtied follows). The switch stops the
+ * guest for the sync of what it dirtied since the sync before: QEMU runs
+ * that sync with its big lock held, which stops the guest's timers but
+ * not a vCPU busy in user space, so a busy guest goes on dirtying through
+ * it (bench/live traces: 3.7 s stopped after a 36 s set-up sync, or 29 ms
+ * when the guest happened to sit idle); the prediction is that worse case. */
+void ferry_predict_postcopy (const FerryPlanInputs *inputs, gint64 switch_at_pass,
                              FerryPrediction *prediction);
 
 G_END_DECLS

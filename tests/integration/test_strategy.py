@@ -133,6 +133,13 @@ def test():
     info = job(a, "busy", completed=True)
     plan = info["stats"]["ferry-plan"]
     log(f"plan: {plan['strategy']}: {plan['reason']}")
+    # Pre-copy cannot converge here: the guest moves as soon as QEMU's
+    # set-up is done, on QEMU's MIGRATION_PASS event (not on a timer that
+    # may fire before or long after).
+    assert plan["strategy"] == "post-copy", plan
+    assert plan["options"]["postcopy_at_pass"] == 1, plan["options"]
+    messages = [e["message"] for e in info["events"]]
+    assert any("switching to post-copy: QEMU's set-up is done" in m for m in messages), messages
     wait_for_ticks(b, "busy", beyond=busy_tick, boot_id=busy_boot)
 
 

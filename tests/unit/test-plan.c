@@ -69,12 +69,15 @@ test_slow_dirty_sync_adds_setup_and_downtime (void)
   g_assert_cmpfloat (b.total_s - a.total_s, >, 262144 * 14.5e-6);
 
   FerryPrediction c, d;
-  ferry_predict_postcopy (&fast, 1.0, &c);
-  ferry_predict_postcopy (&slow, 1.0, &d);
-  /* The switch syncs what was dirtied during the second of pre-copy:
-   * 50 MiB, 12800 pages (set-up's sync is covered by the first pass). */
-  g_assert_cmpfloat_with_epsilon (d.downtime_ms - c.downtime_ms, 12800 * 14.5e-6 * 1000, 1e-6);
-  g_assert_cmpfloat (d.total_s - c.total_s, >, 262144 * 14.5e-6);
+  ferry_predict_postcopy (&fast, 1, &c);
+  ferry_predict_postcopy (&slow, 1, &d);
+  /* Switched once set-up's 3.8 s sync is done: the guest went on
+   * dirtying through it (50 MiB/s, 190 MiB of its 200 resident), and the
+   * stopped guest's sync collects that. */
+  double setup_sync_s = 262144 * 14.5e-6;
+  double dirtied_pages = MIN (50 * setup_sync_s, 200) * 256;
+  g_assert_cmpfloat_with_epsilon (d.downtime_ms - c.downtime_ms, dirtied_pages * 14.5e-6 * 1000, 1e-6);
+  g_assert_cmpfloat (d.total_s - c.total_s, >, setup_sync_s);
 }
 
 /* Measured here: a guest dirtying 120 MiB/s over a 211 MiB/s link; plain
@@ -120,12 +123,28 @@ test_postcopy_bounded_by_one_pass_and_the_rest (void)
 {
   FerryPlanInputs in = inputs (300, 150, 100);
   FerryPrediction p;
-  ferry_predict_postcopy (&in, 3.3, &p);
+  ferry_predict_postcopy (&in, 2, &p);
   g_assert_true (p.converges);
   /* 3 s first pass, then at most what was dirtied (≤ resident) once more. */
-  g_assert_cmpfloat (p.total_s, >, 3.0);
+  g_assert_cmpfloat (p.total_s, >, 6.0);
   g_assert_cmpfloat (p.total_s, <, 6.5);
+  g_assert_cmpint (p.bytes, >, (gint64) (600 * MiB));
   g_assert_cmpfloat (p.downtime_ms, <, 50);
+}
+
+/* Switched right after set-up: every resident page crosses once, after
+ * the switch; no pass before it. */
+static void
+test_postcopy_after_setup_sends_everything_once (void)
+{
+  FerryPlanInputs in = inputs (300, 150, 100);
+  FerryPrediction p;
+  ferry_predict_postcopy (&in, 1, &p);
+  g_assert_cmpint (p.passes, ==, 0);
+  g_assert_cmpfloat (p.total_s, >, 3.0);
+  g_assert_cmpfloat (p.total_s, <, 3.2);
+  g_assert_cmpint (p.bytes, <, (gint64) (301 * MiB));
+  g_assert_cmpint (p.bytes, >=, (gint64) (300 * MiB));
 }
 
 static JsonObject *
@@ -249,6 +268,7 @@ main (int argc, char **argv)
   g_test_add_func ("/plan/dirtier-faster-than-link-never-converges", test_dirtier_faster_than_link_never_converges);
   g_test_add_func ("/plan/lower-downtime-limit-costs-passes", test_lower_downtime_limit_costs_passes);
   g_test_add_func ("/plan/postcopy-bounded", test_postcopy_bounded_by_one_pass_and_the_rest);
+  g_test_add_func ("/plan/postcopy-after-setup", test_postcopy_after_setup_sends_everything_once);
   g_test_add_func ("/options/defaults", test_option_defaults);
   g_test_add_func ("/options/conflicts-refused", test_option_conflicts_refused);
   g_test_add_func ("/options/warm", test_warm_options);
