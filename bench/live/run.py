@@ -69,6 +69,11 @@ TOOLS = {
     # but as long a wait (the guest keeps running as it would meanwhile).
     "ferry-auto-after-dirtyrate": [],
     "ferry-auto-after-wait": [],
+    # Not in the default run: QEMU's auto-converge (KubeVirt's
+    # allowAutoConverge) on the defaults, QEMU's throttle steps.
+    "defaults-auto-converge": ["--strategy", "manual", "--max-downtime", str(DOWNTIME_LIMIT_MS),
+                               "--completion-timeout-per-gib", str(CAP_S), "--progress-timeout", str(CAP_S),
+                               "--auto-converge"],
 }
 ESTIMATE_LIKE_WAIT_S = 3.5
 # Every migration starts this long after the guest's previous one ended
@@ -548,8 +553,13 @@ def notes(runs):
             f"varying a lot between runs of the same guest. This is the TCG 8 KiB-padding side effect: "
             f"the padded RAM takes QEMU's page-at-a-time sync, which scans the vCPU's TLB for each dirty "
             f"page (with the padding switched off by a local patch, set-up took 3–17 ms and one guest of "
-            f"four came back broken). ferry's model counts it (2 µs per page plus 0.2 µs per MiB/s of "
-            f"dirty rate, from earlier runs).")
+            f"four came back broken). Per page of the guest's RAM that is "
+            f"{span([r['setup_ms'] * 1000 / (GUEST_MEMORY_MIB * 256) for r in busy if r['setup_ms']], '{:.0f}')} µs "
+            f"in these runs; ferry's model counts 1 µs plus 0.27 µs per MiB/s of dirty rate (fitted on "
+            f"earlier runs: 17-27 µs at 50 MiB/s, 45-62 µs at the maximum), and the cost for the same guest "
+            f"moves from run to run with nothing ferry can measure beforehand that follows it. QEMU holds "
+            f"its big lock through the sync: the guest's timers stop for as long (a vCPU busy in user "
+            f"space runs on, and dirties).")
         by = {(r["tool"], r["scenario"], r["link"]): r for r in busy}
         pairs = [(by[("qemu-defaults", r["scenario"], r["link"])], r) for r in ferry_busy
                  if ("qemu-defaults", r["scenario"], r["link"]) in by
@@ -603,11 +613,11 @@ def notes(runs):
                      f"the destination runs; the same slow sync as above. Set-up and switchover together took "
                      + ", ".join(f"{((r['setup_ms'] or 0) + r['downtime_ms']) / 1000:.1f} of "
                                  f"{r['total_ms'] / 1000:.1f} s" for r in slow)
-                     + " of those runs; the rest is pre-copy before the switch and the post-copy tail"
-                     + (" (ferry's post-copy timer, one first pass long, ran out during QEMU's set-up)"
-                        if all(r.get("postcopy_after_s") and r["setup_ms"]
-                               and r["postcopy_after_s"] * 1000 < r["setup_ms"] for r in slow) else "")
-                     + ".")
+                     + " of those runs; the rest is pre-copy before the switch and the post-copy tail. "
+                     "ferry predicted the stop beforehand ("
+                     + ", ".join(f"{r['scenario']}/{r['link']}: {predicted_stop(r)}" for r in slow)
+                     + "): the guest dirtied through the sync before the switch, which QEMU runs holding its "
+                       "big lock, and the stopped guest's sync collects that.")
         missing = [r for r in postcopy if r["guest_paused_ms"] is None]
         if missing:
             text += (f" ferry's own guest-pause figure (`ferry-guest-downtime-ms`) is missing from "
@@ -702,6 +712,12 @@ def sha256(path):
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def predicted_stop(record):
+    """--estimate's predicted stop at the switch, as text."""
+    downtime = (record.get("estimate") or {}).get("prediction", {}).get("downtime_ms")
+    return f"{downtime / 1000:.1f} s" if isinstance(downtime, (int, float)) else "none recorded"
 
 
 def main():

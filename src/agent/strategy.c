@@ -243,8 +243,6 @@ choose (PlanData *data, FerryVm *vm)
       strategy = "post-copy";
       options->postcopy = TRUE;
       options->timeout_action = FERRY_TIMEOUT_POSTCOPY;
-      /* One full pass first: the destination then has most pages and the
-       * guest faults on few after the switch. */
       /* Pre-copy that converges, only slowly: one full pass first, so
        * the guest moves with most of its pages there. One that cannot:
        * the guest moves as soon as QEMU's set-up is done, since a pass
