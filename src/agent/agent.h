@@ -295,6 +295,7 @@ struct _FerryJob {
   gint64 best_remaining;     /* least "remaining" seen: progress watchdog */
   gint64 progress_at_us;     /* monotonic time best_remaining last shrank */
   gboolean postcopy_requested;
+  gboolean setup_reported;   /* QEMU's set-up length said (report_setup_stall) */
   gboolean postcopy_dest_running; /* destination confirmed it resumed the guest */
   gboolean stream_completed;      /* QEMU reported "completed" */
   gboolean restored_check_logged; /* restarted in post-copy: asking the destination */

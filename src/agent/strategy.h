@@ -51,7 +51,7 @@ void ferry_predict_precopy (const FerryPlanInputs *inputs, FerryPrediction *pred
 /* Post-copy, switched when QEMU reports pass switch_at_pass: 1 = as soon
  * as set-up's sync is done (the guest moves at once and every page
  * follows), 2 = once the first pass is done (the guest moves with most
- * pages already there; what it dirtied follows). The switch stops the
+ * pages already there; what it dirtied follows; strategy auto's choice). The switch stops the
  * guest for the sync of what it dirtied since the sync before: QEMU runs
  * that sync with its big lock held, which stops the guest's timers but
  * not a vCPU busy in user space, so a busy guest goes on dirtying through
