@@ -16,8 +16,10 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -149,6 +151,47 @@ def boot_guest(cluster, kernel, initrd, scenario):
 
 # ---- one migration ----------------------------------------------------------------
 
+class TickStallMeter:
+    """The longest time the guest's tick counter (printed once a second,
+    on whichever host runs it) stood still during a migration: what the
+    guest's users see, whatever QEMU calls downtime. Reads the tail of
+    both hosts' console logs every 0.1 s in a thread."""
+
+    def __init__(self, cluster, vm):
+        self.paths = [cluster.a.console_path(vm), cluster.b.console_path(vm)]
+        self.stop = threading.Event()
+        self.longest_s = 0.0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _tick(self):
+        best = None
+        for path in self.paths:
+            try:
+                with open(path, "rb") as handle:
+                    handle.seek(max(0, os.path.getsize(path) - 4096))
+                    found = re.findall(rb"tick (\d+) boot_id", handle.read())
+            except OSError:
+                continue
+            if found:
+                best = max(best or 0, int(found[-1]))
+        return best
+
+    def _run(self):
+        last, since = self._tick(), time.monotonic()
+        while not self.stop.wait(0.1):
+            tick, now = self._tick(), time.monotonic()
+            if tick != last:
+                last, since = tick, now
+            self.longest_s = max(self.longest_s, now - since)
+
+    def finish(self):
+        """The longest stall in seconds, less the 1 s between two ticks."""
+        self.stop.set()
+        self.thread.join()
+        return round(max(0.0, self.longest_s - 1.0), 1)
+
+
 def number(value):
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
@@ -185,6 +228,7 @@ def run_migration(cluster, tool, source, destination, vm, scenario, link, tick, 
     record["command"] = "ferry " + " ".join(["migrate", vm, "DEST", "--live"] + TOOLS[tool])
     argv = source.prefix() + [FERRY, "-c", source.url, "--tls-dir", cluster.client_tls] + args
     started = time.monotonic()
+    stall = TickStallMeter(cluster, vm)
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # Poll the job meanwhile: the last snapshot with RAM counters is what an
     # aborted migration had sent (QEMU drops them once cancelled).
@@ -204,6 +248,7 @@ def run_migration(cluster, tool, source, destination, vm, scenario, link, tick, 
             aborted_by_bench = True
     stdout, stderr = process.communicate()
     ended = time.monotonic()
+    record["guest_tick_stall_s"] = stall.finish()
     wall_s = ended - started
     record["wall_s"] = round(wall_s, 2)
     record["cpu_steal_pct"] = steal.percent()
@@ -445,14 +490,17 @@ def markdown(report):
         "N s of job time); setup = QEMU's `setup-time`, part of total (dominated by the first dirty-bitmap "
         "sync); wall = the `ferry migrate` command end to end (also ferry's ~3 s of measuring and the "
         "destination's set-up); downtime = QEMU's `downtime`; paused = ferry's guest pause, source stop → "
-        "destination resume (n/r = ferry recorded none; happens in some post-copy runs); link = the link rate ferry "
+        "destination resume (n/r = ferry recorded none; happens in some post-copy runs); stalled = the longest "
+        "time the guest's once-a-second tick stood still during the migration, less that second (what the "
+        "guest's users see: QEMU's set-up sync under TCG holds its lock, and the guest's timers with it); "
+        "link = the link rate ferry "
         "measured for that run (its 32 MiB probe); stream = what QEMU's pre-copy stream actually reached, "
         "sent / (total − setup − downtime); wire = sent / link; predicted = `--estimate`'s total.",
         "",
         "| scenario | link | tool | finished | strategy | total s | of which setup s | wall s | downtime ms "
-        "| paused ms | sent MiB | link MiB/s | stream MiB/s | total / wire | ≤1.5× | predicted s | pred. error "
-        "| ≤±25 % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| paused ms | stalled s | sent MiB | link MiB/s | stream MiB/s | total / wire | ≤1.5× | predicted s "
+        "| pred. error | ≤±25 % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         strategy = r["strategy"] or "–"
@@ -461,7 +509,8 @@ def markdown(report):
         lines.append(
             f"| {r['scenario']} | {r['link']} | {r['tool']} | {'yes' if r['finished'] else '**no**'} "
             f"| {strategy} | {total_cell(r)} | {fmt_s(r['setup_ms'])} | {r['wall_s']:.1f} "
-            f"| {fmt(r['downtime_ms'])} | {paused_cell(r)} | {fmt(r['bytes'] / MIB if r['bytes'] else None)} "
+            f"| {fmt(r['downtime_ms'])} | {paused_cell(r)} | {fmt(r.get('guest_tick_stall_s'), '{:.1f}')} "
+            f"| {fmt(r['bytes'] / MIB if r['bytes'] else None)} "
             f"| {fmt(r['link_mib_s'])} | {fmt(r['stream_mib_s'])} | {fmt(r['total_over_wire'], '{:.2f}')} "
             f"| {mark(r['checks']['total_le_1.5x_wire'])} | {fmt(r.get('predicted_total_s'), '{:.1f}')} "
             f"| {fmt(r.get('prediction_error'), '{:+.0%}')} | {mark(r['checks']['prediction_within_25pct'])} |")
@@ -590,6 +639,16 @@ def notes(runs):
                 text += (f" {', '.join(still)} would still be over 1.5×: the post-copy switchover "
                          f"(below) is the other part.")
             out.append(text)
+    stalls = [r for r in runs if r.get("guest_tick_stall_s") is not None and r["finished"]]
+    if stalls:
+        out.append(
+            "- **What the guest saw.** The longest time its tick counter stood still during a finished "
+            "migration (the table's 'stalled'): "
+            + ", ".join(f"{r['scenario']}/{r['link']}/{r['tool']} {r['guest_tick_stall_s']:.1f} s "
+                        f"(QEMU downtime {fmt(r['downtime_ms'])} ms, set-up {fmt_s(r['setup_ms'])} s)"
+                        for r in stalls)
+            + ". Where it is near the set-up time, the guest's timers stood still through QEMU's set-up "
+              "sync, which holds QEMU's lock (TCG with the padding; ferry warns of it before and after).")
     if postcopy:
         planned = [r for r in postcopy if r["strategy"] == "post-copy"]
         switched = [r for r in postcopy if r["strategy"] != "post-copy"]
