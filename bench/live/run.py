@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import threading
@@ -165,16 +164,14 @@ class TickStallMeter:
         self.thread.start()
 
     def _tick(self):
-        best = None
+        best = 0
         for path in self.paths:
             try:
                 with open(path, "rb") as handle:
                     handle.seek(max(0, os.path.getsize(path) - 4096))
-                    found = re.findall(rb"tick (\d+) boot_id", handle.read())
+                    best = max(best, last_tick(handle.read().decode("utf-8", "replace"))[0])
             except OSError:
                 continue
-            if found:
-                best = max(best or 0, int(found[-1]))
         return best
 
     def _run(self):

@@ -150,13 +150,20 @@ peer_request_start (FerryAgent *agent, const char *base_url, const char *method,
                                     request->cancellable, on_peer_reply, g_steal_pointer (&task));
 }
 
-static GBytes *
-json_body (JsonObject *body)
+/* A JSON body (NULL: none). */
+static void
+peer_json_request_start (FerryAgent *agent, const char *base_url, const char *method, const char *path,
+                         JsonObject *body, guint timeout_s, gboolean repeatable, GCancellable *cancellable,
+                         GAsyncReadyCallback callback, gpointer user_data)
 {
-  if (body == NULL)
-    return NULL;
-  char *text = ferry_json_object_to_string (body, FALSE);
-  return g_bytes_new_take (text, strlen (text));
+  g_autoptr (GBytes) bytes = NULL;
+  if (body != NULL)
+    {
+      char *text = ferry_json_object_to_string (body, FALSE);
+      bytes = g_bytes_new_take (text, strlen (text));
+    }
+  peer_request_start (agent, base_url, method, path, bytes, "application/json", timeout_s, repeatable,
+                      cancellable, callback, user_data);
 }
 
 void
@@ -165,9 +172,8 @@ ferry_peer_request_async (FerryAgent *agent, const char *base_url, const char *m
                           GCancellable *cancellable, GAsyncReadyCallback callback,
                           gpointer user_data)
 {
-  g_autoptr (GBytes) bytes = json_body (body);
-  peer_request_start (agent, base_url, method, path, bytes, "application/json", timeout_s, FALSE, cancellable,
-                      callback, user_data);
+  peer_json_request_start (agent, base_url, method, path, body, timeout_s, FALSE, cancellable, callback,
+                           user_data);
 }
 
 void
@@ -176,9 +182,8 @@ ferry_peer_request_repeatable_async (FerryAgent *agent, const char *base_url, co
                                      GCancellable *cancellable, GAsyncReadyCallback callback,
                                      gpointer user_data)
 {
-  g_autoptr (GBytes) bytes = json_body (body);
-  peer_request_start (agent, base_url, method, path, bytes, "application/json", timeout_s, TRUE, cancellable,
-                      callback, user_data);
+  peer_json_request_start (agent, base_url, method, path, body, timeout_s, TRUE, cancellable, callback,
+                           user_data);
 }
 
 void

@@ -93,21 +93,24 @@ ferry_predict_postcopy (const FerryPlanInputs *inputs, gint64 switch_at_pass,
   double setup_sync_s = sync_s (inputs, (double) inputs->ram_bytes);
   double total_s = SETUP_S + setup_sync_s;
   double precopy_bytes = 0;
-  double last_sync_s = setup_sync_s;
-  /* What is left to send after the switch: everything, or what the guest
-   * dirtied since the first pass read it. */
-  double rest = resident;
+  /* What the stopped guest's sync collects (dirtied through the sync
+   * before), and what is left to send after the switch: everything, or
+   * what the guest dirtied since the first pass read it. */
+  double dirtied_since, rest;
   if (switch_at_pass >= 2)
     {
       precopy_bytes = resident;
       double dirtied = MIN (inputs->dirty_bytes_per_s * first_pass_s, resident);
-      last_sync_s = sync_s (inputs, dirtied);
-      total_s += first_pass_s + last_sync_s;
-      rest = dirtied;
+      double end_sync_s = sync_s (inputs, dirtied);
+      total_s += first_pass_s + end_sync_s;
+      dirtied_since = MIN (inputs->dirty_bytes_per_s * end_sync_s, resident);
+      rest = MIN (dirtied + dirtied_since, resident);
     }
-  double dirtied_since = MIN (inputs->dirty_bytes_per_s * last_sync_s, resident);
-  if (switch_at_pass >= 2)
-    rest = MIN (rest + dirtied_since, resident);
+  else
+    {
+      dirtied_since = MIN (inputs->dirty_bytes_per_s * setup_sync_s, resident);
+      rest = resident;
+    }
   double switch_s = DEVICE_STATE_BYTES / link + sync_s (inputs, dirtied_since);
   *prediction = (FerryPrediction) {
     .converges = TRUE,
@@ -179,6 +182,19 @@ prediction_json (const FerryPrediction *prediction)
   json_object_set_int_member (json, "bytes", prediction->bytes);
   json_object_set_double_member (json, "first_pass_s", prediction->first_pass_s);
   return json;
+}
+
+/* Adds a clause to the plan's reason. */
+static void G_GNUC_PRINTF (2, 3)
+reason_append (char **reason, const char *format, ...)
+{
+  va_list args;
+  va_start (args, format);
+  g_autofree char *clause = g_strdup_vprintf (format, args);
+  va_end (args);
+  char *longer = g_strconcat (*reason, clause, NULL);
+  g_free (*reason);
+  *reason = longer;
 }
 
 /* Chooses settings from a prediction and explains the choice. */
@@ -262,16 +278,9 @@ choose (PlanData *data, FerryVm *vm)
                                   "cannot converge; post-copy once the first pass is done",
                                   inputs.dirty_bytes_per_s / 1048576.0, inputs.link_bytes_per_s / 1048576.0);
       if (chosen.downtime_ms > data->options.max_downtime_ms)
-        {
-          g_autofree char *longer = g_strdup_printf ("%s; the switch will stop the guest for about %.1f s, "
-                                                     "over the %" G_GINT64_FORMAT " ms limit: QEMU's "
-                                                     "dirty-bitmap sync of what it dirtied meanwhile "
-                                                     "(%.0f µs a page here)", reason,
-                                                     chosen.downtime_ms / 1000.0, data->options.max_downtime_ms,
-                                                     inputs.sync_s_per_page * 1e6);
-          g_free (reason);
-          reason = g_steal_pointer (&longer);
-        }
+        reason_append (&reason, "; the switch will stop the guest for about %.1f s, over the %" G_GINT64_FORMAT
+                       " ms limit: QEMU's dirty-bitmap sync of what it dirtied meanwhile (%.0f µs a page here)",
+                       chosen.downtime_ms / 1000.0, data->options.max_downtime_ms, inputs.sync_s_per_page * 1e6);
     }
 
   /* Set-up's sync (every page of RAM) holds QEMU's lock: the guest's
@@ -279,13 +288,9 @@ choose (PlanData *data, FerryVm *vm)
    * in mig-src.c). Nothing worth saying under KVM. */
   double setup_stall_s = sync_s (&inputs, (double) inputs.ram_bytes);
   if (setup_stall_s * 1000.0 > inputs.downtime_limit_ms)
-    {
-      g_autofree char *longer = g_strdup_printf ("%s. QEMU's set-up will hold the guest's timers and device I/O "
-                                                 "for about %.1f s (TCG's dirty-bitmap sync of all %" G_GINT64_FORMAT
-                                                 " MiB)", reason, setup_stall_s, inputs.ram_bytes >> 20);
-      g_free (reason);
-      reason = g_steal_pointer (&longer);
-    }
+    reason_append (&reason, ". QEMU's set-up will hold the guest's timers and device I/O for about %.1f s "
+                   "(TCG's dirty-bitmap sync of all %" G_GINT64_FORMAT " MiB)", setup_stall_s,
+                   inputs.ram_bytes >> 20);
 
   JsonObject *plan = json_object_new ();
   JsonObject *measured = json_object_new ();
