@@ -198,6 +198,9 @@ def warm_run(cluster, vm, interval_s, passes_wanted):
         "last_delta_bytes": passes[-1]["bytes_copied"],
         "elapsed_s": round(info["elapsed_ms"] / 1000, 1),
         "destination_events": destination_events,
+        # The source's account, on the same clock as the destination's.
+        "source_events": [f"+{(e['time_us'] - incoming['created_us']) / 1e6:.3f} s {e['message']}"
+                          for e in info.get("events", [])],
     }
 
 

@@ -296,6 +296,7 @@ struct _FerryJob {
   gint64 progress_at_us;     /* monotonic time best_remaining last shrank */
   gboolean postcopy_requested;
   gboolean setup_reported;   /* QEMU's set-up length said (report_setup_stall) */
+  gint64 throttle_percent;   /* auto-converge's last throttle said (report_throttle) */
   gboolean postcopy_dest_running; /* destination confirmed it resumed the guest */
   gboolean stream_completed;      /* QEMU reported "completed" */
   gboolean restored_check_logged; /* restarted in post-copy: asking the destination */
@@ -517,6 +518,7 @@ typedef struct {
   guint16 port;
   char export_name[FERRY_WARM_MAX_NAME + 1];
   char bitmap[FERRY_WARM_MAX_NAME + 1];      /* empty: copy everything allocated */
+  gint64 dirty_bytes;                        /* what the bitmap marks, as the source counted; -1 = not said */
 } FerryWarmPassDisk;
 typedef struct {
   gint64 pass;

@@ -45,6 +45,7 @@ typedef struct {
   guint16 port;
   char *export_name;
   char *bitmap;              /* warm pass: copy only what this bitmap marks (NULL = all) */
+  gint64 pass_dirty_bytes;   /* what the source said that bitmap marks; -1 = not said */
   char *path;
   gboolean created;
   FerryNbdExport *local;
@@ -222,6 +223,7 @@ parse_disk (FerryAgent *agent, const FerryVmSpec *spec, JsonNode *node, guint i,
                        pool_name, volume, agent->config.host_name), NULL;
 
   ColdDisk *disk = g_new0 (ColdDisk, 1);
+  disk->pass_dirty_bytes = -1;
   disk->index = (guint) index;
   disk->pool = g_steal_pointer (&pool_name);
   disk->volume = g_steal_pointer (&volume);
@@ -363,6 +365,7 @@ restore_disks (FerryJob *job, JsonObject *request, GError **error)
     {
       JsonObject *object = json_array_get_object_element (array, i);
       ColdDisk *disk = g_new0 (ColdDisk, 1);
+      disk->pass_dirty_bytes = -1;
       g_ptr_array_add (disks, disk);
       disk->index = (guint) ferry_json_object_int (object, "index");
       disk->pool = g_strdup (ferry_json_object_string (object, "pool"));
@@ -793,6 +796,11 @@ start_disk_copy (FerryJob *job, ColdDisk *disk)
         g_array_append_val (todo, chunk);
     }
   FerryNbdCopyOptions options = { .rate_limit = cold->limit, .dirty_bitmap = disk->bitmap };
+  /* A pass whose changes the source counted opens no more connections
+   * than they can keep busy: a disk the guest left alone, one (to scan
+   * its bitmap), not eight TLS handshakes with the guest's QEMU. */
+  if (disk->bitmap != NULL && disk->pass_dirty_bytes >= 0)
+    options.connections = ferry_copy_connections_for_delta ((guint64) disk->pass_dirty_bytes);
   FerryNbdCopy *copy = ferry_nbd_copy_new (disk->source_uri, disk->local_uri, &options);
   ferry_nbd_copy_select_chunks (copy, (const guint64 *) todo->data, todo->len);
   CopyTaskData *data = g_new0 (CopyTaskData, 1);
@@ -807,8 +815,14 @@ start_disk_copy (FerryJob *job, ColdDisk *disk)
   disk->running = TRUE;
   disk->copy = copy;
   if (disk->attempts == 1 && todo->len == n_chunks && disk->bitmap != NULL)
-    ferry_job_event (job, "info", "pass %u: copying the blocks of disk %s/%s changed since the last pass",
-                     cold->pass, disk->pool, disk->volume);
+    {
+      g_autofree char *marked = disk->pass_dirty_bytes < 0 ? g_strdup ("")
+                                : g_strdup_printf (" (%.1f MiB marked; %u connection%s)",
+                                                   disk->pass_dirty_bytes / 1048576.0, options.connections,
+                                                   options.connections == 1 ? "" : "s");
+      ferry_job_event (job, "info", "pass %u: copying the blocks of disk %s/%s changed since the last pass%s",
+                       cold->pass, disk->pool, disk->volume, marked);
+    }
   else if (disk->attempts == 1 && todo->len == n_chunks)
     ferry_job_event (job, "info", "copying disk %s/%s (%" G_GUINT64_FORMAT " MiB allocated of %"
                      G_GUINT64_FORMAT " MiB)", disk->pool, disk->volume, disk->allocated_bytes >> 20,
@@ -1249,7 +1263,7 @@ mig_cold_dst_prepare (FerryAgent *agent, JsonObject *request, const char *peer_a
 /* ---- warm passes ------------------------------------------------------------------------ */
 
 static const char *const pass_fields[] = { "pass", "final", "disks", NULL };
-static const char *const pass_disk_fields[] = { "index", "port", "export", "bitmap", NULL };
+static const char *const pass_disk_fields[] = { "index", "port", "export", "bitmap", "dirty_bytes", NULL };
 
 /* Export and bitmap names end up in NBD URIs and meta context names. */
 static gboolean
@@ -1285,7 +1299,7 @@ mig_warm_pass_parse (JsonObject *request, FerryWarmPass *pass, GError **error)
       JsonObject *entry = JSON_NODE_HOLDS_OBJECT (element) ? json_node_get_object (element) : NULL;
       FerryWarmPassDisk *disk = &pass->disks[i];
       g_autoptr (GError) local = NULL;
-      gint64 index = 0, port = 0;
+      gint64 index = 0, port = 0, dirty_bytes = -1;
       g_autofree char *export = NULL, *bitmap = NULL;
       if (entry == NULL)
         {
@@ -1296,7 +1310,8 @@ mig_warm_pass_parse (JsonObject *request, FerryWarmPass *pass, GError **error)
           || !ferry_json_get_int (entry, "index", TRUE, 0, FERRY_SPEC_MAX_DISKS - 1, &index, &local)
           || !ferry_json_get_int (entry, "port", TRUE, 1, 65535, &port, &local)
           || !ferry_json_get_string (entry, "export", TRUE, &export, &local)
-          || !ferry_json_get_string (entry, "bitmap", FALSE, &bitmap, &local))
+          || !ferry_json_get_string (entry, "bitmap", FALSE, &bitmap, &local)
+          || !ferry_json_get_int (entry, "dirty_bytes", FALSE, 0, G_MAXINT64, &dirty_bytes, &local))
         {
           g_set_error (error, FERRY_ERROR, local->code, "disks[%u].%s", i, local->message);
           return FALSE;
@@ -1319,6 +1334,7 @@ mig_warm_pass_parse (JsonObject *request, FerryWarmPass *pass, GError **error)
       g_strlcpy (disk->export_name, export, sizeof disk->export_name);
       if (bitmap != NULL)
         g_strlcpy (disk->bitmap, bitmap, sizeof disk->bitmap);
+      disk->dirty_bytes = bitmap != NULL ? dirty_bytes : -1;
       pass->n_disks++;
     }
   return TRUE;
@@ -1353,6 +1369,7 @@ apply_pass (FerryJob *job, JsonObject *request, GError **error)
       disk->export_name = g_strdup (pass.disks[i].export_name);
       g_free (disk->bitmap);
       disk->bitmap = pass.disks[i].bitmap[0] != '\0' ? g_strdup (pass.disks[i].bitmap) : NULL;
+      disk->pass_dirty_bytes = pass.disks[i].dirty_bytes;
       set_source_uri (cold, disk, cold->peer_address);
     }
   return TRUE;

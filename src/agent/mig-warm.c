@@ -56,6 +56,10 @@ typedef struct {
   char *path;
   gboolean persistent;        /* qcow2: bitmaps are kept in the image */
   guint64 virtual_size;
+  /* What the pass's bitmap marks, as QEMU counted it when the snapshot
+   * was taken: tells the destination how many connections are worth
+   * opening. -1 = not known (pass 1, or a restarted agent). */
+  gint64 pass_dirty_bytes;
 } WarmDisk;
 
 struct _WarmSrc {
@@ -148,6 +152,13 @@ export_name (guint disk)
   return g_strdup_printf ("disk%u", disk);
 }
 
+/* The guest's format node of a disk, as ferryd names it on the command line. */
+static char *
+disk_node_name (guint disk)
+{
+  return g_strdup_printf ("disk%u", disk);
+}
+
 /* ---- state ------------------------------------------------------------------------ */
 
 static void
@@ -196,6 +207,7 @@ mig_warm_src_new (FerryJob *job, const FerryWarmDisk *disks, guint n_disks)
       disk->path = g_strdup (disks[i].path);
       disk->persistent = g_strcmp0 (disks[i].format, "qcow2") == 0;
       disk->virtual_size = disks[i].virtual_size;
+      disk->pass_dirty_bytes = -1;
       g_ptr_array_add (warm->disks, disk);
     }
   warm->iterations = json_array_new ();
@@ -230,7 +242,7 @@ add_pass_removal (FerryJob *job, GArray *steps, guint first, guint last)
       WarmDisk *disk = g_ptr_array_index (warm->disks, i);
       g_autofree char *id = export_id (job, disk->index);
       g_autofree char *node = snapshot_node (job, warm->pass, disk->index);
-      g_autofree char *disk_node = g_strdup_printf ("disk%u", disk->index);
+      g_autofree char *disk_node = disk_node_name (disk->index);
       g_array_append_val (steps, ((FerryQmpStep) { "block-export-del", ferry_qmp_args_block_export_del (id), TRUE }));
       g_array_append_val (steps, ((FerryQmpStep) { "block-job-cancel",
                                                    ferry_qmp_args_block_job_cancel (node, TRUE), TRUE }));
@@ -497,6 +509,8 @@ post_pass (FerryJob *job)
         {
           g_autofree char *bitmap = bitmap_name (job, warm->pass - 1);
           json_object_set_string_member (entry, "bitmap", bitmap);
+          if (disk->pass_dirty_bytes >= 0)
+            json_object_set_int_member (entry, "dirty_bytes", disk->pass_dirty_bytes);
         }
       json_array_add_object_element (disks, entry);
     }
@@ -504,6 +518,30 @@ post_pass (FerryJob *job)
   g_autofree char *path = g_strdup_printf ("/v1/migrations/incoming/%s/pass", job->uuid);
   ferry_peer_request_repeatable_async (job->agent, job->peer_url, "POST", path, body, PEER_TIMEOUT_S, NULL,
                                        on_pass_posted, ferry_job_ref_new (job));
+}
+
+/* Bytes `bitmap` marks on the node `node_name` (any node when NULL) in a
+ * query-named-block-nodes reply; -1 when no such bitmap is there. */
+static gint64
+bitmap_count (JsonNode *nodes, const char *node_name, const char *bitmap)
+{
+  gint64 total = -1;
+  JsonArray *array = nodes && JSON_NODE_HOLDS_ARRAY (nodes) ? json_node_get_array (nodes) : NULL;
+  for (guint i = 0; array != NULL && i < json_array_get_length (array); i++)
+    {
+      JsonObject *node = json_array_get_object_element (array, i);
+      JsonNode *bitmaps = node ? json_object_get_member (node, "dirty-bitmaps") : NULL;
+      if (bitmaps == NULL || !JSON_NODE_HOLDS_ARRAY (bitmaps)
+          || (node_name != NULL && g_strcmp0 (ferry_json_object_string (node, "node-name"), node_name) != 0))
+        continue;
+      for (guint j = 0; j < json_array_get_length (json_node_get_array (bitmaps)); j++)
+        {
+          JsonObject *entry = json_array_get_object_element (json_node_get_array (bitmaps), j);
+          if (entry != NULL && g_strcmp0 (ferry_json_object_string (entry, "name"), bitmap) == 0)
+            total = MAX (total, 0) + ferry_json_object_int (entry, "count");
+        }
+    }
+  return total;
 }
 
 static void
@@ -529,6 +567,13 @@ on_snapshot_ready (GObject *source, GAsyncResult *result, gpointer user_data)
     {
       warm_fail (job, "pass %u: cannot snapshot the disks: %s", warm->pass, error->message);
       return;
+    }
+  g_autofree char *frozen = warm->pass > 1 ? bitmap_name (job, warm->pass - 1) : NULL;
+  for (guint i = 0; frozen != NULL && i < warm->disks->len; i++)
+    {
+      WarmDisk *disk = g_ptr_array_index (warm->disks, i);
+      g_autofree char *node = disk_node_name (disk->index);
+      disk->pass_dirty_bytes = bitmap_count (reply, node, frozen);
     }
   warm->pass_running = TRUE;
   warm->pass_started_us = g_get_real_time ();
@@ -608,7 +653,7 @@ pass_begin (FerryJob *job, gboolean final)
           return;
         }
       char *node = snapshot_node (job, pass, disk->index);
-      char *disk_node = g_strdup_printf ("disk%u", disk->index);
+      char *disk_node = disk_node_name (disk->index);
       char *file = snapshot_file (job, pass, disk->index);
       char *new_bitmap = final ? NULL : bitmap_name (job, pass);
       char *old_bitmap = pass > 1 ? bitmap_name (job, pass - 1) : NULL;
@@ -631,6 +676,14 @@ pass_begin (FerryJob *job, gboolean final)
       g_array_append_val (steps, ((FerryQmpStep) {
         "block-export-add", ferry_qmp_args_block_export_add_snapshot (id, snapshots[i].snapshot_node, name,
                                                                      snapshots[i].node, snapshots[i].old_bitmap) }));
+    }
+  /* Last, so the sequence completes with it: what each frozen bitmap
+   * marks (read only; without it the destination just does not know). */
+  if (pass > 1)
+    {
+      JsonObject *flat = json_object_new ();
+      json_object_set_boolean_member (flat, "flat", TRUE);
+      g_array_append_val (steps, ((FerryQmpStep) { "query-named-block-nodes", flat, .ignore_error = TRUE }));
     }
   /* Persisted first: a restarted agent knows which names may exist. */
   warm->pass = pass;
@@ -921,24 +974,8 @@ static void cutover_shut_down (FerryJob *job);
 static gint64
 dirty_bytes (FerryJob *job, JsonNode *nodes)
 {
-  WarmSrc *warm = warm_of (job);
-  g_autofree char *recording = bitmap_name (job, warm->pass);
-  gint64 total = 0;
-  JsonArray *array = nodes && JSON_NODE_HOLDS_ARRAY (nodes) ? json_node_get_array (nodes) : NULL;
-  for (guint i = 0; array != NULL && i < json_array_get_length (array); i++)
-    {
-      JsonObject *node = json_array_get_object_element (array, i);
-      JsonNode *bitmaps = node ? json_object_get_member (node, "dirty-bitmaps") : NULL;
-      if (bitmaps == NULL || !JSON_NODE_HOLDS_ARRAY (bitmaps))
-        continue;
-      for (guint j = 0; j < json_array_get_length (json_node_get_array (bitmaps)); j++)
-        {
-          JsonObject *bitmap = json_array_get_object_element (json_node_get_array (bitmaps), j);
-          if (bitmap != NULL && g_strcmp0 (ferry_json_object_string (bitmap, "name"), recording) == 0)
-            total += ferry_json_object_int (bitmap, "count");
-        }
-    }
-  return total;
+  g_autofree char *recording = bitmap_name (job, warm_of (job)->pass);
+  return MAX (bitmap_count (nodes, NULL, recording), 0);
 }
 
 static void

@@ -133,6 +133,12 @@ gboolean ferry_nbd_uri_size (const char *uri, guint64 *size, GError **error);
 gboolean ferry_nbd_chunk_digests (const char *uri, const guint64 *indexes, guint n_indexes,
                                   char *digests, GCancellable *cancellable, GError **error);
 
+/* Connections worth opening for a delta whose bitmap marks dirty_bytes:
+ * enough for the chunks that much contiguous data spans (a worker keeps
+ * taking chunks, so scattered changes are still all copied), at least
+ * one, which scans the bitmap. */
+guint ferry_copy_connections_for_delta (guint64 dirty_bytes);
+
 /* Number of chunks of a disk of `size` bytes. */
 guint64 ferry_copy_chunk_count (guint64 size);
 

@@ -188,6 +188,14 @@ def test():
     assert final["final"] and final["bytes_copied"] < 16 * MiB, final
     assert 0 < downtime_ms < 120000, downtime_ms
 
+    # The root disk is left alone by the guest: each pass scanned its
+    # bitmap on one connection, while the log disk got more.
+    incoming = [e["message"] for e in job(b, "vm1", completed=True)["events"]]
+    root_passes = [m for m in incoming if "vm1-root.qcow2 changed since the last pass" in m]
+    log_passes = [m for m in incoming if "vm1-log changed since the last pass" in m]
+    assert len(root_passes) >= 3 and all("(0.0 MiB marked; 1 connection)" in m for m in root_passes), root_passes
+    assert log_passes and all(re.search(r"MiB marked; [2-8] connections\)", m) for m in log_passes), log_passes
+
     log("hostb runs the VM from the copied disks; every durable record is there")
     last_durable = durable_seq(a.console("vm1"))
     assert last_durable > 50, f"the writer reported too little: {last_durable}"

@@ -252,7 +252,11 @@ test_delta_copies_dirty_blocks (Fixture *f, gconstpointer data)
   f->source_export = export_bitmap (f, f->source_image, "qcow2", TRUE, "since-full");
   g_free (f->source_uri);
   f->source_uri = ferry_nbd_export_uri (f->source_export, "127.0.0.1", f->qemu_tls);
-  FerryNbdCopyOptions options = { .dirty_bitmap = "since-full" };
+  /* As many connections as the source's count asks for (two, for three
+   * scattered dirty chunks): a worker takes chunk after chunk. */
+  FerryNbdCopyOptions options = { .dirty_bitmap = "since-full",
+                                  .connections = ferry_copy_connections_for_delta (2 * 64 * 1024 + 1024 * 1024) };
+  g_assert_cmpuint (options.connections, ==, 2);
   g_autoptr (FerryNbdCopy) delta = ferry_nbd_copy_new (f->source_uri, f->destination_uri, &options);
   Seen seen = { .indexes = g_array_new (FALSE, FALSE, sizeof (guint64)),
                 .digests = g_ptr_array_new_with_free_func (g_free) };
@@ -291,6 +295,18 @@ test_delta_copies_dirty_blocks (Fixture *f, gconstpointer data)
   g_autoptr (FerryNbdCopy) wrong = ferry_nbd_copy_new (f->source_uri, f->destination_uri, &missing);
   g_assert_false (ferry_nbd_copy_run (wrong, NULL, &error));
   g_assert_nonnull (strstr (error->message, "no-such-bitmap"));
+}
+
+static void
+test_connections_for_delta (void)
+{
+  const guint64 chunk = FERRY_COPY_CHUNK_BYTES;
+  g_assert_cmpuint (ferry_copy_connections_for_delta (0), ==, 1);          /* to scan the bitmap */
+  g_assert_cmpuint (ferry_copy_connections_for_delta (1), ==, 2);
+  g_assert_cmpuint (ferry_copy_connections_for_delta (chunk), ==, 2);
+  g_assert_cmpuint (ferry_copy_connections_for_delta (chunk + 1), ==, 3);
+  g_assert_cmpuint (ferry_copy_connections_for_delta (57 * 1024 * 1024), ==, 5);
+  g_assert_cmpuint (ferry_copy_connections_for_delta (1ULL << 40), ==, 8);
 }
 
 static void
@@ -371,6 +387,7 @@ main (int argc, char **argv)
               test_copy_sparse_identical, fixture_tear_down);
   g_test_add ("/nbd-copy/qcow2-to-raw", Fixture, "raw", fixture_set_up,
               test_copy_sparse_identical, fixture_tear_down);
+  g_test_add_func ("/nbd-copy/connections-for-delta", test_connections_for_delta);
   g_test_add ("/nbd-copy/delta", Fixture, NULL, fixture_set_up, test_delta_copies_dirty_blocks,
               fixture_tear_down);
   g_test_add ("/nbd-copy/resume", Fixture, NULL, fixture_set_up, test_resume_copies_only_selected,
