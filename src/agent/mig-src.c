@@ -154,6 +154,29 @@ mig_src_rollback (FerryJob *job, const char *reason)
     }
   stop_timers (job);
   ferry_job_transition (job, FERRY_JOB_CANCELLING, reason);
+  gboolean resume = job->options.live && vm != NULL && vm->qmp != NULL;
+  if (resume)
+    {
+      /* QEMU resumes a guest itself when pre-copy fails, but not after a
+       * completed stream whose destination then failed (postmigrate):
+       * cont re-activates the disks and resumes. migrate_cancel is
+       * harmless when nothing runs. It goes first: QEMU runs a monitor's
+       * commands in order, so the memory stream is stopped before any
+       * disk mirror is cancelled below. */
+      FerryQmpStep steps[] = {
+        { "migrate_cancel", NULL, TRUE },
+        { "cont", NULL, TRUE },
+        { "query-status", NULL },
+      };
+      guint n = G_N_ELEMENTS (steps);
+      if (g_strcmp0 (vm->qemu_status, "paused") == 0)
+        {
+          /* A guest paused by its owner before the migration stays paused. */
+          steps[1] = steps[2];
+          n = 2;
+        }
+      ferry_qmp_run_steps_async (vm->qmp, steps, n, NULL, on_rollback_resumed, ferry_job_ref_new (job));
+    }
   /* With disk mirrors, the destination is told once they are torn down
    * (mig_src_storage_released); the guest is resumed meanwhile. */
   job->rollback_waits_for_storage = TRUE;
@@ -162,31 +185,11 @@ mig_src_rollback (FerryJob *job, const char *reason)
       job->rollback_waits_for_storage = FALSE;
       release_destination (job);
     }
-  if (!job->options.live || vm == NULL || vm->qmp == NULL)
+  if (!resume)
     {
       job->rollback_guest_settled = TRUE;
       rollback_finish_when_done (job);
-      return;
     }
-  /* QEMU resumes a guest itself when pre-copy fails, but not after a
-   * completed stream whose destination then failed (postmigrate): cont
-   * re-activates the disks and resumes. migrate_cancel is harmless when
-   * nothing runs. */
-  FerryQmpStep steps[] = {
-    { "migrate_cancel", NULL, TRUE },
-    { "cont", NULL, TRUE },
-    { "query-status", NULL },
-  };
-  gboolean was_running = g_strcmp0 (vm->qemu_status, "paused") != 0;
-  FerryQmpStep *first = steps;
-  guint n = G_N_ELEMENTS (steps);
-  if (!was_running)
-    {
-      /* A guest paused by its owner before the migration stays paused. */
-      steps[1] = steps[2];
-      n = 2;
-    }
-  ferry_qmp_run_steps_async (vm->qmp, first, n, NULL, on_rollback_resumed, ferry_job_ref_new (job));
 }
 
 /* ---- confirm ---------------------------------------------------------------- */
@@ -762,6 +765,19 @@ report_setup_stall (FerryJob *job, JsonObject *stats)
                      "the sync takes milliseconds)", setup_ms / 1000.0);
 }
 
+/* Auto-converge's throttle, said each time QEMU raises it: the guest's
+ * vCPUs run that much slower until the stream ends. */
+static void
+report_throttle (FerryJob *job, JsonObject *stats)
+{
+  gint64 percent = ferry_json_object_int (stats, "cpu-throttle-percentage");
+  if (percent <= job->throttle_percent)
+    return;
+  job->throttle_percent = percent;
+  ferry_job_event (job, "info", "pre-copy is not converging: QEMU slows the guest's vCPUs by %" G_GINT64_FORMAT
+                   " %% (auto-converge)", percent);
+}
+
 static void
 on_progress (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -774,12 +790,17 @@ on_progress (GObject *source, GAsyncResult *result, gpointer user_data)
   JsonObject *stats = json_node_get_object (reply);
   update_stats (job, stats);
   report_setup_stall (job, stats);
+  report_throttle (job, stats);
 
   const char *status = ferry_json_object_string (stats, "status");
   if (status == NULL || (job->state != FERRY_JOB_PERFORMING && job->state != FERRY_JOB_POSTCOPY))
     return;
   if (g_str_equal (status, "completed"))
     {
+      /* Both a MIGRATION event's query and the poll timer's may say so. */
+      if (job->stream_completed)
+        return;
+      job->stream_completed = TRUE;
       JsonObject *ram = json_object_get_object_member (stats, "ram");
       ferry_job_event (job, "info", "stream completed: %" G_GINT64_FORMAT " ms total, %"
                        G_GINT64_FORMAT " ms downtime, %" G_GINT64_FORMAT " bytes",
@@ -789,7 +810,6 @@ on_progress (GObject *source, GAsyncResult *result, gpointer user_data)
       if (job->state == FERRY_JOB_POSTCOPY)
         {
           stop_timers (job);
-          job->stream_completed = TRUE;
           /* A short post-copy can end before the destination has answered
            * that it resumed the guest: confirm only once both are true. */
           if (job->postcopy_dest_running)

@@ -59,6 +59,7 @@ typedef struct {
   gboolean removing_nodes;
   guint poll_timer;
   guint teardown_timer;
+  guint removal_timer;      /* rollback: ended mirrors' nodes go when it fires */
   gint64 written_before;    /* wr_bytes sum at the start of the sample */
   gint64 ready_us;
   gint64 started_us;
@@ -236,19 +237,58 @@ on_teardown_timeout (gpointer user_data)
   return G_SOURCE_REMOVE;
 }
 
+static void schedule_removal (FerryVm *vm, gint64 job_id, guint index, gboolean node_too);
+
 static void
 on_teardown_nodes_removed (GObject *source, GAsyncResult *result, gpointer user_data)
 {
   g_autofree FerryJobRef *ref = user_data;
   g_autoptr (JsonNode) reply = ferry_qmp_run_steps_finish (result, NULL);
   FerryJob *job = ferry_job_ref_get (ref);
-  if (job != NULL)
-    teardown_done (job);
+  if (job == NULL)
+    return;
+  /* The TLS object a little later again, as after a completed mirror. */
+  FerryVm *vm = ferry_job_vm (job);
+  if (vm != NULL)
+    schedule_removal (vm, job->id, 0, FALSE);
+  teardown_done (job);
 }
 
-/* Once every mirror has ended: its job, its NBD client node and the TLS
- * object go. Errors are expected and ignored (a mirror that never
- * started has no node; QEMU dismissed the job itself). */
+/* The ended mirrors' jobs and NBD client nodes go REMOVAL_DELAY_S after
+ * the last one ended: deleting a node the moment its write-blocking
+ * mirror was force-cancelled killed QEMU 7.2 with a corrupted heap, in
+ * CI and in test_live_storage's abort while mirroring (the reaper's
+ * removals were already delayed; this path was not). */
+static gboolean
+on_teardown_removal_due (gpointer user_data)
+{
+  FerryJob *job = ferry_job_ref_get (user_data);
+  Storage *storage = job ? storage_of (job) : NULL;
+  FerryVm *vm = job ? ferry_job_vm (job) : NULL;
+  if (storage == NULL)
+    return G_SOURCE_REMOVE;
+  storage->removal_timer = 0;
+  if (vm == NULL || vm->qmp == NULL)
+    {
+      teardown_done (job);
+      return G_SOURCE_REMOVE;
+    }
+  g_autofree FerryQmpStep *steps = g_new0 (FerryQmpStep, 2 * storage->mirrors->len);
+  guint n = 0;
+  for (guint i = 0; i < storage->mirrors->len; i++)
+    {
+      Mirror *mirror = g_ptr_array_index (storage->mirrors, i);
+      steps[n++] = (FerryQmpStep) { "job-dismiss", ferry_qmp_args_id ("id", mirror->job_id), TRUE };
+      steps[n++] = (FerryQmpStep) { "blockdev-del", ferry_qmp_args_id ("node-name", mirror->target), TRUE };
+    }
+  ferry_qmp_run_steps_async (vm->qmp, steps, n, NULL, on_teardown_nodes_removed, ferry_job_ref_new (job));
+  return G_SOURCE_REMOVE;
+}
+
+/* Once every mirror has ended: its job and NBD client node go (after
+ * REMOVAL_DELAY_S), then the destination is told, then the TLS object
+ * goes. Errors are expected and ignored (a mirror that never started has
+ * no node; QEMU dismissed the job itself). */
 static void
 teardown_continue (FerryJob *job)
 {
@@ -265,17 +305,10 @@ teardown_continue (FerryJob *job)
       return;
     }
   storage->removing_nodes = TRUE;
-  g_autofree FerryQmpStep *steps = g_new0 (FerryQmpStep, 2 * storage->mirrors->len + 1);
-  guint n = 0;
-  for (guint i = 0; i < storage->mirrors->len; i++)
-    {
-      Mirror *mirror = g_ptr_array_index (storage->mirrors, i);
-      steps[n++] = (FerryQmpStep) { "job-dismiss", ferry_qmp_args_id ("id", mirror->job_id), TRUE };
-      steps[n++] = (FerryQmpStep) { "blockdev-del", ferry_qmp_args_id ("node-name", mirror->target), TRUE };
-    }
-  g_autofree char *creds = g_strdup_printf (MIRROR_CREDS_FORMAT, job->id);
-  steps[n++] = (FerryQmpStep) { "object-del", ferry_qmp_args_id ("id", creds), TRUE };
-  ferry_qmp_run_steps_async (vm->qmp, steps, n, NULL, on_teardown_nodes_removed, ferry_job_ref_new (job));
+  /* Every mirror ended: the rest is bounded by our own delay. */
+  g_clear_handle_id (&storage->teardown_timer, g_source_remove);
+  storage->removal_timer = g_timeout_add_seconds_full (G_PRIORITY_DEFAULT, REMOVAL_DELAY_S, on_teardown_removal_due,
+                                                       ferry_job_ref_new (job), g_free);
 }
 
 typedef struct {

@@ -144,6 +144,11 @@ def test():
     chosen = [e["message"] for e in info.get("events", []) if "copy mode" in e.get("message", "")]
     log(f"decision: {chosen}")
     assert chosen and "write-blocking" in chosen[-1], info.get("events")
+    # The mirror shares the link with the memory stream: strategy auto
+    # keeps auto-converge on so that pre-copy finishes (QEMU throttles only
+    # when a pass does not shrink what is left).
+    capabilities = [e["message"] for e in info.get("events", []) if "QEMU capabilities on" in e.get("message", "")]
+    assert capabilities and "auto-converge" in capabilities[-1], capabilities
     number, seen_boot = wait_for_ticks(a, "vm2", beyond=0)
     assert seen_boot == boot, f"the guest rebooted: {seen_boot} != {boot}"
     last_durable = durable_seq(b.console("vm2"))
