@@ -279,6 +279,10 @@ def run_migration(cluster, tool, source, destination, vm, scenario, link, tick, 
     record["strategy"] = plan.get("strategy")
     record["plan_reason"] = plan.get("reason")
     record["plan_predicted_total_s"] = number(plan.get("prediction", {}).get("total_s"))
+    revised = stats.get("ferry-revised") or (last_ram_stats or {}).get("ferry-revised") or {}
+    record["revised_total_s"] = number(revised.get("prediction", {}).get("total_s"))
+    record["revised_downtime_ms"] = number(revised.get("prediction", {}).get("downtime_ms"))
+    record["revised_sync_us_per_page"] = number(revised.get("sync_us_per_page"))
     record["postcopy_after_s"] = number(plan.get("options", {}).get("postcopy_after_s")) \
         if plan.get("options", {}).get("postcopy") else None
     record["qemu_capabilities"] = stats.get("ferry-qemu-capabilities")
@@ -356,6 +360,9 @@ def evaluate(record):
     else:
         record["prediction_error"] = None
         checks["prediction_within_25pct"] = None
+    revised = record.get("revised_total_s")
+    record["revised_error"] = round((revised - total_s) / total_s, 3) \
+        if revised is not None and record["finished"] and total_s else None
     checks["finished_within_cap"] = record["finished"] and total_s is not None and total_s <= CAP_S
     record["checks"] = checks
 
@@ -715,6 +722,16 @@ def notes(runs):
                  "predicted " + ", ".join(f"{r['scenario']}/{r['link']} {fmt(r['plan_predicted_total_s'], '{:.1f}')} s "
                                           f"(estimate {r['predicted_total_s']:.1f} s)" for r in pred) + ".")
         out.append(text)
+    revised = [r for r in runs if r["tool"] == "ferry-auto" and r.get("revised_error") is not None]
+    if revised:
+        close = [r for r in revised if abs(r["revised_error"]) <= TARGET_PREDICTION_ERROR]
+        out.append(
+            f"- **Revised after QEMU's set-up** (the job's `ferry-revised`: the plan again with the sync cost per "
+            f"page that set-up showed): within ±25 % of the actual total in {len(close)}/{len(revised)} runs: "
+            + ", ".join(f"{r['scenario']}/{r['link']} {r['revised_total_s']:.1f} s against {fmt_s(r['total_ms'])} s "
+                        f"({r['revised_error']:+.0%}; {fmt(r.get('revised_sync_us_per_page'), '{:.0f}')} µs a page, "
+                        f"stop {fmt(r.get('revised_downtime_ms'), '{:.0f}')} ms against {fmt(r.get('downtime_ms'), '{:.0f}')})"
+                        for r in revised) + ".")
     out += [
         "",
         "Caveats:",

@@ -297,6 +297,7 @@ struct _FerryJob {
   gboolean postcopy_requested;
   gboolean setup_reported;   /* QEMU's set-up length said (report_setup_stall) */
   gint64 throttle_percent;   /* auto-converge's last throttle said (report_throttle) */
+  double revised_total_s;    /* strategy auto's prediction after QEMU's set-up; 0 = none */
   gboolean postcopy_dest_running; /* destination confirmed it resumed the guest */
   gboolean stream_completed;      /* QEMU reported "completed" */
   gboolean restored_check_logged; /* restarted in post-copy: asking the destination */

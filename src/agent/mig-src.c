@@ -7,6 +7,7 @@
  * guest here and asks the destination to remove what it created.
  */
 #include "agent.h"
+#include "strategy.h"
 
 #include "jsonutil.h"
 
@@ -68,7 +69,12 @@ update_stats (FerryJob *job, JsonObject *snapshot)
   double rate = json_object_has_member (ram, "mbps") ? json_object_get_double_member (ram, "mbps") * 1e6 / 8 : 0;
   double share = transferred + remaining > 0 ? transferred / (transferred + remaining) : 0;
   double low = job->state == FERRY_JOB_POSTCOPY ? 50 : 5;
-  ferry_job_set_progress (job, low + share * (95 - low), rate > 0 ? remaining / rate : -1);
+  double eta_s = rate > 0 ? remaining / rate : -1;
+  /* Before the switch, what is left at the current rate ignores the
+   * passes and syncs still to come; the revised prediction counts them. */
+  if (job->state == FERRY_JOB_PERFORMING && job->revised_total_s > 0 && job->perform_started_us > 0)
+    eta_s = MAX (eta_s, job->revised_total_s - (g_get_monotonic_time () - job->perform_started_us) / 1e6);
+  ferry_job_set_progress (job, low + share * (95 - low), eta_s);
 }
 
 /* ---- rollback ------------------------------------------------------------- */
@@ -746,6 +752,35 @@ check_watchdogs (FerryJob *job, JsonObject *stats)
   mig_src_rollback (job, reason);
 }
 
+/* Strategy auto's prediction again, with the dirty-bitmap sync's cost per
+ * page that QEMU's set-up just showed (strategy.h): said as an event, kept
+ * in the stats (ferry-revised) and used for the ETA. */
+static void
+revise_plan (FerryJob *job, JsonObject *stats, gint64 setup_ms)
+{
+  JsonNode *plan = json_object_get_member (stats, "ferry-plan");
+  g_autoptr (JsonObject) revised = plan && JSON_NODE_HOLDS_OBJECT (plan)
+                                     ? ferry_plan_revise (json_node_get_object (plan), setup_ms) : NULL;
+  if (revised == NULL)
+    return;
+  JsonObject *prediction = json_object_get_object_member (revised, "prediction");
+  JsonObject *measured = json_object_get_object_member (json_node_get_object (plan), "measured");
+  if (json_object_has_member (prediction, "total_s"))
+    {
+      job->revised_total_s = json_object_get_double_member (prediction, "total_s");
+      ferry_job_event (job, "info", "revised after QEMU's set-up (%.1f s, %.0f µs a page where the plan assumed "
+                       "%.0f): %.1f s total, %.0f ms downtime", setup_ms / 1000.0,
+                       json_object_get_double_member (revised, "sync_us_per_page"),
+                       json_object_get_double_member_with_default (measured, "sync_us_per_page", 0),
+                       job->revised_total_s, json_object_get_double_member (prediction, "downtime_ms"));
+    }
+  else
+    ferry_job_event (job, "warning", "revised after QEMU's set-up (%.1f s, %.0f µs a page): pre-copy alone does "
+                     "not converge at that cost", setup_ms / 1000.0,
+                     json_object_get_double_member (revised, "sync_us_per_page"));
+  json_object_set_object_member (job->stats, "ferry-revised", g_steal_pointer (&revised));
+}
+
 /* Under TCG with the lost-dirty-page padding (agent.h), QEMU's set-up
  * sync of a busy guest holds QEMU's big lock for seconds: no timer
  * interrupt and no device I/O reaches the guest meanwhile, while a vCPU
@@ -763,6 +798,7 @@ report_setup_stall (FerryJob *job, JsonObject *stats)
     ferry_job_event (job, "warning", "QEMU's set-up took %.1f s; under TCG its dirty-bitmap sync holds QEMU's "
                      "lock that long, so the guest's timers and device I/O stood still meanwhile (under KVM "
                      "the sync takes milliseconds)", setup_ms / 1000.0);
+  revise_plan (job, stats, setup_ms);
 }
 
 /* Auto-converge's throttle, said each time QEMU raises it: the guest's

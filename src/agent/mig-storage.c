@@ -60,6 +60,7 @@ typedef struct {
   guint poll_timer;
   guint teardown_timer;
   guint removal_timer;      /* rollback: ended mirrors' nodes go when it fires */
+  guint removal_attempts;
   gint64 written_before;    /* wr_bytes sum at the start of the sample */
   gint64 ready_us;
   gint64 started_us;
@@ -238,27 +239,70 @@ on_teardown_timeout (gpointer user_data)
 }
 
 static void schedule_removal (FerryVm *vm, gint64 job_id, guint index, gboolean node_too);
+static gboolean parse_mirror_name (const char *name, gboolean node, gint64 *job_id, guint *index);
 
+#define REMOVAL_ATTEMPTS 10
+
+static gboolean on_teardown_removal_due (gpointer user_data);
+
+/* The destination may go only once none of this job's NBD client nodes is
+ * left in QEMU: a client whose server vanishes is what QEMU 7.2 died of
+ * (below). A node still there is removed again, a second later. */
 static void
-on_teardown_nodes_removed (GObject *source, GAsyncResult *result, gpointer user_data)
+on_teardown_nodes_checked (GObject *source, GAsyncResult *result, gpointer user_data)
 {
   g_autofree FerryJobRef *ref = user_data;
-  g_autoptr (JsonNode) reply = ferry_qmp_run_steps_finish (result, NULL);
+  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, NULL);
   FerryJob *job = ferry_job_ref_get (ref);
-  if (job == NULL)
+  Storage *storage = job ? storage_of (job) : NULL;
+  FerryVm *vm = job ? ferry_job_vm (job) : NULL;
+  if (storage == NULL)
     return;
+  JsonArray *nodes = reply && JSON_NODE_HOLDS_ARRAY (reply) ? json_node_get_array (reply) : NULL;
+  g_autoptr (GString) left = g_string_new (NULL);
+  for (guint i = 0; nodes != NULL && i < json_array_get_length (nodes); i++)
+    {
+      JsonObject *node = json_array_get_object_element (nodes, i);
+      const char *name = node ? ferry_json_object_string (node, "node-name") : NULL;
+      gint64 job_id = 0;
+      guint index = 0;
+      if (parse_mirror_name (name, TRUE, &job_id, &index) && job_id == job->id)
+        g_string_append_printf (left, "%s%s", left->len ? ", " : "", name);
+    }
+  if (left->len > 0 && vm != NULL && vm->qmp != NULL && ++storage->removal_attempts < REMOVAL_ATTEMPTS)
+    {
+      ferry_job_event (job, "warning", "mirror node(s) %s still in QEMU after their removal; again in 1 s "
+                       "(the destination waits)", left->str);
+      storage->removal_timer = g_timeout_add_full (G_PRIORITY_DEFAULT, 1000, on_teardown_removal_due,
+                                                   ferry_job_ref_new (job), g_free);
+      return;
+    }
+  if (left->len > 0)
+    ferry_job_event (job, "warning", "mirror node(s) %s still in QEMU after %u removals; telling the "
+                     "destination anyway", left->str, REMOVAL_ATTEMPTS);
   /* The TLS object a little later again, as after a completed mirror. */
-  FerryVm *vm = ferry_job_vm (job);
   if (vm != NULL)
     schedule_removal (vm, job->id, 0, FALSE);
   teardown_done (job);
+}
+
+/* Says why QEMU refused a removal (the node stays, and is tried again). */
+static void
+on_teardown_command_done (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree char *what = user_data;
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
+  if (reply == NULL)
+    g_info ("%s: %s", what, error->message);
 }
 
 /* The ended mirrors' jobs and NBD client nodes go REMOVAL_DELAY_S after
  * the last one ended: deleting a node the moment its write-blocking
  * mirror was force-cancelled killed QEMU 7.2 with a corrupted heap, in
  * CI and in test_live_storage's abort while mirroring (the reaper's
- * removals were already delayed; this path was not). */
+ * removals were already delayed; this path was not). QEMU runs a
+ * monitor's commands in order, so the node query sees the removals done. */
 static gboolean
 on_teardown_removal_due (gpointer user_data)
 {
@@ -273,15 +317,20 @@ on_teardown_removal_due (gpointer user_data)
       teardown_done (job);
       return G_SOURCE_REMOVE;
     }
-  g_autofree FerryQmpStep *steps = g_new0 (FerryQmpStep, 2 * storage->mirrors->len);
-  guint n = 0;
   for (guint i = 0; i < storage->mirrors->len; i++)
     {
       Mirror *mirror = g_ptr_array_index (storage->mirrors, i);
-      steps[n++] = (FerryQmpStep) { "job-dismiss", ferry_qmp_args_id ("id", mirror->job_id), TRUE };
-      steps[n++] = (FerryQmpStep) { "blockdev-del", ferry_qmp_args_id ("node-name", mirror->target), TRUE };
+      g_autoptr (JsonObject) dismiss = ferry_qmp_args_id ("id", mirror->job_id);
+      g_autoptr (JsonObject) del = ferry_qmp_args_id ("node-name", mirror->target);
+      ferry_qmp_execute_async (vm->qmp, "job-dismiss", dismiss, NULL, on_teardown_command_done,
+                               g_strdup_printf ("vm %s: job-dismiss %s", vm->name, mirror->job_id));
+      ferry_qmp_execute_async (vm->qmp, "blockdev-del", del, NULL, on_teardown_command_done,
+                               g_strdup_printf ("vm %s: blockdev-del %s", vm->name, mirror->target));
     }
-  ferry_qmp_run_steps_async (vm->qmp, steps, n, NULL, on_teardown_nodes_removed, ferry_job_ref_new (job));
+  g_autoptr (JsonObject) flat = json_object_new ();
+  json_object_set_boolean_member (flat, "flat", TRUE);
+  ferry_qmp_execute_async (vm->qmp, "query-named-block-nodes", flat, NULL, on_teardown_nodes_checked,
+                           ferry_job_ref_new (job));
   return G_SOURCE_REMOVE;
 }
 

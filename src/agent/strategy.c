@@ -184,6 +184,40 @@ prediction_json (const FerryPrediction *prediction)
   return json;
 }
 
+JsonObject *
+ferry_plan_revise (JsonObject *plan, gint64 setup_ms)
+{
+  JsonNode *measured_node = plan ? json_object_get_member (plan, "measured") : NULL;
+  JsonNode *options_node = plan ? json_object_get_member (plan, "options") : NULL;
+  if (measured_node == NULL || !JSON_NODE_HOLDS_OBJECT (measured_node) || setup_ms <= 0)
+    return NULL;
+  JsonObject *measured = json_node_get_object (measured_node);
+  JsonObject *options = options_node && JSON_NODE_HOLDS_OBJECT (options_node)
+                          ? json_node_get_object (options_node) : NULL;
+  FerryPlanInputs inputs = {
+    .ram_bytes = ferry_json_object_int (measured, "ram_bytes"),
+    .resident_bytes = ferry_json_object_int (measured, "resident_bytes"),
+    .dirty_bytes_per_s = json_object_get_double_member_with_default (measured, "dirty_mib_s", 0) * 1048576.0,
+    .link_bytes_per_s = json_object_get_double_member_with_default (measured, "link_mib_s", 0) * 1048576.0,
+    .downtime_limit_ms = ferry_json_object_int (measured, "downtime_limit_ms"),
+    .max_passes = 30,
+  };
+  if (inputs.ram_bytes <= 0 || inputs.link_bytes_per_s <= 0)
+    return NULL;
+  inputs.sync_s_per_page = MAX (0.0, setup_ms / 1000.0 - SETUP_S) / (inputs.ram_bytes / PAGE_BYTES);
+  gint64 switch_at_pass = options ? ferry_json_object_int (options, "postcopy_at_pass") : 0;
+  FerryPrediction revised;
+  if (switch_at_pass > 0)
+    ferry_predict_postcopy (&inputs, switch_at_pass, &revised);
+  else
+    ferry_predict_precopy (&inputs, &revised);
+  JsonObject *json = json_object_new ();
+  json_object_set_double_member (json, "sync_us_per_page", inputs.sync_s_per_page * 1e6);
+  json_object_set_int_member (json, "setup_ms", setup_ms);
+  json_object_set_object_member (json, "prediction", prediction_json (&revised));
+  return json;
+}
+
 /* Adds a clause to the plan's reason. */
 static void G_GNUC_PRINTF (2, 3)
 reason_append (char **reason, const char *format, ...)

@@ -110,6 +110,19 @@ ferry_print_job (JsonObject *job)
                  json_object_get_double_member (prediction, "total_s"),
                  json_object_get_double_member (prediction, "downtime_ms"));
     }
+  JsonObject *revised = member_object (stats, "ferry-revised");
+  JsonObject *revised_prediction = revised ? member_object (revised, "prediction") : NULL;
+  if (revised_prediction != NULL)
+    {
+      if (json_object_has_member (revised_prediction, "total_s"))
+        g_print ("%-20s %.1f s total, %.0f ms downtime (after QEMU's set-up: %.0f µs a page)\n", "Revised:",
+                 json_object_get_double_member (revised_prediction, "total_s"),
+                 json_object_get_double_member (revised_prediction, "downtime_ms"),
+                 json_object_get_double_member_with_default (revised, "sync_us_per_page", 0));
+      else
+        g_print ("%-20s pre-copy does not converge (after QEMU's set-up: %.0f µs a page)\n", "Revised:",
+                 json_object_get_double_member_with_default (revised, "sync_us_per_page", 0));
+    }
   if (ram != NULL)
     {
       gint64 transferred = ferry_json_object_int (ram, "transferred");

@@ -145,6 +145,15 @@ def test():
         # (the plan) and after (the measured length).
         assert plan["setup_stall_s"] > 0.3 and "set-up will hold the guest's timers" in plan["reason"], plan
         assert any("QEMU's set-up took" in m and "stood still" in m for m in messages), messages
+    # Once QEMU's set-up is done the plan is walked again with the sync
+    # cost it showed: post-copy still, and the revised total is no longer
+    # than the migration (QEMU's total-time) by much.
+    revised = info["stats"]["ferry-revised"]
+    log(f"revised after set-up: {revised}")
+    assert revised["setup_ms"] == info["stats"]["setup-time"], (revised, info["stats"]["setup-time"])
+    assert any(m.startswith("revised after QEMU's set-up") for m in messages), messages
+    actual_s = info["stats"]["total-time"] / 1000
+    assert 0.5 * actual_s <= revised["prediction"]["total_s"] <= 2 * actual_s, (revised, actual_s)
     wait_for_ticks(b, "busy", beyond=busy_tick, boot_id=busy_boot)
 
 
