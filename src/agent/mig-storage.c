@@ -298,10 +298,12 @@ on_teardown_command_done (GObject *source, GAsyncResult *result, gpointer user_d
 }
 
 /* The ended mirrors' jobs and NBD client nodes go REMOVAL_DELAY_S after
- * the last one ended: deleting a node the moment its write-blocking
- * mirror was force-cancelled killed QEMU 7.2 with a corrupted heap, in
- * CI and in test_live_storage's abort while mirroring (the reaper's
- * removals were already delayed; this path was not). QEMU runs a
+ * the last one ended, as the reaper's do: QEMU 7.2 died of a corrupted
+ * heap when they went the moment a write-blocking mirror was
+ * force-cancelled (CI, and a completion timeout's rollback here). With
+ * the delay alone it died once more in CI, 180 ms after the destination
+ * went, where the removals' errors were not looked at: hence the check
+ * (on_teardown_nodes_checked) before the destination is told. QEMU runs a
  * monitor's commands in order, so the node query sees the removals done. */
 static gboolean
 on_teardown_removal_due (gpointer user_data)
