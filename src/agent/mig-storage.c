@@ -286,17 +286,6 @@ on_teardown_nodes_checked (GObject *source, GAsyncResult *result, gpointer user_
   teardown_done (job);
 }
 
-/* Says why QEMU refused a removal (the node stays, and is tried again). */
-static void
-on_teardown_command_done (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  g_autofree char *what = user_data;
-  g_autoptr (GError) error = NULL;
-  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
-  if (reply == NULL)
-    g_info ("%s: %s", what, error->message);
-}
-
 /* The ended mirrors' jobs and NBD client nodes go REMOVAL_DELAY_S after
  * the last one ended, as the reaper's do: QEMU 7.2 died of a corrupted
  * heap when they went the moment a write-blocking mirror was
@@ -322,12 +311,8 @@ on_teardown_removal_due (gpointer user_data)
   for (guint i = 0; i < storage->mirrors->len; i++)
     {
       Mirror *mirror = g_ptr_array_index (storage->mirrors, i);
-      g_autoptr (JsonObject) dismiss = ferry_qmp_args_id ("id", mirror->job_id);
-      g_autoptr (JsonObject) del = ferry_qmp_args_id ("node-name", mirror->target);
-      ferry_qmp_execute_async (vm->qmp, "job-dismiss", dismiss, NULL, on_teardown_command_done,
-                               g_strdup_printf ("vm %s: job-dismiss %s", vm->name, mirror->job_id));
-      ferry_qmp_execute_async (vm->qmp, "blockdev-del", del, NULL, on_teardown_command_done,
-                               g_strdup_printf ("vm %s: blockdev-del %s", vm->name, mirror->target));
+      send_and_forget (vm, "job-dismiss", ferry_qmp_args_id ("id", mirror->job_id));
+      send_and_forget (vm, "blockdev-del", ferry_qmp_args_id ("node-name", mirror->target));
     }
   g_autoptr (JsonObject) flat = json_object_new ();
   json_object_set_boolean_member (flat, "flat", TRUE);

@@ -114,14 +114,14 @@ ferry_print_job (JsonObject *job)
   JsonObject *revised_prediction = revised ? member_object (revised, "prediction") : NULL;
   if (revised_prediction != NULL)
     {
+      g_print ("%-20s ", "Revised:");
       if (json_object_has_member (revised_prediction, "total_s"))
-        g_print ("%-20s %.1f s total, %.0f ms downtime (after QEMU's set-up: %.0f µs a page)\n", "Revised:",
-                 json_object_get_double_member (revised_prediction, "total_s"),
-                 json_object_get_double_member (revised_prediction, "downtime_ms"),
-                 json_object_get_double_member_with_default (revised, "sync_us_per_page", 0));
+        g_print ("%.1f s total, %.0f ms downtime", json_object_get_double_member (revised_prediction, "total_s"),
+                 json_object_get_double_member (revised_prediction, "downtime_ms"));
       else
-        g_print ("%-20s pre-copy does not converge (after QEMU's set-up: %.0f µs a page)\n", "Revised:",
-                 json_object_get_double_member_with_default (revised, "sync_us_per_page", 0));
+        g_print ("pre-copy does not converge");
+      g_print (" (after QEMU's set-up: %.0f µs a page)\n",
+               json_object_get_double_member_with_default (revised, "sync_us_per_page", 0));
     }
   if (ram != NULL)
     {

@@ -146,8 +146,8 @@ def test():
         assert plan["setup_stall_s"] > 0.3 and "set-up will hold the guest's timers" in plan["reason"], plan
         assert any("QEMU's set-up took" in m and "stood still" in m for m in messages), messages
     # Once QEMU's set-up is done the plan is walked again with the sync
-    # cost it showed: post-copy still, and the revised total is no longer
-    # than the migration (QEMU's total-time) by much.
+    # cost it showed; the revised total is within a factor of two of the
+    # migration's (QEMU's total-time).
     revised = info["stats"]["ferry-revised"]
     log(f"revised after set-up: {revised}")
     assert revised["setup_ms"] == info["stats"]["setup-time"], (revised, info["stats"]["setup-time"])
