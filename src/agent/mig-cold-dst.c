@@ -853,6 +853,36 @@ on_retry (gpointer user_data)
   return G_SOURCE_REMOVE;
 }
 
+/* A warm pass over a disk whose frozen bitmap marks nothing (as the
+ * source counted it): every chunk is as the last pass left it. Said so
+ * without a connection: the engine would find the same after a TLS
+ * handshake with the guest's busy QEMU and a scan, and that handshake
+ * queues in QEMU's main loop behind or before those of the disks that
+ * did change. */
+static gboolean
+pass_left_disk_alone (ColdDst *cold, ColdDisk *disk)
+{
+  return cold->warm && disk->bitmap != NULL && disk->pass_dirty_bytes == 0 && !disk->started && !disk->verified;
+}
+
+static void
+skip_unchanged_disk (FerryJob *job, ColdDst *cold, ColdDisk *disk)
+{
+  guint64 n_chunks = ferry_copy_chunk_count (disk->virtual_size);
+  for (guint64 chunk = 0; chunk < n_chunks; chunk++)
+    {
+      gint64 key = (gint64) chunk;
+      if (g_hash_table_contains (disk->done, &key))
+        continue;
+      ChunkNote note = { .disk = disk->index, .chunk = chunk }; /* empty digest: unchanged */
+      g_array_append_val (cold->unsaved, note);
+      g_hash_table_replace (disk->done, g_memdup2 (&key, sizeof key), g_strdup (""));
+    }
+  disk->started = disk->verified = TRUE;
+  ferry_job_event (job, "info", "pass %u: disk %s/%s unchanged since the last pass (its bitmap marks nothing)",
+                   cold->pass, disk->pool, disk->volume);
+}
+
 static void
 start_copies (FerryJob *job)
 {
@@ -861,6 +891,8 @@ start_copies (FerryJob *job)
   for (guint i = 0; i < cold->disks->len; i++)
     {
       ColdDisk *disk = g_ptr_array_index (cold->disks, i);
+      if (pass_left_disk_alone (cold, disk))
+        skip_unchanged_disk (job, cold, disk);
       running += disk->running || disk->retry_timer != 0;
       verified += disk->verified;
     }
