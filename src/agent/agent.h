@@ -530,6 +530,9 @@ typedef struct {
 gboolean mig_warm_pass_parse (JsonObject *request, FerryWarmPass *pass, GError **error);
 /* POST /v1/migrations/incoming/UUID/pass (warm migration). */
 JsonObject *mig_cold_dst_pass (FerryAgent *agent, const char *uuid, JsonObject *request, GError **error);
+/* POST /v1/migrations/incoming/UUID/pass-coming: the next pass's body,
+ * sent before its snapshot; the destination connects ahead. */
+JsonObject *mig_cold_dst_pass_coming (FerryAgent *agent, const char *uuid, JsonObject *request, GError **error);
 void mig_cold_dst_abort (FerryJob *job, const char *reason);
 void mig_cold_dst_recover (FerryAgent *agent, FerryStoreJob *stored);
 JsonObject *mig_cold_dst_status (FerryJob *job);

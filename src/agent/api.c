@@ -960,6 +960,18 @@ handle_migrations (FerryAgent *agent, SoupServerMessage *msg, const char *method
         reply_json (msg, 202, reply);
       return;
     }
+  if (n == 4 && g_str_equal (parts[3], "pass-coming") && g_str_equal (method, "POST"))
+    {
+      g_autoptr (JsonObject) request = request_object (msg);
+      if (request == NULL)
+        return;
+      g_autoptr (JsonObject) reply = mig_cold_dst_pass_coming (agent, parts[2], request, &error);
+      if (reply == NULL)
+        reply_error (msg, error);
+      else
+        reply_json (msg, 200, reply);
+      return;
+    }
   if (n == 4 && g_str_equal (parts[3], "finish") && g_str_equal (method, "POST"))
     {
       static const char *const finish_fields[] = { "postcopy", NULL };

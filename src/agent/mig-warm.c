@@ -69,6 +69,7 @@ struct _WarmSrc {
   gboolean pass_running;      /* snapshot exported, the destination copies */
   gboolean pass_final;
   guint precreated_pass;      /* its overlay files exist already (made during the shutdown) */
+  guint announced_pass;       /* the destination was told it comes (POST …/pass-coming) */
   gboolean qmp_busy;          /* a sequence of ours is under way */
   guint16 nbd_port;           /* QEMU's NBD server; 0 = not started */
   gint64 pass_started_us;     /* wall clock */
@@ -501,14 +502,15 @@ on_post_retry (gpointer user_data)
   return G_SOURCE_REMOVE;
 }
 
-/* Tells the destination to pull the pass whose snapshots are exported. */
-static void
-post_pass (FerryJob *job)
+/* The body of POST …/pass (and …/pass-coming) for `pass`; dirty_bytes:
+ * per disk (in order), what its bitmap marks, -1 = not known. */
+static JsonObject *
+pass_body (FerryJob *job, guint pass, gboolean final, const gint64 *dirty_bytes)
 {
   WarmSrc *warm = warm_of (job);
-  g_autoptr (JsonObject) body = json_object_new ();
-  json_object_set_int_member (body, "pass", warm->pass);
-  json_object_set_boolean_member (body, "final", warm->pass_final);
+  JsonObject *body = json_object_new ();
+  json_object_set_int_member (body, "pass", pass);
+  json_object_set_boolean_member (body, "final", final);
   JsonArray *disks = json_array_new ();
   for (guint i = 0; i < warm->disks->len; i++)
     {
@@ -518,16 +520,59 @@ post_pass (FerryJob *job)
       json_object_set_int_member (entry, "index", disk->index);
       json_object_set_int_member (entry, "port", warm->nbd_port);
       json_object_set_string_member (entry, "export", name);
-      if (warm->pass > 1)
+      if (pass > 1)
         {
-          g_autofree char *bitmap = bitmap_name (job, warm->pass - 1);
+          g_autofree char *bitmap = bitmap_name (job, pass - 1);
           json_object_set_string_member (entry, "bitmap", bitmap);
-          if (disk->pass_dirty_bytes >= 0)
-            json_object_set_int_member (entry, "dirty_bytes", disk->pass_dirty_bytes);
+          if (dirty_bytes[i] >= 0)
+            json_object_set_int_member (entry, "dirty_bytes", dirty_bytes[i]);
         }
       json_array_add_object_element (disks, entry);
     }
   json_object_set_array_member (body, "disks", disks);
+  return body;
+}
+
+static void
+on_pass_announced (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
+  if (reply == NULL)
+    g_debug ("announcing a warm pass: %s", error->message);
+}
+
+/* Tells the destination that the next pass's snapshot is being taken, so
+ * that it opens its connections to QEMU's NBD server meanwhile (see
+ * mig_cold_dst_pass_coming). Only once that server runs (pass 2 on), and
+ * only a hint: nothing waits for the answer. dirty_bytes: per disk, what
+ * the recording bitmap marks so far (-1 = not counted); NULL = none. */
+static void
+announce_pass (FerryJob *job, gboolean final, const gint64 *dirty_bytes)
+{
+  WarmSrc *warm = warm_of (job);
+  guint pass = warm->pass + 1;
+  if (warm->nbd_port == 0 || warm->announced_pass == pass)
+    return;
+  warm->announced_pass = pass;
+  g_autofree gint64 *unknown = g_new (gint64, warm->disks->len);
+  for (guint i = 0; i < warm->disks->len; i++)
+    unknown[i] = -1;
+  g_autoptr (JsonObject) body = pass_body (job, pass, final, dirty_bytes ? dirty_bytes : unknown);
+  g_autofree char *path = g_strdup_printf ("/v1/migrations/incoming/%s/pass-coming", job->uuid);
+  ferry_peer_request_repeatable_async (job->agent, job->peer_url, "POST", path, body, PEER_TIMEOUT_S, NULL,
+                                       on_pass_announced, NULL);
+}
+
+/* Tells the destination to pull the pass whose snapshots are exported. */
+static void
+post_pass (FerryJob *job)
+{
+  WarmSrc *warm = warm_of (job);
+  g_autofree gint64 *dirty = g_new (gint64, warm->disks->len);
+  for (guint i = 0; i < warm->disks->len; i++)
+    dirty[i] = ((WarmDisk *) g_ptr_array_index (warm->disks, i))->pass_dirty_bytes;
+  g_autoptr (JsonObject) body = pass_body (job, warm->pass, warm->pass_final, dirty);
   g_autofree char *path = g_strdup_printf ("/v1/migrations/incoming/%s/pass", job->uuid);
   ferry_peer_request_repeatable_async (job->agent, job->peer_url, "POST", path, body, PEER_TIMEOUT_S, NULL,
                                        on_pass_posted, ferry_job_ref_new (job));
@@ -640,6 +685,7 @@ pass_begin (FerryJob *job, gboolean final)
       return;
     }
   guint pass = warm->pass + 1;
+  announce_pass (job, final, NULL);
   g_autoptr (GArray) steps = g_array_new (FALSE, TRUE, sizeof (FerryQmpStep));
   if (warm->nbd_port == 0)
     {
@@ -1003,6 +1049,13 @@ on_dirty_counted (GObject *source, GAsyncResult *result, gpointer user_data)
     return;
   warm->qmp_busy = FALSE;
   gint64 dirty = nodes ? dirty_bytes (job, nodes) : -1;
+  g_autofree char *recording = bitmap_name (job, warm->pass);
+  g_autofree gint64 *counted = g_new (gint64, warm->disks->len);
+  for (guint i = 0; i < warm->disks->len; i++)
+    {
+      g_autofree char *node = disk_node_name (((WarmDisk *) g_ptr_array_index (warm->disks, i))->index);
+      counted[i] = nodes ? bitmap_count (nodes, node, recording) : -1;
+    }
   if (dirty > CATCH_UP_BYTES && warm->catch_up_passes < MAX_CATCH_UP_PASSES)
     {
       /* The guest still runs: copy most of it now, so that the pass with
@@ -1010,6 +1063,7 @@ on_dirty_counted (GObject *source, GAsyncResult *result, gpointer user_data)
       warm->catch_up_passes++;
       ferry_job_event (job, "info", "cutover: %" G_GINT64_FORMAT " MiB changed since the last pass; one more pass "
                        "before the guest stops", dirty >> 20);
+      announce_pass (job, FALSE, counted);
       pass_begin (job, FALSE);
       return;
     }
@@ -1079,6 +1133,7 @@ cutover_shut_down (FerryJob *job)
     { "system_powerdown", NULL },
   };
   ferry_qmp_run_steps_async (qmp, steps, G_N_ELEMENTS (steps), NULL, on_powerdown_sent, ferry_job_ref_new (job));
+  announce_pass (job, TRUE, NULL);
   precreate_final_files (job);
 }
 

@@ -3,13 +3,11 @@
 
 #include <errno.h>
 #include <libnbd.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <sys/socket.h>
 #include <string.h>
 #include <xxhash.h>
 
 #include "ferry-error.h"
+#include "nbd-poll.h"
 
 #define DEFAULT_CONNECTIONS 8
 #define DEFAULT_IN_FLIGHT   8
@@ -146,27 +144,6 @@ batch_check (Batch *batch, const char *what, GError **error)
   return FALSE;
 }
 
-/* QEMU's NBD server (7.2, qemu-nbd too) leaves Nagle on for its
- * connections, and an answer it writes as several small TLS records goes
- * out one segment, then waits for our ACK, which Linux delays up to 40 ms
- * while we have nothing to say. Asking for quick ACKs before every wait
- * takes those stalls out: a TLS connection to qemu-nbd took 88-92 ms (two
- * 40 ms stalls in strace), 6-49 ms with them. The kernel leaves quick-ACK
- * mode by itself once traffic looks interactive, hence before each poll.
- * On a Unix socket the option does not apply and the call fails,
- * harmlessly. */
-static int
-poll_handle (struct nbd_handle *h, int timeout_ms)
-{
-  int fd = nbd_aio_get_fd (h);
-  if (fd >= 0)
-    {
-      int one = 1;
-      (void) setsockopt (fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
-    }
-  return nbd_poll (h, timeout_ms);
-}
-
 /* Runs the handle until at most max_in_flight commands remain. A handle
  * that makes no progress for stall_s fails: a cut link would otherwise
  * leave TCP retransmitting for minutes. */
@@ -177,7 +154,7 @@ drain (struct nbd_handle *h, int max_in_flight, guint stall_s, GCancellable *can
   gint64 deadline = g_get_monotonic_time () + (gint64) stall_s * G_USEC_PER_SEC;
   while (nbd_aio_in_flight (h) > max_in_flight)
     {
-      int r = poll_handle (h, POLL_SLICE_MS);
+      int r = ferry_nbd_poll (h, POLL_SLICE_MS);
       if (r == -1)
         {
           set_nbd_error (error, what);
@@ -237,13 +214,8 @@ connect_uri (const char *uri, const char *extra_context, guint stall_s, GCancell
       nbd_close (h);
       return NULL;
     }
-  gint64 deadline = g_get_monotonic_time () + (gint64) stall_s * G_USEC_PER_SEC;
-  while (nbd_aio_is_connecting (h))
-    {
-      if (poll_handle (h, POLL_SLICE_MS) == -1 || g_get_monotonic_time () > deadline
-          || g_cancellable_is_cancelled (cancellable))
-        break;
-    }
+  ferry_nbd_run_while_connecting (h, g_get_monotonic_time () + (gint64) stall_s * G_USEC_PER_SEC, cancellable,
+                                  POLL_SLICE_MS);
   if (!nbd_aio_is_ready (h))
     {
       g_autofree char *what = g_strdup_printf ("cannot connect to %s", uri);
@@ -257,6 +229,17 @@ connect_uri (const char *uri, const char *extra_context, guint stall_s, GCancell
       return NULL;
     }
   return h;
+}
+
+/* A source connection for the copy: one opened ahead if there is one
+ * ready, else a new one. */
+static struct nbd_handle *
+connect_source (const char *uri, const char *extra_context, const FerryNbdCopyOptions *options,
+                GCancellable *cancellable, GError **error)
+{
+  struct nbd_handle *h = ferry_nbd_preconnect_claim (options->preconnected, uri, extra_context,
+                                                     options->stall_timeout_s, cancellable);
+  return h != NULL ? h : connect_uri (uri, extra_context, options->stall_timeout_s, cancellable, error);
 }
 
 /* ---- extents --------------------------------------------------------------- */
@@ -635,6 +618,8 @@ ferry_nbd_copy_new (const char *source_uri, const char *destination_uri,
   if (copy->options.dirty_bitmap != NULL)
     copy->dirty_context = g_strdup_printf ("qemu:dirty-bitmap:%s", copy->options.dirty_bitmap);
   copy->options.dirty_bitmap = NULL; /* not ours to keep: dirty_context is */
+  if (copy->options.preconnected != NULL)
+    ferry_nbd_preconnect_ref (copy->options.preconnected);
   const char *fault = g_getenv ("FERRY_FAULT_CORRUPT_CHUNK");
   copy->fault_chunk = fault ? g_ascii_strtoull (fault, NULL, 10) : G_MAXUINT64;
   g_mutex_init (&copy->lock);
@@ -650,6 +635,7 @@ ferry_nbd_copy_free (FerryNbdCopy *copy)
   g_free (copy->source_uri);
   g_free (copy->destination_uri);
   g_free (copy->dirty_context);
+  ferry_nbd_preconnect_unref (copy->options.preconnected);
   if (copy->selected)
     g_array_unref (copy->selected);
   g_clear_pointer (&copy->dirty_ranges, g_array_unref);
@@ -1231,8 +1217,7 @@ worker_run (gpointer user_data)
   g_autoptr (GError) error = NULL;
 
   if (worker->src == NULL)
-    worker->src = connect_uri (copy->source_uri, copy->dirty_context, copy->options.stall_timeout_s, copy->stop,
-                               &error);
+    worker->src = connect_source (copy->source_uri, copy->dirty_context, &copy->options, copy->stop, &error);
   if (worker->src != NULL && worker->dst == NULL)
     worker->dst = connect_uri (copy->destination_uri, NULL, copy->options.stall_timeout_s, copy->stop, &error);
   if (error != NULL)
@@ -1381,7 +1366,7 @@ ferry_nbd_copy_run (FerryNbdCopy *copy, GCancellable *cancellable, GError **erro
   g_mutex_unlock (&copy->lock);
   Workers workers;
   start_helpers (copy, &workers);
-  struct nbd_handle *src = connect_uri (copy->source_uri, copy->dirty_context, stall_s, copy->stop, error);
+  struct nbd_handle *src = connect_source (copy->source_uri, copy->dirty_context, &copy->options, copy->stop, error);
   struct nbd_handle *dst = src ? connect_uri (copy->destination_uri, NULL, stall_s, copy->stop, error) : NULL;
   if (dst == NULL || !export_size (src, "the source", &source_size, error)
       || !export_size (dst, "the destination", &destination_size, error))

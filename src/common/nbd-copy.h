@@ -30,6 +30,8 @@
 
 #include <gio/gio.h>
 
+#include "nbd-preconnect.h"
+
 G_BEGIN_DECLS
 
 #define FERRY_COPY_CHUNK_BYTES     (16 * 1024 * 1024)
@@ -72,6 +74,10 @@ typedef struct {
    * in time; a chunk without a dirty block is
    * reported unchanged, with an empty digest. NULL = copy everything. */
   const char *dirty_bitmap;
+  /* Connections to the source opened ahead (see nbd-preconnect.h): the
+   * workers take these first and connect afresh for the rest. The copy
+   * holds its own reference. NULL = none. */
+  FerryNbdPreconnect *preconnected;
 } FerryNbdCopyOptions;
 
 typedef struct {

@@ -197,6 +197,12 @@ def test():
     log_passes = [m for m in incoming if "vm1-log changed since the last pass" in m]
     assert not root_copied and len(root_alone) >= 3, (root_copied, root_alone)
     assert not any("vm1-log unchanged" in m for m in incoming), incoming
+    # Each later pass was announced before its snapshot, and the log
+    # disk's copy took source connections opened meanwhile.
+    ahead = [re.search(r"(\d+) source connections? opened ahead, (\d+) used", m)
+             for m in incoming if "disk default/vm1-log: copy ended" in m]
+    assert len(ahead) >= 4 and all(ahead[1:]), ahead
+    assert sum(int(found.group(2)) for found in ahead[1:]) >= 1, ahead
     assert log_passes and all(re.search(r"MiB marked; [2-8] connections\)", m) for m in log_passes), log_passes
 
     log("hostb runs the VM from the copied disks; every durable record is there")

@@ -234,24 +234,34 @@ test_resume_copies_only_selected (Fixture *f, gconstpointer data)
 /* A delta: after a full copy, the source changes under a persistent dirty
  * bitmap (data rewritten, data zeroed, data added); copying only what the
  * bitmap marks makes the images identical again, reading only that. */
+/* A full copy to a raw destination; then a bitmap "since-full" on the
+ * source, these qemu-io writes, and the source exported again with it. */
 static void
-test_delta_copies_dirty_blocks (Fixture *f, gconstpointer data)
+copy_then_change (Fixture *f, const char *const *writes)
 {
   g_autoptr (GError) error = NULL;
   start_exports (f, "raw");
   g_autoptr (FerryNbdCopy) full = ferry_nbd_copy_new (f->source_uri, f->destination_uri, NULL);
   g_assert_true (ferry_nbd_copy_run (full, NULL, &error));
   g_clear_pointer (&f->source_export, ferry_nbd_export_free);
-
   run ((const char *const[]) { "qemu-img", "bitmap", "--add", f->source_image, "since-full", NULL });
-  qemu_io (f->source_image, "qcow2", "write -P 0x77 2M 64k");   /* chunk 0: rewritten */
-  qemu_io (f->source_image, "qcow2", "write -z 71M 1M");        /* chunk 4: zeroed */
-  qemu_io (f->source_image, "qcow2", "write -P 0x42 40M 64k");  /* chunk 2: new data */
+  for (guint i = 0; writes[i] != NULL; i++)
+    qemu_io (f->source_image, "qcow2", writes[i]);
   g_assert_false (images_identical (f, "raw"));
-
   f->source_export = export_bitmap (f, f->source_image, "qcow2", TRUE, "since-full");
   g_free (f->source_uri);
   f->source_uri = ferry_nbd_export_uri (f->source_export, "127.0.0.1", f->qemu_tls);
+}
+
+static void
+test_delta_copies_dirty_blocks (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  copy_then_change (f, (const char *const[]) {
+    "write -P 0x77 2M 64k",   /* chunk 0: rewritten */
+    "write -z 71M 1M",        /* chunk 4: zeroed */
+    "write -P 0x42 40M 64k",  /* chunk 2: new data */
+    NULL });
   /* As many connections as the source's count asks for (two, for three
    * scattered dirty chunks): a worker takes chunk after chunk. */
   FerryNbdCopyOptions options = { .dirty_bitmap = "since-full",
@@ -295,6 +305,62 @@ test_delta_copies_dirty_blocks (Fixture *f, gconstpointer data)
   g_autoptr (FerryNbdCopy) wrong = ferry_nbd_copy_new (f->source_uri, f->destination_uri, &missing);
   g_assert_false (ferry_nbd_copy_run (wrong, NULL, &error));
   g_assert_nonnull (strstr (error->message, "no-such-bitmap"));
+}
+
+/* Connections opened ahead, stopped before they name an export: the
+ * copy takes them (asking for its export and the bitmap then), and
+ * connects afresh for what they do not cover. */
+static void
+test_preconnected_delta (Fixture *f, gconstpointer data)
+{
+  g_autoptr (GError) error = NULL;
+  copy_then_change (f, (const char *const[]) { "write -P 0x61 1M 64k", "write -P 0x62 50M 1M",
+                                               "write -P 0x63 90M 64k", NULL }); /* chunks 0, 3, 5 */
+
+  /* Two of the three connections the copy opens are made ahead. */
+  g_autoptr (FerryNbdPreconnect) pre = ferry_nbd_preconnect_start (f->source_uri, 2);
+  g_assert_true (ferry_nbd_preconnect_wait (pre, 30000));
+  FerryNbdCopyOptions options = { .dirty_bitmap = "since-full", .connections = 3, .preconnected = pre };
+  g_autoptr (FerryNbdCopy) delta = ferry_nbd_copy_new (f->source_uri, f->destination_uri, &options);
+  g_assert_true (ferry_nbd_copy_run (delta, NULL, &error));
+  g_assert_no_error (error);
+  g_assert_true (images_identical (f, "raw"));
+  guint ready, claimed;
+  ferry_nbd_preconnect_get_counts (pre, &ready, &claimed);
+  g_assert_cmpuint (ready, ==, 2);
+  g_assert_cmpuint (claimed, ==, 2);
+  FerryNbdCopyProgress progress;
+  ferry_nbd_copy_get_progress (delta, &progress);
+  g_assert_cmpuint (progress.chunks_changed, ==, 3);
+
+  /* Made for another URI (another export): not taken. */
+  g_autofree char *other_uri = g_strdup (f->source_uri);
+  char *export_at = strstr (other_uri, "/disk0");
+  g_assert_nonnull (export_at);
+  memcpy (export_at, "/disk9", 6);
+  g_autoptr (FerryNbdPreconnect) other = ferry_nbd_preconnect_start (other_uri, 1);
+  g_assert_true (ferry_nbd_preconnect_wait (other, 30000));
+  FerryNbdCopyOptions other_options = { .dirty_bitmap = "since-full", .preconnected = other };
+  g_autoptr (FerryNbdCopy) again = ferry_nbd_copy_new (f->source_uri, f->destination_uri, &other_options);
+  g_assert_true (ferry_nbd_copy_run (again, NULL, &error));
+  ferry_nbd_preconnect_get_counts (other, &ready, &claimed);
+  g_assert_cmpuint (ready, ==, 1);
+  g_assert_cmpuint (claimed, ==, 0);
+
+  /* Taken for an export the server does not have: refused at NBD_OPT_GO,
+   * so the caller connects afresh (and there learns why). */
+  g_assert_null (ferry_nbd_preconnect_claim (other, other_uri, NULL, 10, NULL));
+  ferry_nbd_preconnect_get_counts (other, &ready, &claimed);
+  g_assert_cmpuint (claimed, ==, 0);
+
+  /* Nothing listens: nothing is made, and the copy's own connection
+   * says where it failed. */
+  g_autofree char *nowhere = g_strdup_printf ("nbds://127.0.0.1:1/disk0?tls-certificates=%s", f->qemu_tls);
+  g_autoptr (FerryNbdPreconnect) none = ferry_nbd_preconnect_start (nowhere, 2);
+  g_assert_true (ferry_nbd_preconnect_wait (none, 30000));
+  ferry_nbd_preconnect_get_counts (none, &ready, &claimed);
+  g_assert_cmpuint (ready, ==, 0);
+  g_assert_null (ferry_nbd_preconnect_claim (none, nowhere, NULL, 10, NULL));
 }
 
 static void
@@ -389,6 +455,8 @@ main (int argc, char **argv)
               test_copy_sparse_identical, fixture_tear_down);
   g_test_add_func ("/nbd-copy/connections-for-delta", test_connections_for_delta);
   g_test_add ("/nbd-copy/delta", Fixture, NULL, fixture_set_up, test_delta_copies_dirty_blocks,
+              fixture_tear_down);
+  g_test_add ("/nbd-copy/preconnected-delta", Fixture, NULL, fixture_set_up, test_preconnected_delta,
               fixture_tear_down);
   g_test_add ("/nbd-copy/resume", Fixture, NULL, fixture_set_up, test_resume_copies_only_selected,
               fixture_tear_down);
