@@ -1548,7 +1548,7 @@ mig_cold_dst_pass_coming (FerryAgent *agent, const char *uuid, JsonObject *reque
         }
       total += n;
     }
-  g_debug ("job %" G_GINT64_FORMAT ": pass %" G_GINT64_FORMAT " announced; %u source connections opened ahead",
+  g_debug ("job %" G_GINT64_FORMAT ": pass %" G_GINT64_FORMAT " announced; opening %u source connections ahead",
            job->id, coming.pass, total);
   JsonObject *reply = json_object_new ();
   json_object_set_string_member (reply, "uuid", job->uuid);

@@ -1049,17 +1049,18 @@ on_dirty_counted (GObject *source, GAsyncResult *result, gpointer user_data)
     return;
   warm->qmp_busy = FALSE;
   gint64 dirty = nodes ? dirty_bytes (job, nodes) : -1;
-  g_autofree char *recording = bitmap_name (job, warm->pass);
-  g_autofree gint64 *counted = g_new (gint64, warm->disks->len);
-  for (guint i = 0; i < warm->disks->len; i++)
-    {
-      g_autofree char *node = disk_node_name (((WarmDisk *) g_ptr_array_index (warm->disks, i))->index);
-      counted[i] = nodes ? bitmap_count (nodes, node, recording) : -1;
-    }
   if (dirty > CATCH_UP_BYTES && warm->catch_up_passes < MAX_CATCH_UP_PASSES)
     {
       /* The guest still runs: copy most of it now, so that the pass with
-       * the guest stopped is short. */
+       * the guest stopped is short. Each disk's count so far sizes the
+       * destination's connections. */
+      g_autofree char *recording = bitmap_name (job, warm->pass);
+      g_autofree gint64 *counted = g_new (gint64, warm->disks->len);
+      for (guint i = 0; i < warm->disks->len; i++)
+        {
+          g_autofree char *node = disk_node_name (((WarmDisk *) g_ptr_array_index (warm->disks, i))->index);
+          counted[i] = bitmap_count (nodes, node, recording);
+        }
       warm->catch_up_passes++;
       ferry_job_event (job, "info", "cutover: %" G_GINT64_FORMAT " MiB changed since the last pass; one more pass "
                        "before the guest stops", dirty >> 20);
