@@ -103,6 +103,9 @@ struct _FerryVm {
   /* The last lines QEMU wrote before it last exited (NULL = none):
    * why it exited, when it says so. */
   char *qemu_last_words;
+  /* Its QEMU last exited while the guest ran: no shutdown, guest's or
+   * ferry's, came before (a crash, or a kill from outside). */
+  gboolean exited_while_running;
   FerryJob *job;            /* active migration, or NULL */
   guint shutdown_timer;
   JsonObject *last_dirty_rate;  /* last measurement (dirtyrate.c) */

@@ -1129,6 +1129,67 @@ mig_src_perform (FerryJob *job)
   ferry_qmp_run_steps_async (vm->qmp, steps, n, NULL, on_migrate_started, ferry_job_ref_new (job));
 }
 
+/* ---- the guest's QEMU gone while the guest was only here ------------------- */
+
+typedef struct {
+  FerryAgent *agent;
+  gint64 job_id;
+  char *vm_name;
+} GuestRestart;
+
+static void
+on_guest_restarted (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  GuestRestart *restart = user_data;
+  g_autoptr (GError) error = NULL;
+  FerryVm *vm = g_hash_table_lookup (restart->agent->vms, restart->vm_name);
+  gboolean ok = vm != NULL && ferry_vm_start_finish (vm, result, &error);
+  g_autofree char *message = ok ? g_strdup_printf ("VM %s started again on this host", restart->vm_name)
+                                : g_strdup_printf ("VM %s could not be started again on this host: %s",
+                                                   restart->vm_name, error ? error->message : "it is gone");
+  if (ok)
+    g_message ("job %" G_GINT64_FORMAT ": %s", restart->job_id, message);
+  else
+    g_warning ("job %" G_GINT64_FORMAT ": %s", restart->job_id, message);
+  ferry_store_job_add_event (restart->agent->store, restart->job_id, ok ? "info" : "error", message, NULL);
+  g_free (restart->vm_name);
+  g_free (restart);
+}
+
+/* The source's QEMU exited with the guest running (a crash, or a kill
+ * from outside) before the destination was ever told to run it: the
+ * destination's QEMU waits paused (-S) for a Finish that will not come,
+ * so this host is still the only one that may run the guest, and it
+ * runs it again (the safety invariant: a failure before the hand-over
+ * leaves the VM running where it was). From its disks: what the guest
+ * held in memory is lost, as after a power cut. After a post-copy
+ * switch or once Finish was sent, never: the destination may run it. */
+static gboolean
+guest_only_here (FerryJob *job, FerryVm *vm)
+{
+  if (vm == NULL || !vm->exited_while_running || job->postcopy_dest_running)
+    return FALSE;
+  switch (job->state)
+    {
+    case FERRY_JOB_BEGIN:
+    case FERRY_JOB_PREPARING:
+    case FERRY_JOB_PERFORMING:
+    case FERRY_JOB_CANCELLING:
+      return TRUE;
+    default:
+      return FALSE;
+    }
+}
+
+static void
+restart_guest (FerryAgent *agent, gint64 job_id, FerryVm *vm)
+{
+  GuestRestart *restart = g_new0 (GuestRestart, 1);
+  *restart = (GuestRestart) { agent, job_id, g_strdup (vm->name) };
+  FerryVmStartOptions options = { 0 };
+  ferry_vm_start_async (vm, &options, NULL, on_guest_restarted, restart);
+}
+
 void
 mig_src_on_qmp_event (FerryJob *job, const char *name, JsonObject *data)
 {
@@ -1143,11 +1204,19 @@ mig_src_on_qmp_event (FerryJob *job, const char *name, JsonObject *data)
       else
         {
           stop_timers (job);
-          g_autofree char *reason = ferry_vm_exit_reason (g_hash_table_lookup (job->agent->vms, job->vm_name),
-                                                          "source QEMU exited during the migration");
+          FerryVm *vm = g_hash_table_lookup (job->agent->vms, job->vm_name);
+          g_autofree char *reason = ferry_vm_exit_reason (vm, "source QEMU exited during the migration");
+          gboolean restart = guest_only_here (job, vm);
           ferry_job_transition (job, FERRY_JOB_CANCELLING, reason);
           release_destination (job);
+          if (restart)
+            ferry_job_event (job, "warning", "the guest ran only on this host: starting it again here from "
+                             "its disks (a cold boot; what it held in memory is lost)");
+          FerryAgent *agent = job->agent;
+          gint64 job_id = job->id;
           ferry_job_finish (job, FERRY_JOB_FAILED, reason);
+          if (restart)
+            restart_guest (agent, job_id, vm);
         }
       return;
     }

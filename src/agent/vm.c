@@ -287,6 +287,7 @@ on_qmp_closed (FerryQmp *qmp, gpointer user_data)
   g_clear_signal_handler (&vm->closed_handler, vm->qmp);
   g_clear_object (&vm->qmp);
   remove_runtime_files (vm);
+  vm->exited_while_running = vm->state == FERRY_VM_RUNNING;
   ferry_vm_set_state (vm, FERRY_VM_SHUTOFF);
 
   FerryJob *job = vm->job;

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Failures mid-migration leave the guest running on the source and
 nothing behind on the destination: abort, destination ferryd killed,
-link cut. The job says failed (or cancelled) and why."""
+destination QEMU killed, link cut, and the source's own QEMU killed (the
+guest then boots again on the source: it never ran anywhere else). The
+job says failed (or cancelled) and why."""
 
 import os
 import signal
 
-from ferrytest import (Cluster, assert_clean, ensure_guest, guest_spec, job, log, main,
+from ferrytest import (Cluster, assert_clean, ensure_guest, guest_spec, job, last_tick, log, main,
                        wait_for_console, wait_for_ticks, wait_job_done, wait_until)
 
 
@@ -80,7 +82,25 @@ def test():
     b_job = job(b, "vm1")
     assert b_job["state"] == "failed" and "silent" in b_job["error"], b_job
 
-    log("5. after all that, a migration still works")
+    log("5. the source's QEMU dies mid-migration: the guest ran only there, so it boots there again")
+    start_slow_migration(cluster)
+    for pid in a.qemu_pids():
+        os.kill(pid, signal.SIGKILL)
+    info = wait_job_done(a, "vm1", timeout=120)
+    log(f"job ended: {info['state']}: {info.get('error')}")
+    assert info["state"] == "failed" and "source QEMU exited" in (info.get("error") or ""), info
+
+    def booted_again():
+        number, seen = last_tick(a.console("vm1"))
+        return (number, seen) if seen not in (None, boot_id) and number >= 1 else None
+    tick, boot_id = wait_until("vm1 to boot again on hosta", booted_again, timeout=180)
+    assert a.vms()["vm1"]["state"] == "running", a.vms()
+    events = [e["message"] for e in job(a, "vm1", completed=True)["events"]]
+    assert any("starting it again here" in m for m in events), events
+    assert any("started again on this host" in m for m in events), events
+    wait_until("the destination to be clean", lambda: assert_clean(b, "vm1") is None, timeout=60)
+
+    log("6. after all that, a migration still works")
     result = a.cli("migrate", "vm1", b.url, "--live")
     assert "migration completed" in result.stdout, result.stdout
     wait_for_ticks(b, "vm1", beyond=tick, boot_id=boot_id)
