@@ -106,6 +106,10 @@ struct _FerryVm {
   /* Its QEMU last exited while the guest ran: no shutdown, guest's or
    * ferry's, came before (a crash, or a kill from outside). */
   gboolean exited_while_running;
+  /* Bytes of qemu_log written before the current migration began: its
+   * exit reason reads only past them (earlier errors, of a migration
+   * that failed before, are not why it exited now). */
+  gsize qemu_log_mark;
   FerryJob *job;            /* active migration, or NULL */
   guint shutdown_timer;
   JsonObject *last_dirty_rate;  /* last measurement (dirtyrate.c) */
@@ -140,6 +144,8 @@ void ferry_vm_kill (FerryVm *vm);
 /* "VERB: QEMU's last words" or VERB alone when QEMU said nothing (for
  * an error message about its exit). */
 char *ferry_vm_exit_reason (FerryVm *vm, const char *verb);
+/* From now on, only what QEMU writes counts for its exit reason. */
+void ferry_vm_mark_log (FerryVm *vm);
 /* Reconnects to a QEMU started by an earlier agent process. */
 void ferry_vm_reattach_async (FerryVm *vm, GAsyncReadyCallback callback, gpointer user_data);
 gboolean ferry_vm_reattach_finish (FerryVm *vm, GAsyncResult *result, GError **error);

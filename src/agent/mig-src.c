@@ -1434,6 +1434,7 @@ mig_src_begin (FerryVm *vm, const char *dest_url, const FerryMigrateOptions *opt
   if (job == NULL)
     return NULL;
   vm->job = job;
+  ferry_vm_mark_log (vm);
 
   if (options->live)
     {

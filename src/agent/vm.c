@@ -247,9 +247,9 @@ read_last_words (FerryVm *vm)
 {
   g_autofree char *text = NULL;
   gsize length = 0;
-  if (!g_file_get_contents (vm->qemu_log, &text, &length, NULL) || length == 0)
+  if (!g_file_get_contents (vm->qemu_log, &text, &length, NULL) || length <= vm->qemu_log_mark)
     return NULL;
-  const char *tail = text + (length > LAST_WORDS_BYTES ? length - LAST_WORDS_BYTES : 0);
+  const char *tail = text + MAX (vm->qemu_log_mark, length > LAST_WORDS_BYTES ? length - LAST_WORDS_BYTES : 0);
   g_auto (GStrv) lines = g_strsplit (tail, "\n", -1);
   g_autoptr (GPtrArray) kept = g_ptr_array_new ();
   for (guint i = g_strv_length (lines); i-- > 0 && kept->len < LAST_WORDS_LINES;)
@@ -262,6 +262,13 @@ read_last_words (FerryVm *vm)
     return NULL;
   g_ptr_array_add (kept, NULL);
   return g_strjoinv ("; ", (char **) kept->pdata);
+}
+
+void
+ferry_vm_mark_log (FerryVm *vm)
+{
+  GStatBuf st;
+  vm->qemu_log_mark = vm->qemu_log != NULL && g_stat (vm->qemu_log, &st) == 0 ? (gsize) st.st_size : 0;
 }
 
 char *
@@ -278,6 +285,7 @@ on_qmp_closed (FerryQmp *qmp, gpointer user_data)
   FerryVm *vm = user_data;
   g_free (vm->qemu_last_words);
   vm->qemu_last_words = read_last_words (vm);
+  vm->qemu_log_mark = 0; /* the next QEMU starts a new log */
   if (vm->qemu_last_words != NULL)
     g_info ("vm %s: QEMU exited (monitor closed); its last words: %s", vm->name, vm->qemu_last_words);
   else
