@@ -1592,6 +1592,14 @@ on_restored_check_due (gpointer user_data)
   return G_SOURCE_REMOVE;
 }
 
+static gboolean
+stored_job_is_live (FerryStoreJob *stored)
+{
+  FerryMigrateOptions options;
+  ferry_migrate_options_from_stored (stored->options_json, &options);
+  return options.live;
+}
+
 void
 mig_src_recover (FerryAgent *agent, FerryStoreJob *stored)
 {
@@ -1658,6 +1666,22 @@ mig_src_recover (FerryAgent *agent, FerryStoreJob *stored)
       };
       ferry_qmp_run_steps_async (vm->qmp, steps, G_N_ELEMENTS (steps), NULL, NULL, NULL);
       ferry_vm_set_state (vm, FERRY_VM_RUNNING);
+    }
+  else if (vm != NULL && state != FERRY_JOB_BEGIN && stored_job_is_live (stored))
+    {
+      /* A live migration's QEMU died while this agent was down, the
+       * guest still only here (the destination's waits paused for a
+       * Finish it never got): as when it dies under a running agent
+       * (guest_only_here), the guest boots again from its disks. Not an
+       * offline migration's (its guest was not running), nor in BEGIN
+       * (before the checks that it ran). */
+      const char *what = "agent restarted during the migration and the source QEMU is gone; the guest ran "
+                         "only on this host: starting it again here from its disks (a cold boot; what it held "
+                         "in memory is lost)";
+      ferry_store_job_update (agent->store, stored->id, "failed", what, NULL, NULL);
+      ferry_store_job_add_event (agent->store, stored->id, "warning", what, NULL);
+      restart_guest (agent, stored->id, vm);
+      return;
     }
   ferry_store_job_update (agent->store, stored->id, "failed",
                           "agent restarted during the migration; guest kept on the source", NULL, NULL);

@@ -103,7 +103,21 @@ def test():
     assert any("started again on this host" in m for m in events), events
     wait_until("the destination to be clean", lambda: assert_clean(b, "vm1") is None, timeout=60)
 
-    log("6. after all that, a migration still works")
+    log("6. the source's agent and QEMU both die mid-migration: the restarted agent boots the guest again")
+    start_slow_migration(cluster)
+    a.stop_agent(kill=True)
+    for pid in a.qemu_pids():
+        os.kill(pid, signal.SIGKILL)
+    wait_until("hosta's QEMU to be gone", lambda: not a.qemu_pids(), timeout=30)
+    a.start_agent()
+    tick, boot_id = wait_until("vm1 to boot again on hosta", booted_again, timeout=180)
+    info = job(a, "vm1", completed=True)
+    assert info["state"] == "failed" and "source QEMU is gone" in (info.get("error") or ""), info
+    events = [e["message"] for e in info["events"]]
+    assert any("started again on this host" in m for m in events), events
+    wait_until("the destination to be clean", lambda: assert_clean(b, "vm1") is None, timeout=60)
+
+    log("7. after all that, a migration still works")
     result = a.cli("migrate", "vm1", b.url, "--live")
     assert "migration completed" in result.stdout, result.stdout
     wait_for_ticks(b, "vm1", beyond=tick, boot_id=boot_id)
