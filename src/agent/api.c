@@ -948,28 +948,20 @@ handle_migrations (FerryAgent *agent, SoupServerMessage *msg, const char *method
                              g_object_ref (msg));
       return;
     }
-  if (n == 4 && g_str_equal (parts[3], "pass") && g_str_equal (method, "POST"))
+  /* A warm pass, or its announcement (the same body). */
+  if (n == 4 && (g_str_equal (parts[3], "pass") || g_str_equal (parts[3], "pass-coming"))
+      && g_str_equal (method, "POST"))
     {
+      gboolean coming = g_str_equal (parts[3], "pass-coming");
       g_autoptr (JsonObject) request = request_object (msg);
       if (request == NULL)
         return;
-      g_autoptr (JsonObject) reply = mig_cold_dst_pass (agent, parts[2], request, &error);
+      g_autoptr (JsonObject) reply = (coming ? mig_cold_dst_pass_coming : mig_cold_dst_pass) (agent, parts[2],
+                                                                                             request, &error);
       if (reply == NULL)
         reply_error (msg, error);
       else
-        reply_json (msg, 202, reply);
-      return;
-    }
-  if (n == 4 && g_str_equal (parts[3], "pass-coming") && g_str_equal (method, "POST"))
-    {
-      g_autoptr (JsonObject) request = request_object (msg);
-      if (request == NULL)
-        return;
-      g_autoptr (JsonObject) reply = mig_cold_dst_pass_coming (agent, parts[2], request, &error);
-      if (reply == NULL)
-        reply_error (msg, error);
-      else
-        reply_json (msg, 200, reply);
+        reply_json (msg, coming ? 200 : 202, reply);
       return;
     }
   if (n == 4 && g_str_equal (parts[3], "finish") && g_str_equal (method, "POST"))

@@ -605,6 +605,20 @@ on_save_timer (gpointer user_data)
   return G_SOURCE_REMOVE;
 }
 
+/* A chunk is on the destination's storage (an empty digest: a warm
+ * pass left it unchanged): known at once, in the store within
+ * SAVE_CHUNKS_MS. */
+static void
+record_chunk_done (ColdDst *cold, ColdDisk *disk, const ChunkNote *note)
+{
+  g_array_append_val (cold->unsaved, *note);
+  if (cold->save_timer == 0)
+    cold->save_timer = g_timeout_add_full (G_PRIORITY_DEFAULT, SAVE_CHUNKS_MS, on_save_timer,
+                                           g_memdup2 (&cold->ref, sizeof cold->ref), g_free);
+  gint64 key = (gint64) note->chunk;
+  g_hash_table_replace (disk->done, g_memdup2 (&key, sizeof key), g_strdup (note->digest));
+}
+
 /* Main thread: a chunk is on the destination's storage; remember it. */
 static gboolean
 on_chunk_noted (gpointer user_data)
@@ -615,26 +629,21 @@ on_chunk_noted (gpointer user_data)
   if (cold == NULL || note->disk >= cold->disks->len)
     return G_SOURCE_REMOVE;
   ColdDisk *disk = g_ptr_array_index (cold->disks, note->disk);
-  g_array_append_val (cold->unsaved, *note);
-  if (cold->save_timer == 0)
-    cold->save_timer = g_timeout_add_full (G_PRIORITY_DEFAULT, SAVE_CHUNKS_MS, on_save_timer,
-                                           g_memdup2 (&cold->ref, sizeof cold->ref), g_free);
-  gint64 *key = g_new (gint64, 1);
-  *key = (gint64) note->chunk;
-  g_hash_table_replace (disk->done, key, g_strdup (note->digest));
+  record_chunk_done (cold, disk, note);
+  gint64 key = (gint64) note->chunk;
   guint64 chunk = note->chunk;
   gpointer source_digest = NULL;
   /* A warm pass's unchanged chunk (empty digest) has nothing to compare. */
   if (note->digest[0] == '\0')
     ;
-  else if (!g_hash_table_lookup_extended (disk->asked_early, key, NULL, &source_digest))
+  else if (!g_hash_table_lookup_extended (disk->asked_early, &key, NULL, &source_digest))
     g_array_append_val (disk->unverified, chunk);
   else if (source_digest != NULL)
     {
       /* The source's word came while the chunk was being copied. */
       if (!g_str_equal (source_digest, note->digest))
         g_array_append_val (disk->bad, chunk);
-      g_hash_table_remove (disk->asked_early, key);
+      g_hash_table_remove (disk->asked_early, &key);
     }
   /* else: asked, not answered yet; the answer compares it. */
   if (job->state == FERRY_JOB_COPYING)
@@ -889,8 +898,7 @@ skip_unchanged_disk (FerryJob *job, ColdDst *cold, ColdDisk *disk)
       if (g_hash_table_contains (disk->done, &key))
         continue;
       ChunkNote note = { .disk = disk->index, .chunk = chunk }; /* empty digest: unchanged */
-      g_array_append_val (cold->unsaved, note);
-      g_hash_table_replace (disk->done, g_memdup2 (&key, sizeof key), g_strdup (""));
+      record_chunk_done (cold, disk, &note);
     }
   disk->started = disk->verified = TRUE;
   g_clear_pointer (&disk->preconnect, ferry_nbd_preconnect_unref);

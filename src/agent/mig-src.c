@@ -1181,6 +1181,9 @@ guest_only_here (FerryJob *job, FerryVm *vm)
     }
 }
 
+#define RESTARTING_GUEST "the guest ran only on this host: starting it again here from its disks (a cold boot; " \
+                         "what it held in memory is lost)"
+
 static void
 restart_guest (FerryAgent *agent, gint64 job_id, FerryVm *vm)
 {
@@ -1210,8 +1213,7 @@ mig_src_on_qmp_event (FerryJob *job, const char *name, JsonObject *data)
           ferry_job_transition (job, FERRY_JOB_CANCELLING, reason);
           release_destination (job);
           if (restart)
-            ferry_job_event (job, "warning", "the guest ran only on this host: starting it again here from "
-                             "its disks (a cold boot; what it held in memory is lost)");
+            ferry_job_event (job, "warning", "%s", RESTARTING_GUEST);
           FerryAgent *agent = job->agent;
           gint64 job_id = job->id;
           ferry_job_finish (job, FERRY_JOB_FAILED, reason);
@@ -1675,9 +1677,7 @@ mig_src_recover (FerryAgent *agent, FerryStoreJob *stored)
        * (guest_only_here), the guest boots again from its disks. Not an
        * offline migration's (its guest was not running), nor in BEGIN
        * (before the checks that it ran). */
-      const char *what = "agent restarted during the migration and the source QEMU is gone; the guest ran "
-                         "only on this host: starting it again here from its disks (a cold boot; what it held "
-                         "in memory is lost)";
+      const char *what = "agent restarted during the migration and the source QEMU is gone; " RESTARTING_GUEST;
       ferry_store_job_update (agent->store, stored->id, "failed", what, NULL, NULL);
       ferry_store_job_add_event (agent->store, stored->id, "warning", what, NULL);
       restart_guest (agent, stored->id, vm);

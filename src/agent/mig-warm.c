@@ -503,7 +503,8 @@ on_post_retry (gpointer user_data)
 }
 
 /* The body of POST …/pass (and …/pass-coming) for `pass`; dirty_bytes:
- * per disk (in order), what its bitmap marks, -1 = not known. */
+ * per disk (in order), what its bitmap marks, -1 = not known; NULL =
+ * none known. */
 static JsonObject *
 pass_body (FerryJob *job, guint pass, gboolean final, const gint64 *dirty_bytes)
 {
@@ -524,7 +525,7 @@ pass_body (FerryJob *job, guint pass, gboolean final, const gint64 *dirty_bytes)
         {
           g_autofree char *bitmap = bitmap_name (job, pass - 1);
           json_object_set_string_member (entry, "bitmap", bitmap);
-          if (dirty_bytes[i] >= 0)
+          if (dirty_bytes != NULL && dirty_bytes[i] >= 0)
             json_object_set_int_member (entry, "dirty_bytes", dirty_bytes[i]);
         }
       json_array_add_object_element (disks, entry);
@@ -555,10 +556,7 @@ announce_pass (FerryJob *job, gboolean final, const gint64 *dirty_bytes)
   if (warm->nbd_port == 0 || warm->announced_pass == pass)
     return;
   warm->announced_pass = pass;
-  g_autofree gint64 *unknown = g_new (gint64, warm->disks->len);
-  for (guint i = 0; i < warm->disks->len; i++)
-    unknown[i] = -1;
-  g_autoptr (JsonObject) body = pass_body (job, pass, final, dirty_bytes ? dirty_bytes : unknown);
+  g_autoptr (JsonObject) body = pass_body (job, pass, final, dirty_bytes);
   g_autofree char *path = g_strdup_printf ("/v1/migrations/incoming/%s/pass-coming", job->uuid);
   ferry_peer_request_repeatable_async (job->agent, job->peer_url, "POST", path, body, PEER_TIMEOUT_S, NULL,
                                        on_pass_announced, NULL);
@@ -578,7 +576,7 @@ post_pass (FerryJob *job)
                                        on_pass_posted, ferry_job_ref_new (job));
 }
 
-/* Bytes `bitmap` marks on the node `node_name` (any node when NULL) in a
+/* Bytes `bitmap` marks on the node `node_name` in a
  * query-named-block-nodes reply; -1 when no such bitmap is there. */
 static gint64
 bitmap_count (JsonNode *nodes, const char *node_name, const char *bitmap)
@@ -590,7 +588,7 @@ bitmap_count (JsonNode *nodes, const char *node_name, const char *bitmap)
       JsonObject *node = json_array_get_object_element (array, i);
       JsonNode *bitmaps = node ? json_object_get_member (node, "dirty-bitmaps") : NULL;
       if (bitmaps == NULL || !JSON_NODE_HOLDS_ARRAY (bitmaps)
-          || (node_name != NULL && g_strcmp0 (ferry_json_object_string (node, "node-name"), node_name) != 0))
+          || g_strcmp0 (ferry_json_object_string (node, "node-name"), node_name) != 0)
         continue;
       for (guint j = 0; j < json_array_get_length (json_node_get_array (bitmaps)); j++)
         {
@@ -598,6 +596,22 @@ bitmap_count (JsonNode *nodes, const char *node_name, const char *bitmap)
           if (entry != NULL && g_strcmp0 (ferry_json_object_string (entry, "name"), bitmap) == 0)
             total = MAX (total, 0) + ferry_json_object_int (entry, "count");
         }
+    }
+  return total;
+}
+
+/* Each disk's count of `bitmap` (in disk order, -1 where it is not
+ * there) in a query-named-block-nodes reply; returns their sum. */
+static gint64
+count_per_disk (FerryJob *job, JsonNode *nodes, const char *bitmap, gint64 *counts)
+{
+  WarmSrc *warm = warm_of (job);
+  gint64 total = 0;
+  for (guint i = 0; i < warm->disks->len; i++)
+    {
+      g_autofree char *node = disk_node_name (((WarmDisk *) g_ptr_array_index (warm->disks, i))->index);
+      counts[i] = bitmap_count (nodes, node, bitmap);
+      total += MAX (counts[i], 0);
     }
   return total;
 }
@@ -626,12 +640,13 @@ on_snapshot_ready (GObject *source, GAsyncResult *result, gpointer user_data)
       warm_fail (job, "pass %u: cannot snapshot the disks: %s", warm->pass, error->message);
       return;
     }
-  g_autofree char *frozen = warm->pass > 1 ? bitmap_name (job, warm->pass - 1) : NULL;
-  for (guint i = 0; frozen != NULL && i < warm->disks->len; i++)
+  if (warm->pass > 1)
     {
-      WarmDisk *disk = g_ptr_array_index (warm->disks, i);
-      g_autofree char *node = disk_node_name (disk->index);
-      disk->pass_dirty_bytes = bitmap_count (reply, node, frozen);
+      g_autofree char *frozen = bitmap_name (job, warm->pass - 1);
+      g_autofree gint64 *counts = g_new (gint64, warm->disks->len);
+      count_per_disk (job, reply, frozen, counts);
+      for (guint i = 0; i < warm->disks->len; i++)
+        ((WarmDisk *) g_ptr_array_index (warm->disks, i))->pass_dirty_bytes = counts[i];
     }
   warm->pass_running = TRUE;
   warm->pass_started_us = g_get_real_time ();
@@ -1029,14 +1044,6 @@ on_powerdown_sent (GObject *source, GAsyncResult *result, gpointer user_data)
 
 static void cutover_shut_down (FerryJob *job);
 
-/* Bytes the recording bitmaps mark on every disk: what a pass now would copy. */
-static gint64
-dirty_bytes (FerryJob *job, JsonNode *nodes)
-{
-  g_autofree char *recording = bitmap_name (job, warm_of (job)->pass);
-  return MAX (bitmap_count (nodes, NULL, recording), 0);
-}
-
 static void
 on_dirty_counted (GObject *source, GAsyncResult *result, gpointer user_data)
 {
@@ -1048,19 +1055,15 @@ on_dirty_counted (GObject *source, GAsyncResult *result, gpointer user_data)
   if (warm == NULL || job->state != FERRY_JOB_PRECOPY)
     return;
   warm->qmp_busy = FALSE;
-  gint64 dirty = nodes ? dirty_bytes (job, nodes) : -1;
+  /* What the recording bitmaps mark: what a pass now would copy. */
+  g_autofree char *recording = bitmap_name (job, warm->pass);
+  g_autofree gint64 *counted = g_new (gint64, warm->disks->len);
+  gint64 dirty = nodes ? count_per_disk (job, nodes, recording, counted) : -1;
   if (dirty > CATCH_UP_BYTES && warm->catch_up_passes < MAX_CATCH_UP_PASSES)
     {
       /* The guest still runs: copy most of it now, so that the pass with
        * the guest stopped is short. Each disk's count so far sizes the
        * destination's connections. */
-      g_autofree char *recording = bitmap_name (job, warm->pass);
-      g_autofree gint64 *counted = g_new (gint64, warm->disks->len);
-      for (guint i = 0; i < warm->disks->len; i++)
-        {
-          g_autofree char *node = disk_node_name (((WarmDisk *) g_ptr_array_index (warm->disks, i))->index);
-          counted[i] = bitmap_count (nodes, node, recording);
-        }
       warm->catch_up_passes++;
       ferry_job_event (job, "info", "cutover: %" G_GINT64_FORMAT " MiB changed since the last pass; one more pass "
                        "before the guest stops", dirty >> 20);

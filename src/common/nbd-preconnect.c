@@ -119,12 +119,6 @@ ferry_nbd_preconnect_unref (FerryNbdPreconnect *pre)
   drop_ref (pre);
 }
 
-const char *
-ferry_nbd_preconnect_get_uri (FerryNbdPreconnect *pre)
-{
-  return pre->uri;
-}
-
 struct nbd_handle *
 ferry_nbd_preconnect_claim (FerryNbdPreconnect *pre, const char *uri, const char *extra_context, guint stall_s,
                             GCancellable *cancellable)

@@ -36,8 +36,6 @@ FerryNbdPreconnect *ferry_nbd_preconnect_ref (FerryNbdPreconnect *pre);
 void ferry_nbd_preconnect_unref (FerryNbdPreconnect *pre);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (FerryNbdPreconnect, ferry_nbd_preconnect_unref)
 
-const char *ferry_nbd_preconnect_get_uri (FerryNbdPreconnect *pre);
-
 /* A connection made ready for the export of `uri` (which must be the
  * URI the connections were started with), asking for base:allocation
  * and `extra_context` (NULL = none); blocking for at most stall_s. NULL

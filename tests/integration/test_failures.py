@@ -111,6 +111,7 @@ def test():
     wait_until("hosta's QEMU to be gone", lambda: not a.qemu_pids(), timeout=30)
     a.start_agent()
     tick, boot_id = wait_until("vm1 to boot again on hosta", booted_again, timeout=180)
+    assert a.vms()["vm1"]["state"] == "running", a.vms()
     info = job(a, "vm1", completed=True)
     assert info["state"] == "failed" and "source QEMU is gone" in (info.get("error") or ""), info
     events = [e["message"] for e in info["events"]]

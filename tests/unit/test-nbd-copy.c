@@ -343,6 +343,7 @@ test_preconnected_delta (Fixture *f, gconstpointer data)
   FerryNbdCopyOptions other_options = { .dirty_bitmap = "since-full", .preconnected = other };
   g_autoptr (FerryNbdCopy) again = ferry_nbd_copy_new (f->source_uri, f->destination_uri, &other_options);
   g_assert_true (ferry_nbd_copy_run (again, NULL, &error));
+  g_assert_true (images_identical (f, "raw"));
   ferry_nbd_preconnect_get_counts (other, &ready, &claimed);
   g_assert_cmpuint (ready, ==, 1);
   g_assert_cmpuint (claimed, ==, 0);
