@@ -75,6 +75,14 @@ TOOLS = {
     "defaults-auto-converge": ["--strategy", "manual", "--max-downtime", str(DOWNTIME_LIMIT_MS),
                                "--completion-timeout-per-gib", str(CAP_S), "--progress-timeout", str(CAP_S),
                                "--auto-converge"],
+    # Not in the default run: the defaults with two multifd channels (two
+    # TLS streams), and with zstd compression on them.
+    "defaults-multifd2": ["--strategy", "manual", "--max-downtime", str(DOWNTIME_LIMIT_MS),
+                          "--completion-timeout-per-gib", str(CAP_S), "--progress-timeout", str(CAP_S),
+                          "--parallel-connections", "2"],
+    "defaults-multifd2-zstd": ["--strategy", "manual", "--max-downtime", str(DOWNTIME_LIMIT_MS),
+                               "--completion-timeout-per-gib", str(CAP_S), "--progress-timeout", str(CAP_S),
+                               "--parallel-connections", "2", "--compress", "zstd"],
 }
 ESTIMATE_LIKE_WAIT_S = 3.5
 # Every migration starts this long after the guest's previous one ended
@@ -231,12 +239,24 @@ def run_migration(cluster, tool, source, destination, vm, scenario, link, tick, 
     # aborted migration had sent (QEMU drops them once cancelled).
     last_ram_stats = None
     aborted_by_bench = False
+    # Once a second: where QEMU was (its pass, what was left, its throttle),
+    # to read a run's course afterwards.
+    timeline = []
     while process.poll() is None:
         time.sleep(1.0)
         try:
             info = job(source, vm)
             if info.get("active") and isinstance(info.get("stats", {}).get("ram"), dict):
                 last_ram_stats = info["stats"]
+                ram = last_ram_stats["ram"]
+                timeline.append({
+                    "t_s": round(time.monotonic() - started, 1),
+                    "status": last_ram_stats.get("status"),
+                    "pass": ram.get("dirty-sync-count"),
+                    "remaining_mib": round(ram.get("remaining", 0) / MIB, 1),
+                    "sent_mib": round(ram.get("transferred", 0) / MIB, 1),
+                    "throttle_pct": last_ram_stats.get("cpu-throttle-percentage", 0),
+                })
         except Exception:  # noqa: BLE001 - the job may be between states
             pass
         if not aborted_by_bench and time.monotonic() - started > RUN_HARD_LIMIT_S:
@@ -251,6 +271,7 @@ def run_migration(cluster, tool, source, destination, vm, scenario, link, tick, 
     record["cpu_steal_pct"] = steal.percent()
     record["exit_status"] = process.returncode
     record["cli_output"] = (stdout.strip() + "\n" + stderr.strip()).strip()
+    record["timeline"] = timeline
 
     info = job(source, vm, completed=True)
     stats = info.get("stats", {})
@@ -277,6 +298,10 @@ def run_migration(cluster, tool, source, destination, vm, scenario, link, tick, 
     record["dirty_mib_s_measured"] = number(measured.get("dirty_mib_s"))
     record["resident_mib"] = round(measured["resident_bytes"] / MIB, 1) if "resident_bytes" in measured else None
     record["strategy"] = plan.get("strategy")
+    record["multifd_channels"] = (stats.get("ferry-qemu-parameters") or {}).get("multifd-channels") \
+        if (stats.get("ferry-qemu-capabilities") or {}).get("multifd") else None
+    record["multifd_compression"] = (stats.get("ferry-qemu-parameters") or {}).get("multifd-compression") \
+        if record["multifd_channels"] else None
     record["plan_reason"] = plan.get("reason")
     record["plan_predicted_total_s"] = number(plan.get("prediction", {}).get("total_s"))
     revised = stats.get("ferry-revised") or (last_ram_stats or {}).get("ferry-revised") or {}
@@ -488,7 +513,9 @@ def markdown(report):
         "--completion-timeout-per-gib 120 --progress-timeout 120` — pre-copy, 300 ms downtime limit, "
         "no multifd, unlimited bandwidth (what `virsh migrate --live` leaves), aborted at the 120 s cap.",
         "- **ferry-auto**: `ferry migrate NAME DEST --live` (strategy auto: measures link and dirty "
-        "rate, predicts, chooses pre-copy or post-copy), preceded by `--estimate --json` for the prediction.",
+        "rate, predicts, chooses pre-copy or post-copy, and for a pre-copy with room to spare multifd "
+        "channels, with zstd when the guest's memory compresses), preceded by `--estimate --json` for the "
+        "prediction.",
         "",
         "Columns: total = QEMU's `total-time` (cap (N) = did not finish, aborted at the 120 s cap after "
         "N s of job time); setup = QEMU's `setup-time`, part of total (dominated by the first dirty-bitmap "
@@ -499,7 +526,8 @@ def markdown(report):
         "guest's users see: QEMU's set-up sync under TCG holds its lock, and the guest's timers with it); "
         "link = the link rate ferry "
         "measured for that run (its 32 MiB probe); stream = what QEMU's pre-copy stream actually reached, "
-        "sent / (total − setup − downtime); wire = sent / link; predicted = `--estimate`'s total.",
+        "sent / (total − setup − downtime); wire = sent / link (QEMU 7.2 counts multifd pages as sent before "
+        "compression, so with zstd total / wire can be under 1); predicted = `--estimate`'s total.",
         "",
         "| scenario | link | tool | finished | strategy | total s | of which setup s | wall s | downtime ms "
         "| paused ms | stalled s | sent MiB | link MiB/s | stream MiB/s | total / wire | ≤1.5× | predicted s "
@@ -508,6 +536,10 @@ def markdown(report):
     ]
     for r in runs:
         strategy = r["strategy"] or "–"
+        if r.get("multifd_channels"):
+            strategy += f", {r['multifd_channels']} multifd channels"
+            if r.get("multifd_compression") not in (None, "none"):
+                strategy += f" + {r['multifd_compression']}"
         if r.get("switched_to_postcopy") and strategy != "post-copy":
             strategy += " → switched to post-copy"
         lines.append(

@@ -26,6 +26,13 @@ typedef struct {
    * (every page of RAM is dirty then) before the first pass, the last
    * while the guest is stopped. */
   double sync_s_per_page;
+  /* For the stream's carriage (ferry_choose_stream): the source host's
+   * CPUs, how many of them sat idle while the dirty rate was measured,
+   * and how well the guest's non-zero pages compress (raw / compressed,
+   * a sample at zlib's fastest level; 1 = not at all or unknown). */
+  guint cpus;
+  double free_cores;
+  double compress_ratio;
 } FerryPlanInputs;
 
 typedef struct {
@@ -60,6 +67,25 @@ void ferry_predict_precopy (const FerryPlanInputs *inputs, FerryPrediction *pred
  * when the guest happened to sit idle); the prediction is that worse case. */
 void ferry_predict_postcopy (const FerryPlanInputs *inputs, gint64 switch_at_pass,
                              FerryPrediction *prediction);
+
+/* How pre-copy's stream crosses the link: one TLS stream, or multifd
+ * channels (one TLS stream each, spread over cores), compressed or not. */
+typedef struct {
+  gint64 channels;           /* 0 = one stream, else multifd channels (2..4) */
+  gboolean compress;         /* zstd on the channels */
+  double compress_ratio;     /* what the prediction counts on; 1 = none */
+} FerryStreamChoice;
+
+/* For a plan whose pre-copy converges well within the completion limit
+ * (limit_s). Multifd (two channels, more with more idle cores) when the
+ * host has two CPUs or more and pre-copy has room to spare: QEMU does not
+ * run multifd with post-copy, so the way out of a guest that speeds up
+ * is auto-converge instead. Compression when a core is idle and the
+ * guest's memory compresses (ratio 1.1 or better): fewer bytes to
+ * encrypt and carry. Pure (unit-tested); sets *choice and returns the
+ * reason clause. */
+char *ferry_choose_stream (const FerryPlanInputs *inputs, const FerryPrediction *precopy, double limit_s,
+                           FerryStreamChoice *choice);
 
 /* The plan again once QEMU has said how long its set-up took. That sync
  * covered every page of RAM, so it gives the cost per page this guest

@@ -58,6 +58,29 @@ def test():
     human = a.cli("migrate", "vm1", b.url, "--live", "--estimate").stdout
     assert "Prediction:" in human and "Strategy:" in human, human
 
+    log("strategy auto, a guest dirtying 20 MiB/s over an unshaped link: pre-copy on multifd channels")
+    for source, destination in ((a, b), (b, a)):
+        info = migrate(source, destination)
+        plan = info["stats"]["ferry-plan"]
+        measured = plan["measured"]
+        log(f"plan: {plan['strategy']}: {plan['reason']}")
+        assert plan["strategy"] == "pre-copy", plan
+        parameters = info["stats"]["ferry-qemu-parameters"]
+        capabilities = info["stats"]["ferry-qemu-capabilities"]
+        if measured["cpus"] >= 2:
+            # Multifd leaves post-copy out: auto-converge is the way out.
+            channels = plan["options"]["parallel_connections"]
+            assert 2 <= channels <= 4 and "multifd channels" in plan["reason"], plan
+            assert capabilities["multifd"] and capabilities["auto-converge"], capabilities
+            assert not capabilities["postcopy-ram"], capabilities
+            assert parameters["multifd-channels"] == channels, parameters
+            # zstd exactly when a core was idle and the sampled memory compressed.
+            compresses = measured["free_cores"] >= 1 and measured["compress_ratio"] >= 1.1
+            assert parameters["multifd-compression"] == ("zstd" if compresses else "none"), (parameters, measured)
+        else:
+            assert not capabilities["multifd"] and capabilities["postcopy-ram"], capabilities
+        tick, _ = wait_for_ticks(destination, "vm1", beyond=tick, boot_id=boot_id)
+
     log("each option reaches QEMU")
     info = migrate(a, b, "--parallel-connections", "2", "--compress", "zstd")
     assert info["stats"]["ferry-qemu-capabilities"]["multifd"], info["stats"]

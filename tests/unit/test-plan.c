@@ -197,6 +197,74 @@ test_revised_after_setup_uses_the_measured_sync (void)
   g_assert_null (ferry_plan_revise (plan, 0));
 }
 
+/* Multifd only with room to spare, one channel per idle core (2..4),
+ * zstd only when a core is idle and the sample compresses. */
+static void
+test_stream_choice (void)
+{
+  FerryPlanInputs idle = inputs (110, 0, 400);
+  idle.cpus = 2;
+  idle.free_cores = 1.9;
+  idle.compress_ratio = 2.6;
+  FerryPrediction precopy;
+  ferry_predict_precopy (&idle, &precopy);
+  FerryStreamChoice choice;
+  g_autofree char *reason = ferry_choose_stream (&idle, &precopy, 150, &choice);
+  g_assert_cmpint (choice.channels, ==, 2);
+  g_assert_true (choice.compress);
+  g_assert_cmpfloat (choice.compress_ratio, ==, 2.6);
+  g_assert_nonnull (strstr (reason, "2 multifd channels with zstd"));
+  g_assert_nonnull (strstr (reason, "2.6:1"));
+
+  /* A big idle host: one channel per idle core, four at most; a sample
+   * that flatters is counted at 3:1. */
+  FerryPlanInputs big = idle;
+  big.cpus = 32;
+  big.free_cores = 30;
+  big.compress_ratio = 8;
+  g_autofree char *big_reason = ferry_choose_stream (&big, &precopy, 150, &choice);
+  g_assert_cmpint (choice.channels, ==, 4);
+  g_assert_cmpfloat (choice.compress_ratio, ==, 3.0);
+
+  /* Random data: channels without compression, and the reason says why. */
+  FerryPlanInputs random_data = idle;
+  random_data.compress_ratio = 1.02;
+  g_autofree char *random_reason = ferry_choose_stream (&random_data, &precopy, 150, &choice);
+  g_assert_cmpint (choice.channels, ==, 2);
+  g_assert_false (choice.compress);
+  g_assert_nonnull (strstr (random_reason, "compresses only 1.02:1"));
+
+  /* No idle core: no compression either. */
+  FerryPlanInputs busy = idle;
+  busy.free_cores = 0.4;
+  g_autofree char *busy_reason = ferry_choose_stream (&busy, &precopy, 150, &choice);
+  g_assert_cmpint (choice.channels, ==, 2);
+  g_assert_false (choice.compress);
+  g_assert_nonnull (strstr (busy_reason, "0.4 cores are idle"));
+
+  /* One CPU: one stream. */
+  FerryPlanInputs single = idle;
+  single.cpus = 1;
+  g_autofree char *single_reason = ferry_choose_stream (&single, &precopy, 150, &choice);
+  g_assert_cmpint (choice.channels, ==, 0);
+  g_assert_false (choice.compress);
+
+  /* Dirtying more than half the link, or pre-copy taking over a quarter
+   * of the completion limit: post-copy stays in reserve, one stream. */
+  FerryPlanInputs dirty = inputs (300, 60, 100);
+  dirty.cpus = 2;
+  dirty.free_cores = 1.5;
+  dirty.compress_ratio = 2;
+  FerryPrediction dirty_precopy;
+  ferry_predict_precopy (&dirty, &dirty_precopy);
+  g_assert_true (dirty_precopy.converges);
+  g_autofree char *dirty_reason = ferry_choose_stream (&dirty, &dirty_precopy, 150, &choice);
+  g_assert_cmpint (choice.channels, ==, 0);
+  g_assert_nonnull (strstr (dirty_reason, "post-copy"));
+  g_autofree char *tight_reason = ferry_choose_stream (&idle, &precopy, precopy.total_s * 3, &choice);
+  g_assert_cmpint (choice.channels, ==, 0);
+}
+
 static JsonObject *
 body (const char *json)
 {
@@ -320,6 +388,7 @@ main (int argc, char **argv)
   g_test_add_func ("/plan/postcopy-bounded", test_postcopy_bounded_by_one_pass_and_the_rest);
   g_test_add_func ("/plan/postcopy-after-setup", test_postcopy_after_setup_sends_everything_once);
   g_test_add_func ("/plan/revised-after-setup", test_revised_after_setup_uses_the_measured_sync);
+  g_test_add_func ("/plan/stream-choice", test_stream_choice);
   g_test_add_func ("/options/defaults", test_option_defaults);
   g_test_add_func ("/options/conflicts-refused", test_option_conflicts_refused);
   g_test_add_func ("/options/warm", test_warm_options);
