@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Failures mid-migration leave the guest running on the source and
 nothing behind on the destination: abort, destination ferryd killed,
-destination QEMU killed, link cut, and the source's own QEMU killed (the
+destination QEMU killed, link cut (abort and link cut also on multifd
+channels, strategy auto's choice when it has room), and the source's own QEMU killed (the
 guest then boots again on the source: it never ran anywhere else). The
 job says failed (or cancelled) and why."""
 
@@ -12,10 +13,15 @@ from ferrytest import (Cluster, assert_clean, ensure_guest, guest_spec, job, las
                        wait_for_console, wait_for_ticks, wait_job_done, wait_until)
 
 
-def start_slow_migration(cluster):
+# What strategy auto uses for a pre-copy with room to spare: channels
+# that each carry their own TLS stream, compressed.
+MULTIFD = ("--strategy", "manual", "--parallel-connections", "2", "--compress", "zstd")
+
+
+def start_slow_migration(cluster, *options):
     """Starts a migration throttled so that it lasts long enough to break."""
     a, b = cluster.a, cluster.b
-    a.cli("migrate", "vm1", b.url, "--live", "--bandwidth", "4", "--detach")
+    a.cli("migrate", "vm1", b.url, "--live", "--bandwidth", "4", "--detach", *options)
 
     def streaming():
         info = job(a, "vm1")
@@ -37,6 +43,29 @@ def assert_guest_kept(cluster, tick, boot_id, expected_state, reason_fragment):
     return tick
 
 
+def cut_link_mid_migration(cluster, tick, boot_id, options):
+    """The link goes down while the stream runs: the job fails, the guest
+    stays on the source, and the destination drops its incoming VM."""
+    a, b = cluster.a, cluster.b
+    start_slow_migration(cluster, *options)
+    cluster.link_down()
+    try:
+        info = wait_job_done(a, "vm1", timeout=120)
+        log(f"job ended: {info['state']}: {info.get('error')}")
+        assert info["state"] == "failed", info
+        assert "unreachable" in info["error"], info
+        assert a.vms()["vm1"]["state"] == "running"
+        tick, _ = wait_for_ticks(a, "vm1", beyond=tick + 1, boot_id=boot_id)
+        # B's lease on the incoming VM expires on its own, link or not.
+        wait_until("B to drop the incoming VM", lambda: not b.qemu_pids(), timeout=60)
+    finally:
+        cluster.link_up()
+    wait_until("the destination to be clean", lambda: assert_clean(b, "vm1") is None, timeout=60)
+    b_job = job(b, "vm1")
+    assert b_job["state"] == "failed" and "silent" in b_job["error"], b_job
+    return tick
+
+
 def test():
     kernel, initrd = ensure_guest()
     cluster = Cluster(need_netns=True, keepalive_timeout_ms=3000)
@@ -53,6 +82,12 @@ def test():
     a.cli("job", "abort", "vm1")
     tick = assert_guest_kept(cluster, tick, boot_id, "cancelled", "aborted")
 
+    log("1b. abort mid-migration on multifd channels")
+    start_slow_migration(cluster, *MULTIFD)
+    assert job(a, "vm1")["stats"]["ferry-qemu-capabilities"]["multifd"], job(a, "vm1")["stats"]
+    a.cli("job", "abort", "vm1")
+    tick = assert_guest_kept(cluster, tick, boot_id, "cancelled", "aborted")
+
     log("2. destination ferryd killed mid-migration")
     start_slow_migration(cluster)
     b.stop_agent(kill=True)
@@ -65,22 +100,7 @@ def test():
     tick = assert_guest_kept(cluster, tick, boot_id, "failed", "destination")
 
     log("4. link cut mid-migration")
-    start_slow_migration(cluster)
-    cluster.link_down()
-    try:
-        info = wait_job_done(a, "vm1", timeout=120)
-        log(f"job ended: {info['state']}: {info.get('error')}")
-        assert info["state"] == "failed", info
-        assert "unreachable" in info["error"], info
-        assert a.vms()["vm1"]["state"] == "running"
-        tick, _ = wait_for_ticks(a, "vm1", beyond=tick + 1, boot_id=boot_id)
-        # B's lease on the incoming VM expires on its own, link or not.
-        wait_until("B to drop the incoming VM", lambda: not b.qemu_pids(), timeout=60)
-    finally:
-        cluster.link_up()
-    wait_until("the destination to be clean", lambda: assert_clean(b, "vm1") is None, timeout=60)
-    b_job = job(b, "vm1")
-    assert b_job["state"] == "failed" and "silent" in b_job["error"], b_job
+    tick = cut_link_mid_migration(cluster, tick, boot_id, ())
 
     log("5. the source's QEMU dies mid-migration: the guest ran only there, so it boots there again")
     start_slow_migration(cluster)
@@ -117,6 +137,11 @@ def test():
     events = [e["message"] for e in info["events"]]
     assert any("started again on this host" in m for m in events), events
     wait_until("the destination to be clean", lambda: assert_clean(b, "vm1") is None, timeout=60)
+
+    # Last among the breakages: QEMU 7.2 logged the multifd channels' TLS
+    # write errors seconds after such a cut, where step 5 would read them.
+    log("6b. link cut mid-migration on multifd channels")
+    tick = cut_link_mid_migration(cluster, tick, boot_id, MULTIFD)
 
     log("7. after all that, a migration still works")
     result = a.cli("migrate", "vm1", b.url, "--live")
