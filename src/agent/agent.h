@@ -586,6 +586,10 @@ JsonObject *ferry_qmp_args_migrate (const char *uri);
 JsonObject *ferry_qmp_args_migrate_resume (const char *uri);
 /* Listens for the resumed post-copy stream (destination side). */
 JsonObject *ferry_qmp_args_migrate_recover (const char *uri);
+/* Shuts down every connection of the migration in progress (yank): a
+ * cancelled multifd migration otherwise keeps its channels blocked in
+ * writes to a dead link until it comes back or TCP gives up. */
+JsonObject *ferry_qmp_args_yank_migration (void);
 JsonObject *ferry_qmp_args_calc_dirty_rate (gint64 period_s, gint64 sample_pages);
 /* Storage migration: the destination QEMU serves its new disks over NBD
  * (TLS), the source mirrors into them. */

@@ -168,9 +168,14 @@ mig_src_rollback (FerryJob *job, const char *reason)
        * cont re-activates the disks and resumes. migrate_cancel is
        * harmless when nothing runs. It goes first: QEMU runs a monitor's
        * commands in order, so the memory stream is stopped before any
-       * disk mirror is cancelled below. */
+       * disk mirror is cancelled below. The yank then shuts the
+       * migration's connections: QEMU 7.2's cancel shuts the main
+       * stream but leaves multifd channels blocked in writes to a dead
+       * link until it comes back or TCP gives up; an error (nothing
+       * left to yank) is expected and ignored. */
       FerryQmpStep steps[] = {
         { "migrate_cancel", NULL, TRUE },
+        { "yank", ferry_qmp_args_yank_migration (), TRUE },
         { "cont", NULL, TRUE },
         { "query-status", NULL },
       };
@@ -178,8 +183,8 @@ mig_src_rollback (FerryJob *job, const char *reason)
       if (g_strcmp0 (vm->qemu_status, "paused") == 0)
         {
           /* A guest paused by its owner before the migration stays paused. */
-          steps[1] = steps[2];
-          n = 2;
+          steps[2] = steps[3];
+          n = 3;
         }
       ferry_qmp_run_steps_async (vm->qmp, steps, n, NULL, on_rollback_resumed, ferry_job_ref_new (job));
     }
@@ -1664,6 +1669,7 @@ mig_src_recover (FerryAgent *agent, FerryStoreJob *stored)
     {
       FerryQmpStep steps[] = {
         { "migrate_cancel", NULL, TRUE },
+        { "yank", ferry_qmp_args_yank_migration (), TRUE },   /* see mig_src_rollback */
         { "cont", NULL, TRUE },
       };
       ferry_qmp_run_steps_async (vm->qmp, steps, G_N_ELEMENTS (steps), NULL, NULL, NULL);

@@ -105,6 +105,18 @@ ferry_qmp_args_migrate_recover (const char *uri)
 }
 
 JsonObject *
+ferry_qmp_args_yank_migration (void)
+{
+  JsonObject *args = json_object_new ();
+  JsonArray *instances = json_array_new ();
+  JsonObject *migration = json_object_new ();
+  json_object_set_string_member (migration, "type", "migration");
+  json_array_add_object_element (instances, migration);
+  json_object_set_array_member (args, "instances", instances);
+  return args;
+}
+
+JsonObject *
 ferry_qmp_args_calc_dirty_rate (gint64 period_s, gint64 sample_pages)
 {
   JsonObject *args = json_object_new ();

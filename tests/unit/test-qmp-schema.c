@@ -258,6 +258,7 @@ check_ferry_commands (void)
   assert_built ("object-del", del);
   assert_built ("migrate-incoming", ferry_qmp_args_migrate_incoming ("tcp:10.0.0.2:0"));
   assert_built ("migrate", ferry_qmp_args_migrate ("tcp:10.0.0.2:49152"));
+  assert_built ("yank", ferry_qmp_args_yank_migration ());
   assert_built ("calc-dirty-rate", ferry_qmp_args_calc_dirty_rate (2, 512));
   assert_built ("query-dirty-rate", NULL);
   assert_built ("query-migrate-parameters", NULL);
