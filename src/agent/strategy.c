@@ -153,6 +153,10 @@ ferry_choose_stream (const FerryPlanInputs *inputs, const FerryPrediction *preco
   /* One channel per idle core, at least two: each channel is a TLS
    * stream encrypted on a core of its own. */
   choice->channels = CLAMP ((gint64) floor (inputs->free_cores), 2, MIN (MULTIFD_MAX_CHANNELS, (gint64) inputs->cpus));
+  if (inputs->bandwidth_capped)
+    return g_strdup_printf ("%" G_GINT64_FORMAT " multifd channels, no compression (QEMU applies the "
+                            "bandwidth limit to the bytes before compression); auto-converge in reserve",
+                            choice->channels);
   if (inputs->free_cores >= 1.0 && inputs->compress_ratio >= COMPRESS_MIN_RATIO)
     {
       choice->compress = TRUE;
@@ -344,7 +348,8 @@ ferry_plan_revise (JsonObject *plan, gint64 setup_ms)
   if (inputs.ram_bytes <= 0 || inputs.link_bytes_per_s <= 0)
     return NULL;
   inputs.sync_s_per_page = MAX (0.0, setup_ms / 1000.0 - SETUP_S) / (inputs.ram_bytes / PAGE_BYTES);
-  /* The plan's compression carries more over the same link. */
+  /* The plan's compression carries more over the same link (never
+   * chosen under a bandwidth limit, which QEMU counts before it). */
   if (options && g_strcmp0 (ferry_json_object_string (options, "compress"), "zstd") == 0)
     inputs.link_bytes_per_s *= CLAMP (json_object_get_double_member_with_default (measured, "compress_ratio", 1.0),
                                       1.0, COMPRESS_MAX_COUNTED_RATIO);
@@ -396,8 +401,11 @@ choose (PlanData *data, FerryVm *vm)
       inputs.resident_bytes = guest_ram.resident;
       inputs.compress_ratio = sample_compress_ratio (vm, &guest_ram);
     }
-  if (data->options.bandwidth_mib > 0)
-    inputs.link_bytes_per_s = MIN (inputs.link_bytes_per_s, data->options.bandwidth_mib * 1048576.0);
+  if (data->options.bandwidth_mib > 0 && data->options.bandwidth_mib * 1048576.0 <= inputs.link_bytes_per_s)
+    {
+      inputs.link_bytes_per_s = data->options.bandwidth_mib * 1048576.0;
+      inputs.bandwidth_capped = TRUE;
+    }
 
   FerryPrediction precopy, chosen;
   ferry_predict_precopy (&inputs, &precopy);

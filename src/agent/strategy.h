@@ -33,6 +33,10 @@ typedef struct {
   guint cpus;
   double free_cores;
   double compress_ratio;
+  /* link_bytes_per_s is the user's bandwidth limit, not the link: QEMU
+   * 7.2 counts that limit in bytes before multifd compression, so
+   * compressing would not make the stream any faster. */
+  gboolean bandwidth_capped;
 } FerryPlanInputs;
 
 typedef struct {
@@ -82,7 +86,7 @@ typedef struct {
  * run multifd with post-copy, so the way out of a guest that speeds up
  * is auto-converge instead. Compression when a core is idle and the
  * guest's memory compresses (ratio 1.1 or better): fewer bytes to
- * encrypt and carry. Pure (unit-tested); sets *choice and returns the
+ * encrypt and carry; not under a bandwidth limit (bandwidth_capped). Pure (unit-tested); sets *choice and returns the
  * reason clause. */
 char *ferry_choose_stream (const FerryPlanInputs *inputs, const FerryPrediction *precopy, double limit_s,
                            FerryStreamChoice *choice);

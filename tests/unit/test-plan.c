@@ -242,6 +242,16 @@ test_stream_choice (void)
   g_assert_false (choice.compress);
   g_assert_nonnull (strstr (busy_reason, "0.4 cores are idle"));
 
+  /* Under a bandwidth limit, which QEMU counts before compression: no
+   * compression, it would not go faster. */
+  FerryPlanInputs capped = idle;
+  capped.bandwidth_capped = TRUE;
+  g_autofree char *capped_reason = ferry_choose_stream (&capped, &precopy, 150, &choice);
+  g_assert_cmpint (choice.channels, ==, 2);
+  g_assert_false (choice.compress);
+  g_assert_cmpfloat (choice.compress_ratio, ==, 1.0);
+  g_assert_nonnull (strstr (capped_reason, "bandwidth limit"));
+
   /* One CPU: one stream. */
   FerryPlanInputs single = idle;
   single.cpus = 1;
