@@ -57,14 +57,17 @@ def cut_link_mid_migration(cluster, tick, boot_id, options):
         assert "unreachable" in info["error"], info
         assert a.vms()["vm1"]["state"] == "running"
         if options:
-            # The channels' writes ended with the job, link still down:
-            # QEMU logged them failing. QEMU 7.2's cancel alone left
+            # The channels' writes end with the job, link still down:
+            # QEMU logs them failing. QEMU 7.2's cancel alone left
             # multifd channels blocked in their writes until the link came
             # back (their errors logged then, 1.4 s after the link was up);
             # ferry yanks the migration's connections.
             qemu_log = os.path.join(a.state_dir, "vms", "vm1", "qemu.log")
-            with open(qemu_log, errors="replace") as handle:
-                assert "Cannot write to TLS channel" in handle.read()[log_mark:], "multifd channels still blocked"
+
+            def writes_failed():
+                with open(qemu_log, errors="replace") as handle:
+                    return "Cannot write to TLS channel" in handle.read()[log_mark:]
+            wait_until("the multifd channels' writes to fail, link down", writes_failed, timeout=5)
         tick, _ = wait_for_ticks(a, "vm1", beyond=tick + 1, boot_id=boot_id)
         # B's lease on the incoming VM expires on its own, link or not.
         wait_until("B to drop the incoming VM", lambda: not b.qemu_pids(), timeout=60)
