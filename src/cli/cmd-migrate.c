@@ -150,6 +150,10 @@ migrate_estimate (FerryClient *client, const char *name, JsonObject *body)
   g_autofree char *bytes = ferry_format_bytes (ferry_json_object_int (prediction, "bytes"));
   g_print ("Measured:   RAM %s (%s touched), dirty rate %.0f MiB/s, link %.0f MiB/s\n", ram, resident,
            member_double (measured, "dirty_mib_s"), member_double (measured, "link_mib_s"));
+  if (json_object_has_member (measured, "cpus"))
+    g_print ("            %.1f of %" G_GINT64_FORMAT " cores idle, the guest's memory compresses %.1f:1\n",
+             member_double (measured, "free_cores"), ferry_json_object_int (measured, "cpus"),
+             member_double (measured, "compress_ratio"));
   if (json_object_get_boolean_member_with_default (precopy, "converges", FALSE))
     g_print ("Pre-copy:   converges in %" G_GINT64_FORMAT " passes, %.1f s, downtime %.0f ms\n",
              ferry_json_object_int (precopy, "passes"), member_double (precopy, "total_s"),

@@ -56,7 +56,7 @@ def test():
     assert estimate["measured"]["link_mib_s"] > 0 and estimate["prediction"]["bytes"] > 0, estimate
     assert "vm1" not in b.vms(), "an estimate must not migrate"
     human = a.cli("migrate", "vm1", b.url, "--live", "--estimate").stdout
-    assert "Prediction:" in human and "Strategy:" in human, human
+    assert "Prediction:" in human and "Strategy:" in human and "cores idle" in human, human
 
     log("strategy auto, a guest dirtying 20 MiB/s over an unshaped link: pre-copy on multifd channels")
     for source, destination in ((a, b), (b, a)):
