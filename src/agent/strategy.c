@@ -139,6 +139,13 @@ ferry_predict_postcopy (const FerryPlanInputs *inputs, gint64 switch_at_pass,
 /* The prediction never counts on more than this (a sample can flatter). */
 #define COMPRESS_MAX_COUNTED_RATIO 3.0
 
+/* The compress ratio a prediction counts on: the sample's, at most 3:1. */
+static double
+counted_compress_ratio (double sampled)
+{
+  return CLAMP (sampled, 1.0, COMPRESS_MAX_COUNTED_RATIO);
+}
+
 char *
 ferry_choose_stream (const FerryPlanInputs *inputs, const FerryPrediction *precopy, double limit_s,
                      FerryStreamChoice *choice)
@@ -153,23 +160,24 @@ ferry_choose_stream (const FerryPlanInputs *inputs, const FerryPrediction *preco
   /* One channel per idle core, at least two: each channel is a TLS
    * stream encrypted on a core of its own. */
   choice->channels = CLAMP ((gint64) floor (inputs->free_cores), 2, MIN (MULTIFD_MAX_CHANNELS, (gint64) inputs->cpus));
+  g_autofree char *compression = NULL;
   if (inputs->bandwidth_capped)
-    return g_strdup_printf ("%" G_GINT64_FORMAT " multifd channels, no compression (QEMU applies the "
-                            "bandwidth limit to the bytes before compression); auto-converge in reserve",
-                            choice->channels);
-  if (inputs->free_cores >= 1.0 && inputs->compress_ratio >= COMPRESS_MIN_RATIO)
+    compression = g_strdup ("without compression (QEMU applies the bandwidth limit to the bytes before "
+                            "compression)");
+  else if (inputs->free_cores < 1.0)
+    compression = g_strdup_printf ("without compression (%.1f cores are idle)", inputs->free_cores);
+  else if (inputs->compress_ratio < COMPRESS_MIN_RATIO)
+    compression = g_strdup_printf ("without compression (the guest's memory compresses only %.2f:1)",
+                                   inputs->compress_ratio);
+  else
     {
       choice->compress = TRUE;
-      choice->compress_ratio = MIN (inputs->compress_ratio, COMPRESS_MAX_COUNTED_RATIO);
-      return g_strdup_printf ("%" G_GINT64_FORMAT " multifd channels with zstd (the guest's memory compresses "
-                              "%.1f:1 and %.1f cores are idle); auto-converge in reserve", choice->channels,
-                              inputs->compress_ratio, inputs->free_cores);
+      choice->compress_ratio = counted_compress_ratio (inputs->compress_ratio);
+      compression = g_strdup_printf ("with zstd (the guest's memory compresses %.1f:1 and %.1f cores are idle)",
+                                     inputs->compress_ratio, inputs->free_cores);
     }
-  if (inputs->free_cores < 1.0)
-    return g_strdup_printf ("%" G_GINT64_FORMAT " multifd channels, no compression (%.1f cores are idle); "
-                            "auto-converge in reserve", choice->channels, inputs->free_cores);
-  return g_strdup_printf ("%" G_GINT64_FORMAT " multifd channels, no compression (the guest's memory compresses "
-                          "only %.2f:1); auto-converge in reserve", choice->channels, inputs->compress_ratio);
+  return g_strdup_printf ("%" G_GINT64_FORMAT " multifd channels %s; auto-converge in reserve", choice->channels,
+                          compression);
 }
 
 /* ---- measuring ---------------------------------------------------------------- */
@@ -351,8 +359,8 @@ ferry_plan_revise (JsonObject *plan, gint64 setup_ms)
   /* The plan's compression carries more over the same link (never
    * chosen under a bandwidth limit, which QEMU counts before it). */
   if (options && g_strcmp0 (ferry_json_object_string (options, "compress"), "zstd") == 0)
-    inputs.link_bytes_per_s *= CLAMP (json_object_get_double_member_with_default (measured, "compress_ratio", 1.0),
-                                      1.0, COMPRESS_MAX_COUNTED_RATIO);
+    inputs.link_bytes_per_s *= counted_compress_ratio (json_object_get_double_member_with_default (measured,
+                                                                                                "compress_ratio", 1.0));
   gint64 switch_at_pass = options ? ferry_json_object_int (options, "postcopy_at_pass") : 0;
   FerryPrediction revised;
   if (switch_at_pass > 0)
@@ -446,6 +454,7 @@ choose (PlanData *data, FerryVm *vm)
       chosen = precopy;
       FerryStreamChoice stream;
       g_autofree char *stream_reason = ferry_choose_stream (&inputs, &precopy, limit_s, &stream);
+      g_autofree char *reserve = NULL;
       if (stream.channels > 0)
         {
           options->parallel_connections = stream.channels;
@@ -457,9 +466,7 @@ choose (PlanData *data, FerryVm *vm)
           carried.link_bytes_per_s *= stream.compress_ratio;
           ferry_predict_precopy (&carried, &chosen);
           chosen.bytes = (gint64) (chosen.bytes / stream.compress_ratio);
-          reason = g_strdup_printf ("pre-copy converges in %" G_GINT64_FORMAT " passes (%.1f s, %.0f ms "
-                                    "downtime); %s", chosen.passes, chosen.total_s, chosen.downtime_ms,
-                                    stream_reason);
+          reserve = g_strdup ("");
         }
       else
         {
@@ -468,11 +475,11 @@ choose (PlanData *data, FerryVm *vm)
           options->postcopy = TRUE;
           options->timeout_action = FERRY_TIMEOUT_POSTCOPY;
           options->postcopy_after_s = (gint64) ceil (precopy.total_s * 3 + 10);
-          reason = g_strdup_printf ("pre-copy converges in %" G_GINT64_FORMAT " passes (%.1f s, %.0f ms "
-                                    "downtime); post-copy after %" G_GINT64_FORMAT " s if it does not; %s",
-                                    precopy.passes, precopy.total_s, precopy.downtime_ms,
-                                    options->postcopy_after_s, stream_reason);
+          reserve = g_strdup_printf ("post-copy after %" G_GINT64_FORMAT " s if it does not; ",
+                                     options->postcopy_after_s);
         }
+      reason = g_strdup_printf ("pre-copy converges in %" G_GINT64_FORMAT " passes (%.1f s, %.0f ms downtime); %s%s",
+                                chosen.passes, chosen.total_s, chosen.downtime_ms, reserve, stream_reason);
     }
   else
     {

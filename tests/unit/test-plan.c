@@ -197,6 +197,22 @@ test_revised_after_setup_uses_the_measured_sync (void)
   g_assert_null (ferry_plan_revise (plan, 0));
 }
 
+/* ferry_choose_stream's choice for these inputs, and a fragment its
+ * reason must hold. */
+static void
+assert_stream (const FerryPlanInputs *in, const FerryPrediction *precopy, double limit_s, gint64 channels,
+               gboolean compress, double counted_ratio, const char *fragment)
+{
+  FerryStreamChoice choice;
+  g_autofree char *reason = ferry_choose_stream (in, precopy, limit_s, &choice);
+  g_test_message ("%s", reason);
+  g_assert_cmpint (choice.channels, ==, channels);
+  g_assert_cmpint (choice.compress, ==, compress);
+  g_assert_cmpfloat (choice.compress_ratio, ==, counted_ratio);
+  if (strstr (reason, fragment) == NULL)
+    g_error ("'%s' should mention '%s'", reason, fragment);
+}
+
 /* Multifd only with room to spare, one channel per idle core (2..4),
  * zstd only when a core is idle and the sample compresses. */
 static void
@@ -208,13 +224,8 @@ test_stream_choice (void)
   idle.compress_ratio = 2.6;
   FerryPrediction precopy;
   ferry_predict_precopy (&idle, &precopy);
-  FerryStreamChoice choice;
-  g_autofree char *reason = ferry_choose_stream (&idle, &precopy, 150, &choice);
-  g_assert_cmpint (choice.channels, ==, 2);
-  g_assert_true (choice.compress);
-  g_assert_cmpfloat (choice.compress_ratio, ==, 2.6);
-  g_assert_nonnull (strstr (reason, "2 multifd channels with zstd"));
-  g_assert_nonnull (strstr (reason, "2.6:1"));
+  assert_stream (&idle, &precopy, 150, 2, TRUE, 2.6, "2 multifd channels with zstd (the guest's memory compresses "
+                                                     "2.6:1");
 
   /* A big idle host: one channel per idle core, four at most; a sample
    * that flatters is counted at 3:1. */
@@ -222,42 +233,28 @@ test_stream_choice (void)
   big.cpus = 32;
   big.free_cores = 30;
   big.compress_ratio = 8;
-  g_autofree char *big_reason = ferry_choose_stream (&big, &precopy, 150, &choice);
-  g_assert_cmpint (choice.channels, ==, 4);
-  g_assert_cmpfloat (choice.compress_ratio, ==, 3.0);
+  assert_stream (&big, &precopy, 150, 4, TRUE, 3.0, "4 multifd channels with zstd");
 
   /* Random data: channels without compression, and the reason says why. */
   FerryPlanInputs random_data = idle;
   random_data.compress_ratio = 1.02;
-  g_autofree char *random_reason = ferry_choose_stream (&random_data, &precopy, 150, &choice);
-  g_assert_cmpint (choice.channels, ==, 2);
-  g_assert_false (choice.compress);
-  g_assert_nonnull (strstr (random_reason, "compresses only 1.02:1"));
+  assert_stream (&random_data, &precopy, 150, 2, FALSE, 1.0, "compresses only 1.02:1");
 
   /* No idle core: no compression either. */
   FerryPlanInputs busy = idle;
   busy.free_cores = 0.4;
-  g_autofree char *busy_reason = ferry_choose_stream (&busy, &precopy, 150, &choice);
-  g_assert_cmpint (choice.channels, ==, 2);
-  g_assert_false (choice.compress);
-  g_assert_nonnull (strstr (busy_reason, "0.4 cores are idle"));
+  assert_stream (&busy, &precopy, 150, 2, FALSE, 1.0, "0.4 cores are idle");
 
   /* Under a bandwidth limit, which QEMU counts before compression: no
    * compression, it would not go faster. */
   FerryPlanInputs capped = idle;
   capped.bandwidth_capped = TRUE;
-  g_autofree char *capped_reason = ferry_choose_stream (&capped, &precopy, 150, &choice);
-  g_assert_cmpint (choice.channels, ==, 2);
-  g_assert_false (choice.compress);
-  g_assert_cmpfloat (choice.compress_ratio, ==, 1.0);
-  g_assert_nonnull (strstr (capped_reason, "bandwidth limit"));
+  assert_stream (&capped, &precopy, 150, 2, FALSE, 1.0, "bandwidth limit");
 
   /* One CPU: one stream. */
   FerryPlanInputs single = idle;
   single.cpus = 1;
-  g_autofree char *single_reason = ferry_choose_stream (&single, &precopy, 150, &choice);
-  g_assert_cmpint (choice.channels, ==, 0);
-  g_assert_false (choice.compress);
+  assert_stream (&single, &precopy, 150, 0, FALSE, 1.0, "two CPUs or more");
 
   /* Dirtying more than half the link, or pre-copy taking over a quarter
    * of the completion limit: post-copy stays in reserve, one stream. */
@@ -268,11 +265,8 @@ test_stream_choice (void)
   FerryPrediction dirty_precopy;
   ferry_predict_precopy (&dirty, &dirty_precopy);
   g_assert_true (dirty_precopy.converges);
-  g_autofree char *dirty_reason = ferry_choose_stream (&dirty, &dirty_precopy, 150, &choice);
-  g_assert_cmpint (choice.channels, ==, 0);
-  g_assert_nonnull (strstr (dirty_reason, "post-copy"));
-  g_autofree char *tight_reason = ferry_choose_stream (&idle, &precopy, precopy.total_s * 3, &choice);
-  g_assert_cmpint (choice.channels, ==, 0);
+  assert_stream (&dirty, &dirty_precopy, 150, 0, FALSE, 1.0, "post-copy in reserve");
+  assert_stream (&idle, &precopy, precopy.total_s * 3, 0, FALSE, 1.0, "post-copy in reserve");
 }
 
 static JsonObject *
