@@ -39,12 +39,13 @@ check-unit: build
 # Each integration test runs once, to keep make check under 20 minutes on
 # two cores. The instrumented agent takes the C-heavy paths: every
 # migration phase and failure, bad input, post-copy recovery, disk copies
-# with their failures and restarts, storage mirrors, warm passes; the
-# plain agent (what users run; `make demo` too) the rest.
+# with their failures and restarts, storage mirrors, warm passes, a
+# multifd stream started again as one; the plain agent (what users run;
+# `make demo` too) the rest.
 PLAIN_INTEGRATION = test_tls_capture test_restart_offline test_dirtyrate test_strategy test_pools \
 	test_cold_migration
 ASAN_INTEGRATION = test_live_migration test_failures test_bad_input test_postcopy_recover \
-	test_cold_failures test_live_storage test_warm_migration
+	test_cold_failures test_live_storage test_warm_migration test_strategy_restart
 
 # Every integration test is in exactly one of the lists above.
 check-lists:

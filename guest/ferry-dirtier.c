@@ -14,8 +14,13 @@
  *   [128, 136)   64-bit counter; the one word rewritten to dirty the page
  *   [136, 4096)  fill: pseudo-random bytes, or the header line repeated
  *
+ * With --ramp-after S the rate changes to --ramp-rate after S seconds of
+ * dirtying: a guest that is quiet while ferry measures it and busy once
+ * the migration runs (the plan's premise broken mid-way).
+ *
  * Output: "dirtier mib=SIZE rate=MBPS" once the buffer is filled and
- * dirtying starts, then "dirtier achieved=X MB/s" every 5 s.  MB means MiB
+ * dirtying starts, "dirtier ramp rate=MBPS" when the rate changes, then
+ * "dirtier achieved=X MB/s" every 5 s.  MB means MiB
  * (2^20 bytes), the unit QEMU's calc-dirty-rate reports in.
  */
 #include "guest-common.h"
@@ -30,6 +35,7 @@
 #define MARKER_MAX 64u
 #define MIB_MAX (64u * 1024u)     /* 64 GiB: far beyond any test guest */
 #define RATE_MAX (1024u * 1024u)  /* MiB/s */
+#define RAMP_AFTER_MAX 86400u     /* seconds */
 #define REPORT_INTERVAL_NS (5 * FERRY_NSEC_PER_SEC)
 /* Pacing granularity: small enough that a slow rate looks smooth to QEMU's
    dirty-rate sampling, large enough that clock calls cost nothing. */
@@ -56,13 +62,17 @@ usage (FILE *out)
 {
   fprintf (out,
            "usage: ferry-dirtier --mib SIZE [--rate MBPS] [--marker STRING]"
-           " [--fill random|text]\n"
+           " [--fill random|text] [--ramp-after S --ramp-rate MBPS]\n"
            "  --mib     MiB of memory to allocate and keep dirtying (1..%u)\n"
            "  --rate    MiB/s of pages to dirty, 0 = as fast as possible\n"
            "  --marker  plaintext marker in every page (1..%u chars,"
            " default FERRY-GUEST-MARKER)\n"
            "  --fill    rest of each page: random (default, incompressible)"
-           " or text\n", MIB_MAX, MARKER_MAX);
+           " or text\n"
+           "  --ramp-after  seconds of dirtying after which --ramp-rate"
+           " applies (1..%u)\n"
+           "  --ramp-rate   the later rate in MiB/s, 0 = as fast as possible\n",
+           MIB_MAX, MARKER_MAX, RAMP_AFTER_MAX);
 }
 
 static bool
@@ -151,10 +161,13 @@ main (int argc, char **argv)
     { "rate", required_argument, NULL, 'r' },
     { "marker", required_argument, NULL, 'k' },
     { "fill", required_argument, NULL, 'f' },
+    { "ramp-after", required_argument, NULL, 'a' },
+    { "ramp-rate", required_argument, NULL, 'R' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
-  uint64_t mib = 0, rate = 0;
+  uint64_t mib = 0, rate = 0, ramp_after = 0, ramp_rate = 0;
+  bool ramp_rate_given = false;
   const char *marker = "FERRY-GUEST-MARKER";
   enum fill_kind fill = FILL_RANDOM;
   struct dirtier d = { 0 };
@@ -199,6 +212,21 @@ main (int argc, char **argv)
               return 2;
             }
           break;
+        case 'a':
+          if (!ferry_parse_u64 (optarg, RAMP_AFTER_MAX, &ramp_after) || ramp_after == 0)
+            {
+              ferry_emit ("ferry-dirtier: invalid --ramp-after '%s'", optarg);
+              return 2;
+            }
+          break;
+        case 'R':
+          if (!ferry_parse_u64 (optarg, RATE_MAX, &ramp_rate))
+            {
+              ferry_emit ("ferry-dirtier: invalid --ramp-rate '%s'", optarg);
+              return 2;
+            }
+          ramp_rate_given = true;
+          break;
         case 'h':
           usage (stdout);
           return 0;
@@ -210,6 +238,11 @@ main (int argc, char **argv)
   if (mib == 0 || optind != argc)
     {
       usage (stderr);
+      return 2;
+    }
+  if ((ramp_after > 0) != ramp_rate_given)
+    {
+      ferry_emit ("ferry-dirtier: --ramp-after and --ramp-rate go together");
       return 2;
     }
 
@@ -239,6 +272,7 @@ main (int argc, char **argv)
   {
     uint64_t pages_per_sec = rate * (1024 * 1024 / PAGE_SIZE_BYTES);
     int64_t now = ferry_mono_ns ();
+    int64_t ramp_at = ramp_after > 0 ? now + (int64_t) ramp_after * FERRY_NSEC_PER_SEC : 0;
     /* Paced mode runs a schedule of SLICES_PER_SEC slices per second from
        schedule_start; slice k ends with pages_per_sec * k / SLICES_PER_SEC
        pages dirtied in total, so rounding never accumulates. */
@@ -265,6 +299,17 @@ main (int argc, char **argv)
         dirty_pages (&d, chunk);
         report_pages += chunk;
         now = ferry_mono_ns ();
+
+        if (ramp_at != 0 && now >= ramp_at)
+          {
+            ramp_at = 0;
+            rate = ramp_rate;
+            pages_per_sec = rate * (1024 * 1024 / PAGE_SIZE_BYTES);
+            schedule_start = now;
+            slice = 0;
+            scheduled_pages = 0;
+            ferry_emit ("dirtier ramp rate=%llu", (unsigned long long) rate);
+          }
 
         if (now - report_start >= REPORT_INTERVAL_NS)
           {

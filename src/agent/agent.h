@@ -265,6 +265,13 @@ gboolean ferry_migrate_options_validate (const FerryMigrateOptions *options, GEr
 JsonObject *ferry_migrate_options_to_json (const FerryMigrateOptions *options);
 const char *ferry_compress_to_string (FerryCompress compress);
 gboolean ferry_migrate_options_multifd (const FerryMigrateOptions *options);
+/* Strategy auto's post-copy settings: one stream, post-copy switched once
+ * QEMU reports the first pass done, a timeout switches rather than
+ * aborts. For a plan that chose post-copy, and for a multifd plan whose
+ * guest sped up (mig-src.c restarts it as one stream: QEMU cannot switch
+ * multifd channels to post-copy). Clears multifd, compression and
+ * auto-converge; the rest stays. */
+void ferry_migrate_options_postcopy_after_first_pass (FerryMigrateOptions *options);
 /* The options a job was stored with (lenient: a restarted agent takes
  * what it finds; missing members keep their defaults). */
 void ferry_migrate_options_from_stored (const char *options_json, FerryMigrateOptions *options);
@@ -314,6 +321,10 @@ struct _FerryJob {
   double eta_s;              /* < 0: unknown */
   gint64 last_pass;          /* dirty-sync-count at the last poll */
   gint64 last_pass_remaining;/* "remaining" when that pass began */
+  /* Strategy auto cancelled a multifd stream to start again as one
+   * stream with post-copy (mig-src.c): why, until QEMU's stream ended. */
+  char *restart_reason;
+  gboolean restart_releasing; /* asking the destination to drop the first stream's QEMU */
   guint postcopy_timer;
   guint recover_timer;       /* source: next post-copy recovery attempt */
   guint recover_attempts;

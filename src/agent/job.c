@@ -80,7 +80,9 @@ transition_allowed (FerryJobRole role, FerryJobState from, FerryJobState to)
       case FERRY_JOB_COPYING:
         return to == FERRY_JOB_FINISHING;
       case FERRY_JOB_PERFORMING:
-        return to == FERRY_JOB_FINISHING || to == FERRY_JOB_POSTCOPY;
+        /* Back to PREPARING: strategy auto starts a stalled multifd
+         * stream again as one stream with post-copy. */
+        return to == FERRY_JOB_FINISHING || to == FERRY_JOB_POSTCOPY || to == FERRY_JOB_PREPARING;
       case FERRY_JOB_POSTCOPY:
         return to == FERRY_JOB_CONFIRMING;
       case FERRY_JOB_FINISHING:
@@ -170,6 +172,7 @@ job_free (FerryJob *job)
   g_free (job->error);
   g_free (job->incoming_uri);
   g_free (job->tls_hostname);
+  g_free (job->restart_reason);
   g_free (job->incoming_status);
   g_clear_object (&job->pending_finish);
   if (job->cold_free)

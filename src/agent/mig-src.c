@@ -688,6 +688,109 @@ mig_src_recover_postcopy (FerryVm *vm, GError **error)
   return TRUE;
 }
 
+/* ---- restart as one stream -------------------------------------------------- */
+
+static void mig_src_prepare (FerryJob *job, const char *reason);
+static void handle_progress (FerryJob *job, JsonObject *stats);
+static void on_restart_cancel_replied (GObject *source, GAsyncResult *result, gpointer user_data);
+
+/* Strategy auto sends a pre-copy over multifd channels only when the
+ * guest dirtied well below what the link carries (strategy.c). A guest
+ * that speeds up afterwards breaks that premise, and QEMU cannot switch
+ * multifd channels to post-copy; auto-converge alone throttles it ten
+ * points a pass, and a guest that outruns the link still never finishes.
+ * So the stream is cancelled (the guest runs on here, as through all of
+ * pre-copy) and the migration starts again as one stream with post-copy
+ * after the first pass. What was sent goes again: little, since multifd
+ * was chosen only for a pre-copy short against the completion limit.
+ * Not with disk mirrors: they would have to start again too. */
+static gboolean
+restartable_as_one_stream (FerryJob *job)
+{
+  return job->options.strategy == FERRY_STRATEGY_AUTO && ferry_migrate_options_multifd (&job->options)
+         && !job->options.postcopy && !job->options.copy_storage;
+}
+
+static void
+restart_as_one_stream (FerryJob *job, const char *why, JsonObject *ram)
+{
+  FerryVm *vm = ferry_job_vm (job);
+  if (vm == NULL || vm->qmp == NULL)
+    return;
+  /* The destination's incoming QEMU fails with the stream: its agent's
+   * answers are not this job's failure any more (watching_destination). */
+  stop_timers (job);
+  job->restart_reason = g_strdup_printf ("starting again as one stream with post-copy after the first pass "
+                                         "(%s; QEMU cannot switch multifd channels to post-copy)", why);
+  JsonObject *restart = json_object_new ();
+  json_object_set_string_member (restart, "reason", job->restart_reason);
+  json_object_set_int_member (restart, "after_ms", (g_get_monotonic_time () - job->perform_started_us) / 1000);
+  json_object_set_int_member (restart, "passes", ferry_json_object_int (ram, "dirty-sync-count"));
+  json_object_set_int_member (restart, "transferred", ferry_json_object_int (ram, "transferred"));
+  json_object_set_object_member (job->stats, "ferry-restart", restart);
+  ferry_job_save_stats (job);
+  ferry_job_event (job, "info", "cancelling the multifd stream, the guest runs on here: %s", why);
+  /* The yank as in mig_src_rollback: the channels must not wait on a
+   * destination whose QEMU is gone. The stream's end comes as a
+   * MIGRATION event; on_progress goes on from there. */
+  FerryQmpStep steps[] = {
+    { "migrate_cancel", NULL, TRUE },
+    { "yank", ferry_qmp_args_yank_migration (), TRUE },
+    { "query-migrate", NULL },
+  };
+  ferry_qmp_run_steps_async (vm->qmp, steps, G_N_ELEMENTS (steps), NULL, on_restart_cancel_replied,
+                             ferry_job_ref_new (job));
+}
+
+static void
+on_restart_released (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
+  if (job == NULL || job->state != FERRY_JOB_PERFORMING || job->restart_reason == NULL)
+    return;
+  if (reply == NULL && !g_error_matches (error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND))
+    {
+      g_autofree char *reason = g_strdup_printf ("cannot start the stream again: the destination did not "
+                                                 "release the first one: %s", error->message);
+      mig_src_rollback (job, reason);
+      return;
+    }
+  if (job->abort_requested)
+    {
+      mig_src_rollback (job, "aborted by the user");
+      return;
+    }
+  g_autofree char *reason = g_steal_pointer (&job->restart_reason);
+  job->restart_releasing = FALSE;
+  g_clear_pointer (&job->incoming_uri, g_free);
+  g_clear_pointer (&job->tls_hostname, g_free);
+  job->last_pass = 0;
+  job->last_pass_remaining = 0;
+  job->best_remaining = 0;
+  job->progress_at_us = 0;
+  job->throttle_percent = 0;
+  job->guest_stopped_us = 0;
+  /* The plan's prediction was for the multifd stream; the guest no
+   * longer dirties what was measured, so the ETA goes by the stream. */
+  job->revised_total_s = 0;
+  ferry_migrate_options_postcopy_after_first_pass (&job->options);
+  mig_src_prepare (job, reason);
+}
+
+/* QEMU's multifd stream has ended: the destination drops its incoming
+ * QEMU (most likely gone with the stream already), then mig_src_prepare
+ * asks for a new one. */
+static void
+restart_stream_ended (FerryJob *job)
+{
+  g_autofree char *path = incoming_path (job, NULL);
+  ferry_peer_request_async (job->agent, job->peer_url, "DELETE", path, NULL, PEER_TIMEOUT_S, NULL,
+                            on_restart_released, ferry_job_ref_new (job));
+}
+
 /* ---- watchdogs -------------------------------------------------------------- */
 
 /* KubeVirt's two limits: the whole migration may take completion timeout
@@ -698,7 +801,7 @@ static void
 check_watchdogs (FerryJob *job, JsonObject *stats)
 {
   JsonObject *ram = json_object_has_member (stats, "ram") ? json_object_get_object_member (stats, "ram") : NULL;
-  if (ram == NULL || job->postcopy_requested)
+  if (ram == NULL || job->postcopy_requested || job->restart_reason != NULL)
     return;
   gint64 now = g_get_monotonic_time ();
   gint64 remaining = ferry_json_object_int (ram, "remaining");
@@ -717,13 +820,19 @@ check_watchdogs (FerryJob *job, JsonObject *stats)
     return;
   if (pass > job->last_pass)
     {
-      if (job->options.strategy == FERRY_STRATEGY_AUTO && job->options.postcopy && pass >= 3
-          && job->last_pass_remaining > 0 && remaining > job->last_pass_remaining * 9 / 10)
+      gboolean stalled = job->options.strategy == FERRY_STRATEGY_AUTO && pass >= 3
+                         && job->last_pass_remaining > 0 && remaining > job->last_pass_remaining * 9 / 10;
+      if (stalled && (job->options.postcopy || restartable_as_one_stream (job)))
         {
           g_autofree char *why = g_strdup_printf ("pass %" G_GINT64_FORMAT " left %" G_GINT64_FORMAT
                                                   " MiB, the previous %" G_GINT64_FORMAT
                                                   " MiB: pre-copy is not converging", pass,
                                                   remaining / 1048576, job->last_pass_remaining / 1048576);
+          if (!job->options.postcopy)
+            {
+              restart_as_one_stream (job, why, ram);
+              return;
+            }
           g_autoptr (GError) error = NULL;
           if (!request_postcopy (job, why, &error))
             ferry_job_event (job, "warning", "%s", error->message);
@@ -819,16 +928,10 @@ report_throttle (FerryJob *job, JsonObject *stats)
                    " %% (auto-converge)", percent);
 }
 
+/* A query-migrate reply: statistics, then whatever its status calls for. */
 static void
-on_progress (GObject *source, GAsyncResult *result, gpointer user_data)
+handle_progress (FerryJob *job, JsonObject *stats)
 {
-  g_autofree FerryJobRef *ref = user_data;
-  FerryJob *job = ferry_job_ref_get (ref);
-  g_autoptr (GError) error = NULL;
-  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
-  if (job == NULL || reply == NULL || !JSON_NODE_HOLDS_OBJECT (reply))
-    return;
-  JsonObject *stats = json_node_get_object (reply);
   update_stats (job, stats);
   report_setup_stall (job, stats);
   report_throttle (job, stats);
@@ -842,6 +945,11 @@ on_progress (GObject *source, GAsyncResult *result, gpointer user_data)
       if (job->stream_completed)
         return;
       job->stream_completed = TRUE;
+      if (job->restart_reason != NULL)
+        {
+          ferry_job_event (job, "info", "the multifd stream completed before the cancel reached it: finishing it");
+          g_clear_pointer (&job->restart_reason, g_free);
+        }
       JsonObject *ram = json_object_get_object_member (stats, "ram");
       ferry_job_event (job, "info", "stream completed: %" G_GINT64_FORMAT " ms total, %"
                        G_GINT64_FORMAT " ms downtime, %" G_GINT64_FORMAT " bytes",
@@ -876,6 +984,15 @@ on_progress (GObject *source, GAsyncResult *result, gpointer user_data)
                         "post-copy failed in QEMU: the guest is paused on the destination with part "
                         "of its memory still here");
     }
+  else if (job->restart_reason != NULL && (g_str_equal (status, "failed") || g_str_equal (status, "cancelled")))
+    {
+      /* Both the steps' query and a MIGRATION event's may say so. */
+      if (!job->restart_releasing)
+        {
+          job->restart_releasing = TRUE;
+          restart_stream_ended (job);
+        }
+    }
   else if (g_str_equal (status, "failed") || g_str_equal (status, "cancelled"))
     {
       const char *desc = ferry_json_object_string (stats, "error-desc");
@@ -888,6 +1005,36 @@ on_progress (GObject *source, GAsyncResult *result, gpointer user_data)
     }
   else if (job->state == FERRY_JOB_PERFORMING)
     check_watchdogs (job, stats);
+}
+
+static void
+on_progress (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
+  if (job != NULL && reply != NULL && JSON_NODE_HOLDS_OBJECT (reply))
+    handle_progress (job, json_node_get_object (reply));
+}
+
+static void
+on_restart_cancel_replied (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) reply = ferry_qmp_run_steps_finish (result, &error);
+  if (job == NULL)
+    return;
+  if (reply != NULL && JSON_NODE_HOLDS_OBJECT (reply))
+    handle_progress (job, json_node_get_object (reply));
+  else if (reply == NULL)
+    {
+      g_autofree char *reason = g_strdup_printf ("cannot cancel the multifd stream: %s", error->message);
+      g_clear_pointer (&job->restart_reason, g_free);
+      mig_src_rollback (job, reason);
+    }
 }
 
 static void
@@ -912,7 +1059,8 @@ on_poll_timer (gpointer user_data)
 static gboolean
 watching_destination (FerryJob *job)
 {
-  return job->state == FERRY_JOB_PERFORMING || (job->state == FERRY_JOB_PREPARING && job->incoming_uri != NULL);
+  return (job->state == FERRY_JOB_PERFORMING && job->restart_reason == NULL)
+         || (job->state == FERRY_JOB_PREPARING && job->incoming_uri != NULL);
 }
 
 static void
@@ -1285,7 +1433,9 @@ on_prepared (GObject *source, GAsyncResult *result, gpointer user_data)
       mig_src_rollback (job, "destination's prepare reply has no usable migration URI");
       return;
     }
+  g_free (job->incoming_uri);
   job->incoming_uri = g_strdup (uri);
+  g_free (job->tls_hostname);
   job->tls_hostname = g_strdup (tls_hostname);
   if (job->abort_requested)
     {
@@ -1303,7 +1453,7 @@ on_prepared (GObject *source, GAsyncResult *result, gpointer user_data)
 }
 
 static void
-mig_src_prepare (FerryJob *job)
+mig_src_prepare (FerryJob *job, const char *reason)
 {
   FerryAgent *agent = job->agent;
   FerryVm *vm = ferry_job_vm (job);
@@ -1339,7 +1489,7 @@ mig_src_prepare (FerryJob *job)
       json_object_set_array_member (request, "disks", disks);
     }
 
-  ferry_job_transition (job, FERRY_JOB_PREPARING, NULL);
+  ferry_job_transition (job, FERRY_JOB_PREPARING, reason);
   ferry_peer_request_async (agent, job->peer_url, "POST",
                             options->live ? "/v1/migrations/incoming" : "/v1/migrations/offline",
                             request, PEER_TIMEOUT_S, NULL, on_prepared, ferry_job_ref_new (job));
@@ -1381,7 +1531,7 @@ on_planned (GObject *source, GAsyncResult *result, gpointer user_data)
       mig_src_rollback (job, "aborted by the user");
       return;
     }
-  mig_src_prepare (job);
+  mig_src_prepare (job, NULL);
 }
 
 static gboolean
@@ -1452,7 +1602,7 @@ mig_src_begin (FerryVm *vm, const char *dest_url, const FerryMigrateOptions *opt
       ferry_plan_async (vm, job->peer_url, options, on_planned, ferry_job_ref_new (job));
     }
   else
-    mig_src_prepare (job);
+    mig_src_prepare (job, NULL);
   return job;
 }
 

@@ -176,8 +176,9 @@ ferry_choose_stream (const FerryPlanInputs *inputs, const FerryPrediction *preco
       compression = g_strdup_printf ("with zstd (the guest's memory compresses %.1f:1 and %.1f cores are idle)",
                                      inputs->compress_ratio, inputs->free_cores);
     }
-  return g_strdup_printf ("%" G_GINT64_FORMAT " multifd channels %s; auto-converge in reserve", choice->channels,
-                          compression);
+  return g_strdup_printf ("%" G_GINT64_FORMAT " multifd channels %s; auto-converge in reserve, and should a "
+                          "pass not shrink what is left, the stream starts again as one stream with post-copy",
+                          choice->channels, compression);
 }
 
 /* ---- measuring ---------------------------------------------------------------- */
@@ -484,18 +485,7 @@ choose (PlanData *data, FerryVm *vm)
   else
     {
       strategy = "post-copy";
-      options->postcopy = TRUE;
-      options->timeout_action = FERRY_TIMEOUT_POSTCOPY;
-      /* One full pass first: the guest moves with most of its pages
-       * there, so it faults on few and the window in which a broken link
-       * pauses it is short. Switching as soon as set-up is done would
-       * save the pass but leave every page to fetch on demand: over a
-       * 4 MiB/s limit a 256 MiB guest crawled for 40 s after the move.
-       * The switch point is the pass itself (QEMU's event), not a time:
-       * a timer fired inside QEMU's TCG set-up (10-43 s for a busy
-       * guest) and switched before the pass it was meant to wait for. */
-      options->postcopy_after_s = 0;
-      options->postcopy_at_pass = 2;
+      ferry_migrate_options_postcopy_after_first_pass (options);
       ferry_predict_postcopy (&inputs, options->postcopy_at_pass, &chosen);
       if (precopy.converges)
         reason = g_strdup_printf ("pre-copy would take %.1f s, over half the completion limit of %.0f s; "

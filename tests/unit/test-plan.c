@@ -308,6 +308,35 @@ test_option_defaults (void)
   g_assert_cmpint (options.bandwidth_mib, ==, 0);
 }
 
+/* A multifd plan restarted as one stream (mig-src.c): settings QEMU
+ * takes together (validate refuses multifd with post-copy), the user's
+ * limits kept. */
+static void
+test_postcopy_after_first_pass_leaves_multifd (void)
+{
+  g_autoptr (JsonObject) request = body ("{\"dest\": \"https://b:7711\", \"mode\": \"live\", "
+                                         "\"strategy\": \"manual\", \"parallel_connections\": 3, "
+                                         "\"compress\": \"zstd\", \"auto_converge\": true, "
+                                         "\"bandwidth_mib\": 40, \"max_downtime_ms\": 500}");
+  g_autofree char *dest = NULL;
+  g_autoptr (GError) error = NULL;
+  FerryMigrateOptions options;
+  g_assert_true (ferry_migrate_options_parse (request, &dest, &options, &error));
+  g_assert_true (ferry_migrate_options_multifd (&options));
+  ferry_migrate_options_postcopy_after_first_pass (&options);
+  g_assert_false (ferry_migrate_options_multifd (&options));
+  g_assert_cmpint (options.compress, ==, FERRY_COMPRESS_NONE);
+  g_assert_false (options.auto_converge);
+  g_assert_true (options.postcopy);
+  g_assert_cmpint (options.postcopy_at_pass, ==, 2);
+  g_assert_cmpint (options.postcopy_after_s, ==, 0);
+  g_assert_cmpint (options.timeout_action, ==, FERRY_TIMEOUT_POSTCOPY);
+  g_assert_cmpint (options.bandwidth_mib, ==, 40);
+  g_assert_cmpint (options.max_downtime_ms, ==, 500);
+  g_assert_true (ferry_migrate_options_validate (&options, &error));
+  g_assert_no_error (error);
+}
+
 static void
 test_option_conflicts_refused (void)
 {
@@ -395,6 +424,7 @@ main (int argc, char **argv)
   g_test_add_func ("/plan/stream-choice", test_stream_choice);
   g_test_add_func ("/options/defaults", test_option_defaults);
   g_test_add_func ("/options/conflicts-refused", test_option_conflicts_refused);
+  g_test_add_func ("/options/postcopy-after-first-pass", test_postcopy_after_first_pass_leaves_multifd);
   g_test_add_func ("/options/warm", test_warm_options);
   return g_test_run ();
 }

@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Issue 3: strategy auto finishes a guest that speeds up after ferry
+measured it. Quiet while measured, the guest's pre-copy goes over multifd
+channels, which QEMU cannot switch to post-copy. Once the migration runs
+the guest dirties at its maximum, far beyond the bandwidth limit: ferry
+cancels the multifd stream (the guest runs on at the source meanwhile) and
+starts again as one stream with post-copy. The guest ends on the
+destination, still ticking, not rebooted; no QEMU is left on the source and
+one on the destination."""
+
+import os
+
+from ferrytest import (Cluster, ensure_guest, guest_spec, job, log, main,
+                       wait_for_console, wait_for_ticks, wait_job_done, wait_until)
+
+# The guest dirties 1 MiB/s for RAMP_AFTER_S, then as fast as it can: long
+# enough for ferry to measure it quiet (done about 5 s after the dirtier
+# starts), short enough to fall inside the first pass (about 11 s at
+# BANDWIDTH_MIB for the 180 MiB this guest touched, from about 5 s on).
+RAMP_AFTER_S = 9
+BANDWIDTH_MIB = 16
+DIRTY_MIB = 64
+
+
+def test():
+    kernel, initrd = ensure_guest()
+    cluster = Cluster(need_netns=True)
+    a, b = cluster.a, cluster.b
+    spec = guest_spec(os.path.join(cluster.workdir, "vm1.json"), "vm1", kernel, initrd,
+                      memory_mib=256, dirty_mib=DIRTY_MIB, dirty_rate=1,
+                      extra_cmdline=f"ferry.dirty_ramp_after={RAMP_AFTER_S} ferry.dirty_ramp_rate=0")
+    a.cli("vm", "define", spec)
+    a.cli("vm", "start", "vm1")
+    wait_for_console(a, "vm1", rf"dirtier mib={DIRTY_MIB} rate=1")
+    tick, boot_id = wait_for_ticks(a, "vm1", beyond=1)
+
+    log(f"strategy auto under a {BANDWIDTH_MIB} MiB/s limit; the guest speeds up {RAMP_AFTER_S} s in")
+    a.cli("migrate", "vm1", b.url, "--live", "--bandwidth", str(BANDWIDTH_MIB),
+          "--completion-timeout-per-gib", "600", "--detach")
+    # The premise: the guest sped up while the migration ran, after the plan.
+    wait_for_console(a, "vm1", r"dirtier ramp rate=0", timeout=60)
+    assert job(a, "vm1")["state"] not in ("completed", "failed", "cancelled"), \
+        "the migration ended before the guest sped up: nothing to restart"
+    info = wait_job_done(a, "vm1", timeout=300)
+    messages = [e["message"] for e in info["events"]]
+    assert info["state"] == "completed", (info.get("error"), messages)
+
+    plan = info["stats"]["ferry-plan"]
+    log(f"plan: {plan['strategy']}: {plan['reason']}")
+    assert plan["measured"]["cpus"] >= 2, "multifd needs two CPUs: this host cannot run the test"
+    assert plan["measured"]["dirty_mib_s"] < BANDWIDTH_MIB / 2, plan["measured"]
+    assert plan["options"]["parallel_connections"] >= 2 and not plan["options"]["postcopy"], plan["options"]
+
+    restart = info["stats"].get("ferry-restart")
+    log(f"restart: {restart}")
+    assert restart is not None, messages
+    assert restart["passes"] >= 3 and "pre-copy is not converging" in restart["reason"], restart
+    assert any(m.startswith("cancelling the multifd stream") for m in messages), messages
+    assert any("performing → preparing" in m for m in messages), messages
+    # QEMU got multifd first, then one stream with post-copy.
+    capabilities = [m for m in messages if m.startswith("QEMU capabilities on:")]
+    assert len(capabilities) == 2, capabilities
+    assert "multifd" in capabilities[0] and "postcopy-ram" not in capabilities[0], capabilities
+    assert "postcopy-ram" in capabilities[1] and "multifd" not in capabilities[1], capabilities
+    final = info["stats"]["ferry-qemu-capabilities"]
+    assert final["postcopy-ram"] and not final["multifd"] and not final["auto-converge"], final
+    assert any(m.startswith("switching to post-copy") for m in messages), messages
+    assert info["stats"]["status"] == "completed", info["stats"]
+
+    # The guest: on B, ticking on from where it was, same boot.
+    wait_for_ticks(b, "vm1", beyond=tick, boot_id=boot_id)
+    assert a.vms()["vm1"]["state"] == "shutoff", "the source keeps only its inactive definition"
+    wait_until("the source's QEMU to go", lambda: not a.qemu_pids(), timeout=30)
+    assert len(b.qemu_pids()) == 1, b.qemu_pids()
+
+
+if __name__ == "__main__":
+    main(test)
