@@ -111,6 +111,16 @@ print_summary (JsonObject *job)
            " ms%s, sent %s, %.1f MiB/s, %" G_GINT64_FORMAT " passes\n",
            total_ms, ferry_json_object_int (stats, "downtime"), paused, bytes_text, throughput,
            ferry_json_object_int (ram, "dirty-sync-count"));
+  JsonObject *restart = member_object (stats, "ferry-restart");
+  if (restart != NULL)
+    {
+      /* The numbers above are the second stream's. */
+      g_autofree char *first = ferry_format_bytes (ferry_json_object_int (restart, "transferred"));
+      g_print ("started again as one stream with post-copy after %.1f s of multifd (%s sent, %" G_GINT64_FORMAT
+               " passes): the guest sped up; %.1f s in all\n",
+               ferry_json_object_int (restart, "after_ms") / 1000.0, first,
+               ferry_json_object_int (restart, "passes"), ferry_json_object_int (job, "elapsed_ms") / 1000.0);
+    }
   JsonObject *mirror = member_object (stats, "ferry-mirror");
   if (mirror != NULL)
     {
