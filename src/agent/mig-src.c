@@ -5,21 +5,22 @@
  * The source keeps a complete VM until the destination says it runs the
  * guest (design.md invariant 2). Before that, every failure resumes the
  * guest here and asks the destination to remove what it created.
+ * Post-copy, from the switch on, is mig-src-postcopy.c.
  */
 #include "agent.h"
+#include "mig-src.h"
 #include "strategy.h"
 
 #include "jsonutil.h"
 
 #define QEMU_TLS_CREDS_ID "ferry-migration-tls"
 #define PROGRESS_POLL_MS 500
-#define PEER_TIMEOUT_S 30
 /* QEMU 7.2 caps migration at 128 MiB/s unless told otherwise; "unlimited"
  * is a rate no link reaches. */
 #define UNLIMITED_BANDWIDTH (G_GINT64_CONSTANT (1) << 40)
 
-static char *
-incoming_path (FerryJob *job, const char *suffix)
+char *
+mig_src_incoming_path (FerryJob *job, const char *suffix)
 {
   return g_strdup_printf ("/v1/migrations/incoming/%s%s", job->uuid, suffix ? suffix : "");
 }
@@ -31,8 +32,8 @@ peer_silent_ms (FerryJob *job)
   return (g_get_monotonic_time () - job->peer_last_seen_us) / 1000;
 }
 
-static void
-stop_timers (FerryJob *job)
+void
+mig_src_stop_timers (FerryJob *job)
 {
   g_clear_handle_id (&job->poll_timer, g_source_remove);
   g_clear_handle_id (&job->keepalive_timer, g_source_remove);
@@ -103,7 +104,7 @@ release_destination (FerryJob *job)
 {
   if (!job->options.live || job->peer_url == NULL)
     return;
-  g_autofree char *path = incoming_path (job, NULL);
+  g_autofree char *path = mig_src_incoming_path (job, NULL);
   g_autoptr (JsonObject) body = NULL;
   ferry_peer_request_async (job->agent, job->peer_url, "DELETE", path, body, 10, NULL, on_peer_abort_done,
                             g_strdup_printf ("job %" G_GINT64_FORMAT, job->id));
@@ -158,7 +159,7 @@ mig_src_rollback (FerryJob *job, const char *reason)
       ferry_job_event (job, "warning", "not rolling back during post-copy: %s", reason);
       return;
     }
-  stop_timers (job);
+  mig_src_stop_timers (job);
   ferry_job_transition (job, FERRY_JOB_CANCELLING, reason);
   gboolean resume = job->options.live && vm != NULL && vm->qmp != NULL;
   if (resume)
@@ -244,7 +245,7 @@ on_final_stats (GObject *source, GAsyncResult *result, gpointer user_data)
     mig_src_complete (job);
 }
 
-static void
+void
 mig_src_confirm (FerryJob *job)
 {
   FerryVm *vm = ferry_job_vm (job);
@@ -265,8 +266,8 @@ static void mig_src_check_destination (FerryJob *job, gint64 deadline_us);
 
 /* What the guest saw: paused here until running there (wall clocks of
  * two hosts; exact on one machine, skewed by NTP error across machines). */
-static void
-record_guest_downtime (FerryJob *job, gint64 resumed_us)
+void
+mig_src_record_guest_downtime (FerryJob *job, gint64 resumed_us)
 {
   if (resumed_us <= 0 || job->guest_stopped_us <= 0)
     return;
@@ -290,7 +291,7 @@ on_finish_replied (GObject *source, GAsyncResult *result, gpointer user_data)
   if (reply != NULL && ferry_json_object_string (reply, "state") != NULL
       && g_str_equal (ferry_json_object_string (reply, "state"), "completed"))
     {
-      record_guest_downtime (job, ferry_json_object_int (reply, "resumed_us"));
+      mig_src_record_guest_downtime (job, ferry_json_object_int (reply, "resumed_us"));
       mig_src_confirm (job);
       return;
     }
@@ -346,7 +347,7 @@ on_check_replied (GObject *source, GAsyncResult *result, gpointer user_data)
     {
       /* We cannot know whether the destination resumed the guest. Resuming
        * here could run it twice, so it stays paused for the operator. */
-      stop_timers (job);
+      mig_src_stop_timers (job);
       ferry_job_event (job, "error", "destination unreachable after finish; the guest stays paused "
                                      "on this host until the destination's state is known");
       ferry_job_finish (job, FERRY_JOB_FAILED,
@@ -367,7 +368,7 @@ on_check_retry (gpointer user_data)
       g_free (check);
       return G_SOURCE_REMOVE;
     }
-  g_autofree char *path = incoming_path (job, NULL);
+  g_autofree char *path = mig_src_incoming_path (job, NULL);
   ferry_peer_request_async (job->agent, job->peer_url, "GET", path, NULL, 5, NULL,
                             on_check_replied, check);
   return G_SOURCE_REMOVE;
@@ -387,13 +388,13 @@ void
 mig_src_finish (FerryJob *job)
 {
   FerryVm *vm = ferry_job_vm (job);
-  stop_timers (job);
+  mig_src_stop_timers (job);
   if (vm != NULL)
     ferry_vm_set_state (vm, FERRY_VM_MIGRATED);
   ferry_job_transition (job, FERRY_JOB_FINISHING, "memory transferred; asking the destination to resume");
-  g_autofree char *path = incoming_path (job, "/finish");
+  g_autofree char *path = mig_src_incoming_path (job, "/finish");
   g_autoptr (JsonObject) body = json_object_new ();
-  ferry_peer_request_async (job->agent, job->peer_url, "POST", path, body, PEER_TIMEOUT_S, NULL,
+  ferry_peer_request_async (job->agent, job->peer_url, "POST", path, body, MIG_SRC_PEER_TIMEOUT_S, NULL,
                             on_finish_replied, ferry_job_ref_new (job));
 }
 
@@ -432,260 +433,9 @@ mig_src_fail_with_peer_view (FerryJob *job, const char *reason)
   data->ref.agent = job->agent;
   data->ref.job_id = job->id;
   data->reason = g_strdup (reason);
-  stop_timers (job);
-  g_autofree char *path = incoming_path (job, NULL);
+  mig_src_stop_timers (job);
+  g_autofree char *path = mig_src_incoming_path (job, NULL);
   ferry_peer_request_async (job->agent, job->peer_url, "GET", path, NULL, 3, NULL, on_peer_view, data);
-}
-
-/* ---- post-copy ------------------------------------------------------------ */
-
-static void mig_src_postcopy_switched (FerryJob *job);
-
-static void
-on_postcopy_started (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  g_autofree FerryJobRef *ref = user_data;
-  FerryJob *job = ferry_job_ref_get (ref);
-  g_autoptr (GError) error = NULL;
-  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
-  if (job == NULL)
-    return;
-  if (reply == NULL)
-    {
-      job->postcopy_requested = FALSE;
-      ferry_job_event (job, "error", "QEMU refused to switch to post-copy: %s", error->message);
-    }
-}
-
-/* Asks QEMU to switch; it does at the end of the current pass, and the
- * MIGRATION event "postcopy-active" continues in mig_src_postcopy_switched. */
-static gboolean
-request_postcopy (FerryJob *job, const char *why, GError **error)
-{
-  FerryVm *vm = ferry_job_vm (job);
-  if (!job->options.postcopy)
-    {
-      g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
-                   "this migration was started without post-copy (use --postcopy)");
-      return FALSE;
-    }
-  if (job->state != FERRY_JOB_PERFORMING || vm == NULL || vm->qmp == NULL)
-    {
-      g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
-                   "the migration is %s; post-copy starts from pre-copy only",
-                   ferry_job_state_to_string (job->state));
-      return FALSE;
-    }
-  if (job->postcopy_requested)
-    return TRUE;
-  job->postcopy_requested = TRUE;
-  ferry_job_event (job, "info", "switching to post-copy: %s", why);
-  ferry_qmp_execute_async (vm->qmp, "migrate-start-postcopy", NULL, NULL, on_postcopy_started,
-                           ferry_job_ref_new (job));
-  return TRUE;
-}
-
-static gboolean
-on_postcopy_timer (gpointer user_data)
-{
-  FerryJob *job = user_data;
-  job->postcopy_timer = 0;
-  g_autofree char *why = g_strdup_printf ("pre-copy did not finish within %" G_GINT64_FORMAT
-                                          " s (--postcopy-after)", job->options.postcopy_after_s);
-  g_autoptr (GError) error = NULL;
-  if (!request_postcopy (job, why, &error))
-    ferry_job_event (job, "warning", "%s", error->message);
-  return G_SOURCE_REMOVE;
-}
-
-/* Strategy auto's switch point (postcopy_at_pass), from QEMU's
- * MIGRATION_PASS event or, should that be missed (an agent restarted
- * meanwhile), the next poll's dirty-sync count. */
-static void
-maybe_postcopy_at_pass (FerryJob *job, gint64 pass)
-{
-  if (job->options.postcopy_at_pass <= 0 || pass < job->options.postcopy_at_pass || job->postcopy_requested
-      || job->state != FERRY_JOB_PERFORMING)
-    return;
-  const char *why = job->options.postcopy_at_pass <= 1 ? "QEMU's set-up is done (strategy auto)"
-                                                       : "the first pass is done (strategy auto)";
-  g_autoptr (GError) error = NULL;
-  if (!request_postcopy (job, why, &error))
-    ferry_job_event (job, "warning", "%s", error->message);
-}
-
-static void
-on_postcopy_resumed (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  g_autofree FerryJobRef *ref = user_data;
-  FerryJob *job = ferry_job_ref_get (ref);
-  g_autoptr (GError) error = NULL;
-  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
-  if (job == NULL)
-    return;
-  if (reply != NULL)
-    {
-      record_guest_downtime (job, ferry_json_object_int (reply, "resumed_us"));
-      ferry_job_event (job, "info", "guest runs on the destination; remaining pages follow on demand");
-      job->postcopy_dest_running = TRUE;
-      if (job->stream_completed)
-        mig_src_confirm (job);
-      return;
-    }
-  /* Neither side runs the guest now: the source gave its state away and
-   * the destination did not start. Never resume here (QEMU would run a
-   * copy the destination may also run); say so. */
-  stop_timers (job);
-  g_autofree char *reason = g_strdup_printf ("post-copy: the destination did not resume the guest (%s); "
-                                             "the guest is paused — check the destination",
-                                             error->message);
-  ferry_job_finish (job, FERRY_JOB_FAILED, reason);
-}
-
-static void
-mig_src_postcopy_switched (FerryJob *job)
-{
-  /* Persist first: from now on the guest belongs to the destination. */
-  ferry_job_transition (job, FERRY_JOB_POSTCOPY, "device state sent; the destination takes over");
-  FerryVm *vm = ferry_job_vm (job);
-  if (vm != NULL)
-    ferry_vm_set_state (vm, FERRY_VM_MIGRATED);
-  g_autofree char *path = incoming_path (job, "/finish");
-  g_autoptr (JsonObject) body = json_object_new ();
-  json_object_set_boolean_member (body, "postcopy", TRUE);
-  ferry_peer_request_async (job->agent, job->peer_url, "POST", path, body, PEER_TIMEOUT_S, NULL,
-                            on_postcopy_resumed, ferry_job_ref_new (job));
-}
-
-/* ---- post-copy recovery -------------------------------------------------------- */
-
-/* A broken link in post-copy pauses the guest on the destination (it waits
- * for pages) and both QEMUs enter postcopy-paused. Neither side may resume
- * on its own; the stream is resumed on a new connection: the destination
- * listens again (migrate-recover), the source reconnects (migrate resume).
- * ferry retries with backoff until the link is back. */
-#define RECOVER_FIRST_DELAY_S 1
-#define RECOVER_MAX_DELAY_S 30
-
-static void attempt_recovery (FerryJob *job);
-
-static gboolean
-on_recover_timer (gpointer user_data)
-{
-  FerryJob *job = user_data;
-  job->recover_timer = 0;
-  attempt_recovery (job);
-  return G_SOURCE_REMOVE;
-}
-
-static void
-schedule_recovery (FerryJob *job)
-{
-  if (job->recover_timer != 0 || job->recover_in_flight)
-    return;
-  guint delay = MIN (RECOVER_FIRST_DELAY_S << MIN (job->recover_attempts, 5), RECOVER_MAX_DELAY_S);
-  if (job->recover_attempts == 0)
-    ferry_job_event (job, "warning", "post-copy paused (link broken): the guest waits on the "
-                     "destination; recovering");
-  job->recover_timer = g_timeout_add_seconds (delay, on_recover_timer, job);
-}
-
-static void
-on_resumed_stream (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  g_autofree FerryJobRef *ref = user_data;
-  FerryJob *job = ferry_job_ref_get (ref);
-  g_autoptr (GError) error = NULL;
-  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
-  if (job == NULL)
-    return;
-  job->recover_in_flight = FALSE;
-  if (reply == NULL)
-    {
-      ferry_job_event (job, "warning", "post-copy resume refused by QEMU: %s", error->message);
-      schedule_recovery (job);
-      return;
-    }
-  ferry_job_event (job, "info", "post-copy resumed after %u attempt(s)", job->recover_attempts);
-  job->recover_attempts = 0;
-}
-
-static void
-on_destination_listening (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  g_autofree FerryJobRef *ref = user_data;
-  FerryJob *job = ferry_job_ref_get (ref);
-  g_autoptr (GError) error = NULL;
-  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
-  if (job == NULL)
-    return;
-  FerryVm *vm = ferry_job_vm (job);
-  const char *uri = ferry_json_object_string (reply, "uri");
-  if (reply == NULL || uri == NULL || vm == NULL || vm->qmp == NULL)
-    {
-      job->recover_in_flight = FALSE;
-      ferry_job_event (job, "info", "recovery attempt %u: %s", job->recover_attempts,
-                       error ? error->message : "no usable reply");
-      schedule_recovery (job);
-      return;
-    }
-  g_free (job->incoming_uri);
-  job->incoming_uri = g_strdup (uri);
-  g_autoptr (JsonObject) arguments = ferry_qmp_args_migrate_resume (uri);
-  ferry_qmp_execute_async (vm->qmp, "migrate", arguments, NULL, on_resumed_stream, ferry_job_ref_new (job));
-}
-
-static void
-attempt_recovery (FerryJob *job)
-{
-  if (job->state != FERRY_JOB_POSTCOPY || job->recover_in_flight)
-    return;
-  job->recover_in_flight = TRUE;
-  job->recover_attempts++;
-  g_autofree char *path = incoming_path (job, "/recover");
-  g_autoptr (JsonObject) body = json_object_new ();
-  ferry_peer_request_async (job->agent, job->peer_url, "POST", path, body, 30, NULL,
-                            on_destination_listening, ferry_job_ref_new (job));
-}
-
-static void
-on_paused_here (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  g_autofree FerryJobRef *ref = user_data;
-  FerryJob *job = ferry_job_ref_get (ref);
-  g_autoptr (GError) error = NULL;
-  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
-  if (job != NULL && reply == NULL)
-    ferry_job_event (job, "warning", "migrate-pause: %s", error->message);
-}
-
-/* The destination agent went silent during post-copy: the stream is most
- * likely stuck in a dead TCP connection that QEMU would wait on for
- * minutes. Pausing breaks it now, so that recovery can start. */
-static void
-pause_stuck_postcopy (FerryJob *job)
-{
-  FerryVm *vm = ferry_job_vm (job);
-  if (vm == NULL || vm->qmp == NULL || job->recover_attempts > 0 || job->recover_timer != 0)
-    return;
-  ferry_job_event (job, "warning", "destination unreachable during post-copy; pausing the stream");
-  ferry_qmp_execute_oob_async (vm->qmp, "migrate-pause", NULL, NULL, on_paused_here, ferry_job_ref_new (job));
-}
-
-gboolean
-mig_src_recover_postcopy (FerryVm *vm, GError **error)
-{
-  FerryJob *job = vm->job;
-  if (job == NULL || job->role != FERRY_JOB_ROLE_SOURCE || job->state != FERRY_JOB_POSTCOPY)
-    {
-      g_set_error (error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
-                   "VM '%s' has no post-copy migration to recover", vm->name);
-      return FALSE;
-    }
-  g_clear_handle_id (&job->recover_timer, g_source_remove);
-  ferry_job_event (job, "info", "recovery requested by the user");
-  attempt_recovery (job);
-  return TRUE;
 }
 
 /* ---- restart as one stream -------------------------------------------------- */
@@ -719,7 +469,7 @@ restart_as_one_stream (FerryJob *job, const char *why, JsonObject *ram)
     return;
   /* The destination's incoming QEMU fails with the stream: its agent's
    * answers are not this job's failure any more (watching_destination). */
-  stop_timers (job);
+  mig_src_stop_timers (job);
   job->restart_reason = g_strdup_printf ("starting again as one stream with post-copy after the first pass "
                                          "(%s; QEMU cannot switch multifd channels to post-copy)", why);
   JsonObject *restart = json_object_new ();
@@ -786,8 +536,8 @@ on_restart_released (GObject *source, GAsyncResult *result, gpointer user_data)
 static void
 restart_stream_ended (FerryJob *job)
 {
-  g_autofree char *path = incoming_path (job, NULL);
-  ferry_peer_request_async (job->agent, job->peer_url, "DELETE", path, NULL, PEER_TIMEOUT_S, NULL,
+  g_autofree char *path = mig_src_incoming_path (job, NULL);
+  ferry_peer_request_async (job->agent, job->peer_url, "DELETE", path, NULL, MIG_SRC_PEER_TIMEOUT_S, NULL,
                             on_restart_released, ferry_job_ref_new (job));
 }
 
@@ -815,7 +565,7 @@ check_watchdogs (FerryJob *job, JsonObject *stats)
    * left by a tenth means pre-copy is not converging; switch now rather
    * than wait for a timeout. */
   gint64 pass = ferry_json_object_int (ram, "dirty-sync-count");
-  maybe_postcopy_at_pass (job, pass);
+  mig_src_postcopy_at_pass (job, pass);
   if (job->postcopy_requested)
     return;
   if (pass > job->last_pass)
@@ -834,7 +584,7 @@ check_watchdogs (FerryJob *job, JsonObject *stats)
               return;
             }
           g_autoptr (GError) error = NULL;
-          if (!request_postcopy (job, why, &error))
+          if (!mig_src_request_postcopy (job, why, &error))
             ferry_job_event (job, "warning", "%s", error->message);
           return;
         }
@@ -858,7 +608,7 @@ check_watchdogs (FerryJob *job, JsonObject *stats)
   if (job->options.timeout_action == FERRY_TIMEOUT_POSTCOPY)
     {
       g_autoptr (GError) error = NULL;
-      if (!request_postcopy (job, why, &error))
+      if (!mig_src_request_postcopy (job, why, &error))
         mig_src_rollback (job, why);
       return;
     }
@@ -958,7 +708,7 @@ handle_progress (FerryJob *job, JsonObject *stats)
                        ferry_json_object_int (ram, "transferred"));
       if (job->state == FERRY_JOB_POSTCOPY)
         {
-          stop_timers (job);
+          mig_src_stop_timers (job);
           /* A short post-copy can end before the destination has answered
            * that it resumed the guest: confirm only once both are true. */
           if (job->postcopy_dest_running)
@@ -967,7 +717,7 @@ handle_progress (FerryJob *job, JsonObject *stats)
       else if (job->storage != NULL)
         {
           /* The guest is paused: finish the disk mirrors, then Finish. */
-          stop_timers (job);
+          mig_src_stop_timers (job);
           mig_storage_src_complete (job);
         }
       else
@@ -976,10 +726,10 @@ handle_progress (FerryJob *job, JsonObject *stats)
   else if (job->state == FERRY_JOB_PERFORMING && g_str_equal (status, "postcopy-active"))
     mig_src_postcopy_switched (job);
   else if (job->state == FERRY_JOB_POSTCOPY && g_str_equal (status, "postcopy-paused"))
-    schedule_recovery (job);
+    mig_src_schedule_recovery (job);
   else if (job->state == FERRY_JOB_POSTCOPY && g_str_equal (status, "failed"))
     {
-      stop_timers (job);
+      mig_src_stop_timers (job);
       ferry_job_finish (job, FERRY_JOB_FAILED,
                         "post-copy failed in QEMU: the guest is paused on the destination with part "
                         "of its memory still here");
@@ -1080,7 +830,7 @@ on_keepalive_replied (GObject *source, GAsyncResult *result, gpointer user_data)
         job->peer_last_seen_us = g_get_monotonic_time ();
       else if (job->state == FERRY_JOB_POSTCOPY
                && peer_silent_ms (job) >= job->agent->config.keepalive_timeout_ms)
-        pause_stuck_postcopy (job);
+        mig_src_pause_stuck_postcopy (job);
       return;
     }
   if (reply != NULL)
@@ -1116,7 +866,7 @@ on_keepalive_timer (gpointer user_data)
   gint64 silent_ms = peer_silent_ms (job);
   gboolean silent = silent_ms >= job->agent->config.keepalive_timeout_ms;
   if (job->keepalive_in_flight && job->state == FERRY_JOB_POSTCOPY && silent)
-    pause_stuck_postcopy (job);
+    mig_src_pause_stuck_postcopy (job);
   if (job->keepalive_in_flight && watching_destination (job))
     {
       /* A request hung (link cut): judge silence without waiting for it. */
@@ -1131,7 +881,7 @@ on_keepalive_timer (gpointer user_data)
       return G_SOURCE_CONTINUE;
     }
   job->keepalive_in_flight = TRUE;
-  g_autofree char *path = incoming_path (job, NULL);
+  g_autofree char *path = mig_src_incoming_path (job, NULL);
   guint timeout_s = MAX (1, job->agent->config.keepalive_timeout_ms / 1000);
   ferry_peer_request_async (job->agent, job->peer_url, "GET", path, NULL, timeout_s, NULL,
                             on_keepalive_replied, ferry_job_ref_new (job));
@@ -1144,6 +894,15 @@ start_keepalive (FerryJob *job)
 {
   if (job->keepalive_timer == 0)
     job->keepalive_timer = g_timeout_add (job->agent->config.keepalive_interval_ms, on_keepalive_timer, job);
+}
+
+void
+mig_src_watch (FerryJob *job)
+{
+  job->peer_last_seen_us = g_get_monotonic_time ();
+  if (job->poll_timer == 0)
+    job->poll_timer = g_timeout_add (PROGRESS_POLL_MS, on_poll_timer, job);
+  start_keepalive (job);
 }
 
 /* Records what QEMU itself reports for the settings that matter, so the
@@ -1231,8 +990,7 @@ on_migrate_started (GObject *source, GAsyncResult *result, gpointer user_data)
   job->peer_last_seen_us = g_get_monotonic_time ();
   job->perform_started_us = g_get_monotonic_time ();
   job->poll_timer = g_timeout_add (PROGRESS_POLL_MS, on_poll_timer, job);
-  if (job->options.postcopy && job->options.postcopy_after_s > 0)
-    job->postcopy_timer = g_timeout_add_seconds (job->options.postcopy_after_s, on_postcopy_timer, job);
+  mig_src_arm_postcopy_timer (job);
   start_keepalive (job);
 }
 
@@ -1359,7 +1117,7 @@ mig_src_on_qmp_event (FerryJob *job, const char *name, JsonObject *data)
         ferry_job_event (job, "warning", "source QEMU exited while the destination resumes the guest");
       else
         {
-          stop_timers (job);
+          mig_src_stop_timers (job);
           FerryVm *vm = g_hash_table_lookup (job->agent->vms, job->vm_name);
           g_autofree char *reason = ferry_vm_exit_reason (vm, "source QEMU exited during the migration");
           gboolean restart = guest_only_here (job, vm);
@@ -1385,7 +1143,7 @@ mig_src_on_qmp_event (FerryJob *job, const char *name, JsonObject *data)
     }
   if (g_str_equal (name, "MIGRATION_PASS"))
     {
-      maybe_postcopy_at_pass (job, ferry_json_object_int (data, "pass"));
+      mig_src_postcopy_at_pass (job, ferry_json_object_int (data, "pass"));
       return;
     }
   if (!g_str_equal (name, "MIGRATION")
@@ -1492,7 +1250,7 @@ mig_src_prepare (FerryJob *job, const char *reason)
   ferry_job_transition (job, FERRY_JOB_PREPARING, reason);
   ferry_peer_request_async (agent, job->peer_url, "POST",
                             options->live ? "/v1/migrations/incoming" : "/v1/migrations/offline",
-                            request, PEER_TIMEOUT_S, NULL, on_prepared, ferry_job_ref_new (job));
+                            request, MIG_SRC_PEER_TIMEOUT_S, NULL, on_prepared, ferry_job_ref_new (job));
 }
 
 static void
@@ -1690,64 +1448,10 @@ mig_src_start_postcopy (FerryVm *vm, const char *why, GError **error)
   FerryJob *job = running_outgoing_job (vm, error);
   if (job == NULL)
     return FALSE;
-  return request_postcopy (job, why, error);
+  return mig_src_request_postcopy (job, why, error);
 }
 
 /* ---- restart recovery ---------------------------------------------------------- */
-
-static gboolean on_restored_check_due (gpointer user_data);
-
-static void
-on_restored_postcopy_checked (GObject *source, GAsyncResult *result, gpointer user_data)
-{
-  g_autofree FerryJobRef *ref = user_data;
-  FerryJob *job = ferry_job_ref_get (ref);
-  g_autoptr (GError) error = NULL;
-  g_autoptr (JsonObject) reply = ferry_peer_request_finish (result, NULL, &error);
-  if (job == NULL || job->state != FERRY_JOB_POSTCOPY)
-    return;
-  const char *state = ferry_json_object_string (reply, "state");
-  if (g_strcmp0 (state, "postcopy") == 0 || g_strcmp0 (state, "completed") == 0)
-    {
-      job->postcopy_dest_running = TRUE;
-      ferry_job_event (job, "info", "the destination runs the guest; following the post-copy stream");
-      if (job->stream_completed)
-        mig_src_confirm (job);
-    }
-  else if (g_strcmp0 (state, "prepared") == 0)
-    {
-      /* Finish never arrived: send it again. */
-      g_autofree char *path = incoming_path (job, "/finish");
-      g_autoptr (JsonObject) body = json_object_new ();
-      json_object_set_boolean_member (body, "postcopy", TRUE);
-      ferry_peer_request_async (job->agent, job->peer_url, "POST", path, body, PEER_TIMEOUT_S, NULL,
-                                on_postcopy_resumed, ferry_job_ref_new (job));
-    }
-  else if (reply == NULL)
-    {
-      /* Unreachable for now (the link may be down): ask again, the
-       * confirmation waits for the answer. */
-      if (!job->restored_check_logged)
-        ferry_job_event (job, "warning", "cannot ask the destination yet (%s); asking again", error->message);
-      job->restored_check_logged = TRUE;
-      g_timeout_add_seconds_full (G_PRIORITY_DEFAULT, 2, on_restored_check_due, ferry_job_ref_new (job), g_free);
-    }
-  else
-    ferry_job_event (job, "warning", "destination state after the restart: %s", state);
-}
-
-static gboolean
-on_restored_check_due (gpointer user_data)
-{
-  FerryJob *job = ferry_job_ref_get (user_data);
-  if (job != NULL && job->state == FERRY_JOB_POSTCOPY && !job->postcopy_dest_running)
-    {
-      g_autofree char *path = incoming_path (job, NULL);
-      ferry_peer_request_async (job->agent, job->peer_url, "GET", path, NULL, PEER_TIMEOUT_S, NULL,
-                                on_restored_postcopy_checked, ferry_job_ref_new (job));
-    }
-  return G_SOURCE_REMOVE;
-}
 
 static gboolean
 stored_job_is_live (FerryStoreJob *stored)
@@ -1780,21 +1484,7 @@ mig_src_recover (FerryAgent *agent, FerryStoreJob *stored)
     }
   if (state == FERRY_JOB_POSTCOPY && vm != NULL && vm->qmp != NULL)
     {
-      /* The destination runs the guest and may still need pages from our
-       * QEMU: follow the stream again, recovering it if it broke. */
-      FerryMigrateOptions options;
-      ferry_migrate_options_from_stored (stored->options_json, &options);
-      FerryJob *job = ferry_job_restore (agent, stored, &options);
-      vm->job = job;
-      ferry_vm_set_state (vm, FERRY_VM_MIGRATED);
-      job->postcopy_requested = TRUE;
-      job->peer_last_seen_us = g_get_monotonic_time ();
-      job->poll_timer = g_timeout_add (PROGRESS_POLL_MS, on_poll_timer, job);
-      job->keepalive_timer = g_timeout_add (agent->config.keepalive_interval_ms, on_keepalive_timer, job);
-      /* Did the destination hear Finish before we went down? */
-      g_autofree char *path = incoming_path (job, NULL);
-      ferry_peer_request_async (agent, job->peer_url, "GET", path, NULL, PEER_TIMEOUT_S, NULL,
-                                on_restored_postcopy_checked, ferry_job_ref_new (job));
+      mig_src_postcopy_restore (agent, stored, vm);
       return;
     }
   if (state == FERRY_JOB_POSTCOPY)
