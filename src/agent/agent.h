@@ -265,13 +265,14 @@ gboolean ferry_migrate_options_validate (const FerryMigrateOptions *options, GEr
 JsonObject *ferry_migrate_options_to_json (const FerryMigrateOptions *options);
 const char *ferry_compress_to_string (FerryCompress compress);
 gboolean ferry_migrate_options_multifd (const FerryMigrateOptions *options);
-/* Strategy auto's post-copy settings: one stream, post-copy switched once
- * QEMU reports the first pass done, a timeout switches rather than
- * aborts. For a plan that chose post-copy, and for a multifd plan whose
- * guest sped up (mig-src.c restarts it as one stream: QEMU cannot switch
+/* Strategy auto's post-copy settings: one stream, post-copy switched when
+ * QEMU reports pass switch_at_pass (1: set-up done, 2: the first pass;
+ * ferry_choose_postcopy_switch), a timeout switches rather than aborts.
+ * For a plan that chose post-copy, and for a multifd plan whose guest
+ * sped up (mig-src.c restarts it as one stream: QEMU cannot switch
  * multifd channels to post-copy). Clears multifd, compression and
  * auto-converge; the rest stays. */
-void ferry_migrate_options_postcopy_after_first_pass (FerryMigrateOptions *options);
+void ferry_migrate_options_postcopy (FerryMigrateOptions *options, gint64 switch_at_pass);
 /* The options a job was stored with (lenient: a restarted agent takes
  * what it finds; missing members keep their defaults). */
 void ferry_migrate_options_from_stored (const char *options_json, FerryMigrateOptions *options);

@@ -526,7 +526,9 @@ on_restart_released (GObject *source, GAsyncResult *result, gpointer user_data)
   /* The plan's prediction was for the multifd stream; the guest no
    * longer dirties what was measured, so the ETA goes by the stream. */
   job->revised_total_s = 0;
-  ferry_migrate_options_postcopy_after_first_pass (&job->options);
+  /* After the first pass: the stalled passes say what the guest
+   * rewrites, not how much of a first pass it would leave alone. */
+  ferry_migrate_options_postcopy (&job->options, 2);
   mig_src_prepare (job, reason);
 }
 

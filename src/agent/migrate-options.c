@@ -53,23 +53,18 @@ ferry_migrate_options_multifd (const FerryMigrateOptions *options)
 }
 
 void
-ferry_migrate_options_postcopy_after_first_pass (FerryMigrateOptions *options)
+ferry_migrate_options_postcopy (FerryMigrateOptions *options, gint64 switch_at_pass)
 {
   options->parallel_connections = 0;
   options->compress = FERRY_COMPRESS_NONE;
   options->auto_converge = FALSE;
   options->postcopy = TRUE;
   options->timeout_action = FERRY_TIMEOUT_POSTCOPY;
-  /* One full pass first: the guest moves with most of its pages there,
-   * so it faults on few and the window in which a broken link pauses it
-   * is short. Switching as soon as set-up is done would save the pass but
-   * leave every page to fetch on demand: over a 4 MiB/s limit a 256 MiB
-   * guest crawled for 40 s after the move. The switch point is the pass
-   * itself (QEMU's event), not a time: a timer fired inside QEMU's TCG
-   * set-up (10-43 s for a busy guest) and switched before the pass it
-   * was meant to wait for. */
+  /* The switch point is a pass (QEMU's event), not a time: a timer fired
+   * inside QEMU's TCG set-up (10-43 s for a busy guest) and switched
+   * before the pass it was meant to wait for. */
   options->postcopy_after_s = 0;
-  options->postcopy_at_pass = 2;
+  options->postcopy_at_pass = switch_at_pass;
 }
 
 static gboolean

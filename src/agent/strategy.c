@@ -123,7 +123,28 @@ ferry_predict_postcopy (const FerryPlanInputs *inputs, gint64 switch_at_pass,
     .downtime_ms = switch_s * 1000.0,
     .total_s = total_s + switch_s + rest / link,
     .bytes = (gint64) (precopy_bytes + rest + DEVICE_STATE_BYTES),
+    .after_switch_bytes = (gint64) rest,
   };
+}
+
+/* A first pass pays while the guest leaves most of what it sent alone. */
+#define POSTCOPY_SKIP_PASS_SHARE 0.5
+
+char *
+ferry_choose_postcopy_switch (const FerryPlanInputs *inputs, gint64 *switch_at_pass)
+{
+  FerryPrediction after_pass;
+  ferry_predict_postcopy (inputs, 2, &after_pass);
+  double resident = (double) MAX (inputs->resident_bytes, 1);
+  double redirtied = after_pass.after_switch_bytes / resident;
+  if (redirtied >= POSTCOPY_SKIP_PASS_SHARE)
+    {
+      *switch_at_pass = 1;
+      return g_strdup_printf ("post-copy as soon as QEMU's set-up is done: the guest would dirty again %.0f %% "
+                              "of what a first pass sent", redirtied * 100);
+    }
+  *switch_at_pass = 2;
+  return g_strdup ("post-copy once the first pass is done");
 }
 
 /* Multifd needs room: the guest must dirty at most this share of the link
@@ -485,15 +506,17 @@ choose (PlanData *data, FerryVm *vm)
   else
     {
       strategy = "post-copy";
-      ferry_migrate_options_postcopy_after_first_pass (options);
+      gint64 switch_at_pass;
+      g_autofree char *switch_reason = ferry_choose_postcopy_switch (&inputs, &switch_at_pass);
+      ferry_migrate_options_postcopy (options, switch_at_pass);
       ferry_predict_postcopy (&inputs, options->postcopy_at_pass, &chosen);
       if (precopy.converges)
-        reason = g_strdup_printf ("pre-copy would take %.1f s, over half the completion limit of %.0f s; "
-                                  "post-copy once the first pass is done", precopy.total_s, limit_s);
+        reason = g_strdup_printf ("pre-copy would take %.1f s, over half the completion limit of %.0f s; %s",
+                                  precopy.total_s, limit_s, switch_reason);
       else
         reason = g_strdup_printf ("the guest dirties %.0f MiB/s, the link carries %.0f MiB/s: pre-copy "
-                                  "cannot converge; post-copy once the first pass is done",
-                                  inputs.dirty_bytes_per_s / 1048576.0, inputs.link_bytes_per_s / 1048576.0);
+                                  "cannot converge; %s", inputs.dirty_bytes_per_s / 1048576.0,
+                                  inputs.link_bytes_per_s / 1048576.0, switch_reason);
       if (chosen.downtime_ms > data->options.max_downtime_ms)
         reason_append (&reason, "; the switch will stop the guest for about %.1f s, over the %" G_GINT64_FORMAT
                        " ms limit: QEMU's dirty-bitmap sync of what it dirtied meanwhile (%.0f µs a page here)",

@@ -46,6 +46,7 @@ typedef struct {
   double downtime_ms;        /* predicted stop-and-copy time */
   gint64 bytes;              /* predicted bytes on the wire */
   double first_pass_s;
+  gint64 after_switch_bytes; /* post-copy: what goes after the switch, the pages the guest may fault on */
 } FerryPrediction;
 
 /* The sync cost per page for TCG with guest RAM padded against QEMU
@@ -71,6 +72,18 @@ void ferry_predict_precopy (const FerryPlanInputs *inputs, FerryPrediction *pred
  * when the guest happened to sit idle); the prediction is that worse case. */
 void ferry_predict_postcopy (const FerryPlanInputs *inputs, gint64 switch_at_pass,
                              FerryPrediction *prediction);
+
+/* Where strategy auto switches to post-copy: 2, once the first pass is
+ * done, so the guest moves with most of its pages there, faults on few,
+ * and the window in which a broken link pauses it is short (switching at
+ * once over a 4 MiB/s limit left a 256 MiB guest crawling for 40 s); or 1,
+ * as soon as QEMU's set-up is done, when the guest would dirty again at
+ * least half of what that pass sent (a guest that rewrites its working
+ * set faster than the link carries it): the pass would then cost its time
+ * and a dirty-bitmap sync (seconds under TCG, the guest's timers stopped
+ * through it) and spare the guest few faults. Pure (unit-tested); sets
+ * *switch_at_pass and returns the reason clause. */
+char *ferry_choose_postcopy_switch (const FerryPlanInputs *inputs, gint64 *switch_at_pass);
 
 /* How pre-copy's stream crosses the link: one TLS stream, or multifd
  * channels (one TLS stream each, spread over cores), compressed or not. */

@@ -147,6 +147,39 @@ test_postcopy_after_setup_sends_everything_once (void)
   g_assert_cmpint (p.bytes, >=, (gint64) (300 * MiB));
 }
 
+/* Where post-copy switches: after a first pass unless the guest would
+ * dirty again at least half of what it sent. */
+static void
+test_postcopy_switch_point (void)
+{
+  gint64 at_pass = 0;
+  /* bench/live's dirtymax over 1 Gbit/s: a 3.4 s pass, 138 MiB/s rewrite it all. */
+  FerryPlanInputs busy = inputs (364, 138, 108);
+  g_autofree char *busy_reason = ferry_choose_postcopy_switch (&busy, &at_pass);
+  g_assert_cmpint (at_pass, ==, 1);
+  g_assert_nonnull (strstr (busy_reason, "as soon as QEMU's set-up is done"));
+  g_assert_nonnull (strstr (busy_reason, "100 %"));
+  /* A big quiet guest over a slow link: the pass moves most pages first. */
+  FerryPlanInputs quiet = inputs (256, 1, 4);
+  g_autofree char *quiet_reason = ferry_choose_postcopy_switch (&quiet, &at_pass);
+  g_assert_cmpint (at_pass, ==, 2);
+  g_assert_cmpstr (quiet_reason, ==, "post-copy once the first pass is done");
+  /* dirtymax unshaped: 1 s pass, 129 MiB/s dirty 37 % of it again... */
+  FerryPlanInputs fast_link = inputs (364, 129, 354);
+  g_autofree char *kvm_reason = ferry_choose_postcopy_switch (&fast_link, &at_pass);
+  g_assert_cmpint (at_pass, ==, 2);
+  /* ...and more while the pass's TCG sync (36 µs a page) holds QEMU's lock. */
+  fast_link.sync_s_per_page = 36e-6;
+  g_autofree char *tcg_reason = ferry_choose_postcopy_switch (&fast_link, &at_pass);
+  g_assert_cmpint (at_pass, ==, 1);
+  /* The switch point's prediction is the shorter one here. */
+  FerryPrediction after_setup, after_pass;
+  ferry_predict_postcopy (&busy, 1, &after_setup);
+  ferry_predict_postcopy (&busy, 2, &after_pass);
+  g_assert_cmpfloat (after_setup.total_s, <, after_pass.total_s);
+  g_assert_cmpint (after_setup.after_switch_bytes, ==, busy.resident_bytes);
+}
+
 static JsonObject *
 plan_json (double resident_mib, double dirty_mib_s, double link_mib_s, gint64 postcopy_at_pass)
 {
@@ -312,7 +345,7 @@ test_option_defaults (void)
  * takes together (validate refuses multifd with post-copy), the user's
  * limits kept. */
 static void
-test_postcopy_after_first_pass_leaves_multifd (void)
+test_postcopy_leaves_multifd (void)
 {
   g_autoptr (JsonObject) request = body ("{\"dest\": \"https://b:7711\", \"mode\": \"live\", "
                                          "\"strategy\": \"manual\", \"parallel_connections\": 3, "
@@ -323,7 +356,7 @@ test_postcopy_after_first_pass_leaves_multifd (void)
   FerryMigrateOptions options;
   g_assert_true (ferry_migrate_options_parse (request, &dest, &options, &error));
   g_assert_true (ferry_migrate_options_multifd (&options));
-  ferry_migrate_options_postcopy_after_first_pass (&options);
+  ferry_migrate_options_postcopy (&options, 2);
   g_assert_false (ferry_migrate_options_multifd (&options));
   g_assert_cmpint (options.compress, ==, FERRY_COMPRESS_NONE);
   g_assert_false (options.auto_converge);
@@ -420,11 +453,12 @@ main (int argc, char **argv)
   g_test_add_func ("/plan/lower-downtime-limit-costs-passes", test_lower_downtime_limit_costs_passes);
   g_test_add_func ("/plan/postcopy-bounded", test_postcopy_bounded_by_one_pass_and_the_rest);
   g_test_add_func ("/plan/postcopy-after-setup", test_postcopy_after_setup_sends_everything_once);
+  g_test_add_func ("/plan/postcopy-switch-point", test_postcopy_switch_point);
   g_test_add_func ("/plan/revised-after-setup", test_revised_after_setup_uses_the_measured_sync);
   g_test_add_func ("/plan/stream-choice", test_stream_choice);
   g_test_add_func ("/options/defaults", test_option_defaults);
   g_test_add_func ("/options/conflicts-refused", test_option_conflicts_refused);
-  g_test_add_func ("/options/postcopy-after-first-pass", test_postcopy_after_first_pass_leaves_multifd);
+  g_test_add_func ("/options/postcopy-leaves-multifd", test_postcopy_leaves_multifd);
   g_test_add_func ("/options/warm", test_warm_options);
   return g_test_run ();
 }
