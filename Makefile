@@ -45,7 +45,8 @@ check-unit: build
 PLAIN_INTEGRATION = test_tls_capture test_restart_offline test_dirtyrate test_strategy test_pools \
 	test_cold_migration
 ASAN_INTEGRATION = test_live_migration test_failures test_bad_input test_postcopy_recover \
-	test_cold_failures test_live_storage test_warm_migration test_strategy_restart
+	test_cold_failures test_live_storage test_warm_migration test_strategy_restart \
+	test_migrate_timeouts
 
 # Every integration test is in exactly one of the lists above.
 check-lists:
