@@ -326,6 +326,7 @@ struct _FerryJob {
    * stream with post-copy (mig-src.c): why, until QEMU's stream ended. */
   char *restart_reason;
   gboolean restart_releasing; /* asking the destination to drop the first stream's QEMU */
+  double copy_progress_floor; /* the second stream's copy starts where the first one's progress got to */
   guint postcopy_timer;
   guint recover_timer;       /* source: next post-copy recovery attempt */
   guint recover_attempts;

@@ -58,8 +58,9 @@ update_stats (FerryJob *job, JsonObject *snapshot)
   ferry_job_set_stats (job, snapshot);
 
   /* Progress of the copy: the share of memory sent against what is left,
-   * mapped onto the copy phase's part of the scale; pre-copy passes make
-   * "remaining" grow again, and ferry_job_set_progress keeps the maximum.
+   * mapped onto the copy phase's part of the scale (after a restart, what
+   * the first stream left of it); pre-copy passes make "remaining" grow
+   * again, and ferry_job_set_progress keeps the maximum.
    * ETA: what is left at the current rate. */
   JsonNode *ram_node = json_object_get_member (snapshot, "ram");
   JsonObject *ram = ram_node && JSON_NODE_HOLDS_OBJECT (ram_node) ? json_node_get_object (ram_node) : NULL;
@@ -69,7 +70,7 @@ update_stats (FerryJob *job, JsonObject *snapshot)
   double remaining = ferry_json_object_int (ram, "remaining");
   double rate = json_object_has_member (ram, "mbps") ? json_object_get_double_member (ram, "mbps") * 1e6 / 8 : 0;
   double share = transferred + remaining > 0 ? transferred / (transferred + remaining) : 0;
-  double low = job->state == FERRY_JOB_POSTCOPY ? 50 : 5;
+  double low = MAX (job->state == FERRY_JOB_POSTCOPY ? 50 : 5, job->copy_progress_floor);
   double eta_s = rate > 0 ? remaining / rate : -1;
   /* Before the switch, what is left at the current rate ignores the
    * passes and syncs still to come; the revised prediction counts them. */
@@ -526,6 +527,9 @@ on_restart_released (GObject *source, GAsyncResult *result, gpointer user_data)
   /* The plan's prediction was for the multifd stream; the guest no
    * longer dirties what was measured, so the ETA goes by the stream. */
   job->revised_total_s = 0;
+  /* The second stream's copy fills the rest of the scale, so the
+   * percentage moves on from where the first one got to. */
+  job->copy_progress_floor = MIN (job->progress_percent, 90);
   /* After the first pass: the stalled passes say what the guest
    * rewrites, not how much of a first pass it would leave alone. */
   ferry_migrate_options_postcopy (&job->options, 2);

@@ -16,12 +16,14 @@ Environment (set by meson):
 import atexit
 import json
 import os
+import pty
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 SKIP = 77  # meson's exit code for a skipped test
@@ -224,6 +226,36 @@ class Host:
         if json_output and result.returncode == 0:
             return json.loads(result.stdout)
         return result
+
+    def cli_on_terminal(self, *args, timeout=600):
+        """Runs ferry with its stderr on a pseudo-terminal, as at a shell
+        (the progress bar is drawn only there). Returns the completed
+        process; its stderr is what the terminal showed, bar frames and
+        all (each frame begins with a carriage return)."""
+        argv = self.prefix() + [FERRY, "-c", self.url, "--tls-dir", self.cluster.client_tls] + list(args)
+        master, slave = pty.openpty()
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=slave, text=True)
+        os.close(slave)
+        chunks = []
+
+        def drain():
+            while True:
+                try:
+                    data = os.read(master, 4096)
+                except OSError:  # EIO: the last writer closed its end
+                    return
+                if not data:
+                    return
+                chunks.append(data)
+        reader = threading.Thread(target=drain)
+        reader.start()
+        try:
+            stdout, _ = process.communicate(timeout=timeout)
+        finally:
+            reader.join(timeout=10)
+            os.close(master)
+        return subprocess.CompletedProcess(argv, process.returncode, stdout,
+                                           b"".join(chunks).decode(errors="replace"))
 
     def vms(self):
         return {vm["name"]: vm for vm in self.cli("vm", "list", json_output=True)["vms"]}

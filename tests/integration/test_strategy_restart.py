@@ -9,7 +9,9 @@ destination, still ticking, not rebooted; no QEMU is left on the source and
 one on the destination."""
 
 import os
+import re
 import threading
+import time
 
 from ferrytest import (Cluster, ensure_guest, guest_spec, job, log, main,
                        wait_for_console, wait_for_ticks, wait_until)
@@ -37,15 +39,23 @@ def test():
 
     log(f"strategy auto under a {BANDWIDTH_MIB} MiB/s limit; the guest speeds up {RAMP_AFTER_S} s in")
     outcome = {}
-    cli = threading.Thread(target=lambda: outcome.update(result=a.cli(
+    cli = threading.Thread(target=lambda: outcome.update(result=a.cli_on_terminal(
         "migrate", "vm1", b.url, "--live", "--bandwidth", str(BANDWIDTH_MIB),
-        "--completion-timeout-per-gib", "600", check=False)))
+        "--completion-timeout-per-gib", "600")))
     cli.start()
+    progress = []  # (restarted yet, percent, eta_s) from job info, while it runs
     try:
         # The premise: the guest sped up while the migration ran, after the plan.
         wait_for_console(a, "vm1", r"dirtier ramp rate=0", timeout=60)
         assert job(a, "vm1")["state"] not in ("completed", "failed", "cancelled"), \
             "the migration ended before the guest sped up: nothing to restart"
+        deadline = time.monotonic() + 300
+        while cli.is_alive() and time.monotonic() < deadline:
+            info = job(a, "vm1")
+            if info.get("active") and "progress" in info:
+                restarted = "ferry-restart" in info.get("stats", {})
+                progress.append((restarted, info["progress"]["percent"], info["progress"].get("eta_s")))
+            time.sleep(0.3)
     finally:
         cli.join(timeout=300)
     assert not cli.is_alive(), "ferry migrate did not return"
@@ -53,9 +63,25 @@ def test():
     log(result.stdout.strip())
     info = job(a, "vm1", completed=True)
     messages = [e["message"] for e in info["events"]]
-    assert info["state"] == "completed" and result.returncode == 0, (result.stderr, messages)
+    assert info["state"] == "completed" and result.returncode == 0, (result.stderr[-2000:], messages)
     # The command says the numbers are the second stream's.
     assert "started again as one stream with post-copy" in result.stdout, result.stdout
+
+    # Progress never went back, though the stream started over: in job
+    # info, sampled through the restart...
+    log(f"job info progress: {len(progress)} samples, {progress[0][1]:.0f} → {progress[-1][1]:.0f} %")
+    assert any(not restarted for restarted, _, _ in progress), "no sample of the first stream"
+    assert any(restarted for restarted, _, _ in progress), "no sample of the second stream"
+    percents = [percent for _, percent, _ in progress]
+    assert all(later >= earlier for earlier, later in zip(percents, percents[1:])), progress
+    assert any(eta is not None and eta >= 0 for _, _, eta in progress), progress
+    # ...and in the progress bar the command drew on the terminal.
+    frames = re.findall(r"\r(\S+)\s+\[[#-]{30}\]\s+(\d+)%[^\r]*?ETA\s+(\S+)", result.stderr)
+    log(f"progress bar: {len(frames)} frames, {frames[0]} … {frames[-1]}")
+    bar = [int(percent) for _, percent, _ in frames]
+    assert len(frames) >= 10 and bar[-1] == 100, frames[-5:]
+    assert all(later >= earlier for earlier, later in zip(bar, bar[1:])), frames
+    assert any(eta.rstrip("s").isdigit() for _, _, eta in frames), frames
 
     plan = info["stats"]["ferry-plan"]
     log(f"plan: {plan['strategy']}: {plan['reason']}")
