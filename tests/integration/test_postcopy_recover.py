@@ -6,7 +6,9 @@ pauses there (never resumed on the source), and once the link is back
 The guest continues with the same boot id: a pause, no reboot, no memory
 lost (a lost page would crash the guest kernel, as it did before the TCG
 workaround). The source agent is restarted while the link is down: the
-restarted agent takes the post-copy job up again and recovers it."""
+restarted agent takes the post-copy job up again and recovers it. On the
+way back the link is cut and restored again, and nobody asks: ferry's
+own retry with backoff resumes the stream."""
 
 import os
 
@@ -65,6 +67,28 @@ def test():
     log(f"guest continues on B: tick {tick}, same boot")
     assert b.console("vm1").count("ferry-guest boot_id=") == 0, "the guest rebooted on B"
     assert a.vms()["vm1"]["state"] == "shutoff"
+
+    log("B → A, the link cut in post-copy and restored, no --recover: ferry's own retry resumes it")
+    b.cli("migrate", "vm1", a.url, "--live", "--postcopy", "--postcopy-after", "1",
+          "--bandwidth", "12", "--detach")
+    wait_until("the switch to post-copy", lambda: job(b, "vm1")["state"] == "postcopy", timeout=120)
+    wait_until("the guest to run on A", lambda: a.vms()["vm1"]["state"] == "running", timeout=60)
+    cluster.link_down()
+    try:
+        wait_until("ferry to pause the stuck stream",
+                   lambda: any("pausing the stream" in m or "post-copy paused" in m for m in events(b, "vm1")),
+                   timeout=60)
+        assert job(b, "vm1")["state"] == "postcopy", job(b, "vm1")
+    finally:
+        cluster.link_up()
+    wait_until("ferry's retry to finish the move", lambda: not job(b, "vm1").get("active"), timeout=300)
+    info = job(b, "vm1")
+    messages = [event["message"] for event in info["events"]]
+    assert info["state"] == "completed", (info.get("error"), messages)
+    assert any("post-copy resumed" in m for m in messages), messages
+    assert not any("recovery requested by the user" in m for m in messages), messages
+    tick, _ = wait_for_ticks(a, "vm1", beyond=tick, boot_id=boot_id)
+    log(f"guest continues on A: tick {tick}, same boot")
 
 
 if __name__ == "__main__":
