@@ -462,6 +462,23 @@ restartable_as_one_stream (FerryJob *job)
          && !job->options.postcopy && !job->options.copy_storage;
 }
 
+/* QEMU ends a cancelled stream in well under a second once the yank
+ * has shut its channels; should it not, the guest stays here. */
+#define RESTART_CANCEL_DEADLINE_S 30
+
+static gboolean
+on_restart_cancel_overdue (gpointer user_data)
+{
+  FerryJob *job = ferry_job_ref_get (user_data);
+  if (job != NULL && job->state == FERRY_JOB_PERFORMING && job->restart_reason != NULL && !job->restart_releasing)
+    {
+      g_clear_pointer (&job->restart_reason, g_free);
+      mig_src_rollback (job, "QEMU did not end the cancelled multifd stream within "
+                        G_STRINGIFY (RESTART_CANCEL_DEADLINE_S) " s; the guest stays on the source");
+    }
+  return G_SOURCE_REMOVE;
+}
+
 static void
 restart_as_one_stream (FerryJob *job, const char *why, JsonObject *ram)
 {
@@ -491,6 +508,8 @@ restart_as_one_stream (FerryJob *job, const char *why, JsonObject *ram)
   };
   ferry_qmp_run_steps_async (vm->qmp, steps, G_N_ELEMENTS (steps), NULL, on_restart_cancel_replied,
                              ferry_job_ref_new (job));
+  g_timeout_add_seconds_full (G_PRIORITY_DEFAULT, RESTART_CANCEL_DEADLINE_S, on_restart_cancel_overdue,
+                              ferry_job_ref_new (job), g_free);
 }
 
 static void
@@ -524,6 +543,7 @@ on_restart_released (GObject *source, GAsyncResult *result, gpointer user_data)
   job->progress_at_us = 0;
   job->throttle_percent = 0;
   job->guest_stopped_us = 0;
+  job->setup_reported = FALSE;
   /* The plan's prediction was for the multifd stream; the guest no
    * longer dirties what was measured, so the ETA goes by the stream. */
   job->revised_total_s = 0;
@@ -668,7 +688,9 @@ report_setup_stall (FerryJob *job, JsonObject *stats)
     ferry_job_event (job, "warning", "QEMU's set-up took %.1f s; under TCG its dirty-bitmap sync holds QEMU's "
                      "lock that long, so the guest's timers and device I/O stood still meanwhile (under KVM "
                      "the sync takes milliseconds)", setup_ms / 1000.0);
-  revise_plan (job, stats, setup_ms);
+  /* The plan was for the first stream of a restarted migration. */
+  if (!json_object_has_member (job->stats, "ferry-restart"))
+    revise_plan (job, stats, setup_ms);
 }
 
 /* Auto-converge's throttle, said each time QEMU raises it: the guest's
