@@ -499,8 +499,9 @@ restart_as_one_stream (FerryJob *job, const char *why, JsonObject *ram)
   ferry_job_save_stats (job);
   ferry_job_event (job, "info", "cancelling the multifd stream, the guest runs on here: %s", why);
   /* The yank as in mig_src_rollback: the channels must not wait on a
-   * destination whose QEMU is gone. The stream's end comes as a
-   * MIGRATION event; on_progress goes on from there. */
+   * destination whose QEMU is gone. The stream's end comes with the
+   * steps' query-migrate or a MIGRATION event; handle_progress goes on
+   * from there. */
   FerryQmpStep steps[] = {
     { "migrate_cancel", NULL, TRUE },
     { "yank", ferry_qmp_args_yank_migration (), TRUE },
@@ -727,6 +728,7 @@ handle_progress (FerryJob *job, JsonObject *stats)
         {
           ferry_job_event (job, "info", "the multifd stream completed before the cancel reached it: finishing it");
           g_clear_pointer (&job->restart_reason, g_free);
+          json_object_remove_member (job->stats, "ferry-restart");
         }
       JsonObject *ram = json_object_get_object_member (stats, "ram");
       ferry_job_event (job, "info", "stream completed: %" G_GINT64_FORMAT " ms total, %"
