@@ -129,6 +129,13 @@ ferry_predict_postcopy (const FerryPlanInputs *inputs, gint64 switch_at_pass,
 
 /* A first pass pays while the guest leaves most of what it sent alone. */
 #define POSTCOPY_SKIP_PASS_SHARE 0.5
+/* Switched at set-up, the guest runs on pages fetched over the link until
+ * all it touched has crossed: at most this long. The model cannot tell a
+ * guest that rewrites all its memory from one that rewrites a small
+ * buffer fast (both dirty "everything" in a long pass), and over a slow
+ * link the second would crawl (test_failures: 194 MiB over 4 MiB/s,
+ * 41 s after the move). */
+#define POSTCOPY_AT_SETUP_MAX_S 5.0
 
 char *
 ferry_choose_postcopy_switch (const FerryPlanInputs *inputs, gint64 *switch_at_pass)
@@ -137,14 +144,16 @@ ferry_choose_postcopy_switch (const FerryPlanInputs *inputs, gint64 *switch_at_p
   ferry_predict_postcopy (inputs, 2, &after_pass);
   double resident = (double) MAX (inputs->resident_bytes, 1);
   double redirtied = after_pass.after_switch_bytes / resident;
-  if (redirtied >= POSTCOPY_SKIP_PASS_SHARE)
-    {
-      *switch_at_pass = 1;
-      return g_strdup_printf ("post-copy as soon as QEMU's set-up is done: the guest would dirty again %.0f %% "
-                              "of what a first pass sent", redirtied * 100);
-    }
+  double all_remote_s = resident / MAX (inputs->link_bytes_per_s, 1.0);
   *switch_at_pass = 2;
-  return g_strdup ("post-copy once the first pass is done");
+  if (redirtied < POSTCOPY_SKIP_PASS_SHARE)
+    return g_strdup ("post-copy once the first pass is done");
+  if (all_remote_s > POSTCOPY_AT_SETUP_MAX_S)
+    return g_strdup_printf ("post-copy once the first pass is done (switched at once, the guest would run "
+                            "%.0f s on pages fetched over the link)", all_remote_s);
+  *switch_at_pass = 1;
+  return g_strdup_printf ("post-copy as soon as QEMU's set-up is done: the guest would dirty again %.0f %% "
+                          "of what a first pass sent", redirtied * 100);
 }
 
 /* Multifd needs room: the guest must dirty at most this share of the link

@@ -79,10 +79,11 @@ void ferry_predict_postcopy (const FerryPlanInputs *inputs, gint64 switch_at_pas
  * once over a 4 MiB/s limit left a 256 MiB guest crawling for 40 s); or 1,
  * as soon as QEMU's set-up is done, when the guest would dirty again at
  * least half of what that pass sent (a guest that rewrites its working
- * set faster than the link carries it): the pass would then cost its time
- * and a dirty-bitmap sync (seconds under TCG, the guest's timers stopped
- * through it) and spare the guest few faults. Pure (unit-tested); sets
- * *switch_at_pass and returns the reason clause. */
+ * set faster than the link carries it) and all it touched crosses in 5 s
+ * or less: the pass would then cost its time and a dirty-bitmap sync
+ * (seconds under TCG, the guest's timers stopped through it) and spare the
+ * guest few faults. Pure (unit-tested); sets *switch_at_pass and returns
+ * the reason clause. */
 char *ferry_choose_postcopy_switch (const FerryPlanInputs *inputs, gint64 *switch_at_pass);
 
 /* How pre-copy's stream crosses the link: one TLS stream, or multifd
