@@ -110,6 +110,14 @@ ferry_print_job (JsonObject *job)
                  json_object_get_double_member (prediction, "total_s"),
                  json_object_get_double_member (prediction, "downtime_ms"));
     }
+  JsonObject *restart = member_object (stats, "ferry-restart");
+  if (restart != NULL)
+    {
+      g_autofree char *sent = ferry_format_bytes (ferry_json_object_int (restart, "transferred"));
+      g_print ("%-20s after %.1f s of multifd (%s sent, %" G_GINT64_FORMAT " passes): %s\n", "Restarted:",
+               ferry_json_object_int (restart, "after_ms") / 1000.0, sent, ferry_json_object_int (restart, "passes"),
+               ferry_json_object_string (restart, "reason"));
+    }
   JsonObject *revised = member_object (stats, "ferry-revised");
   JsonObject *revised_prediction = revised ? member_object (revised, "prediction") : NULL;
   if (revised_prediction != NULL)

@@ -64,8 +64,10 @@ def test():
     info = job(a, "vm1", completed=True)
     messages = [e["message"] for e in info["events"]]
     assert info["state"] == "completed" and result.returncode == 0, (result.stderr[-2000:], messages)
-    # The command says the numbers are the second stream's.
+    # The command says the numbers are the second stream's; job info too.
     assert "started again as one stream with post-copy" in result.stdout, result.stdout
+    human = a.cli("job", "info", "vm1", "--completed").stdout
+    assert re.search(r"Restarted: +after [0-9.]+ s of multifd .* starting again as one stream", human), human
 
     # Progress never went back, though the stream started over: in job
     # info, sampled through the restart...
