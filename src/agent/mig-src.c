@@ -488,13 +488,26 @@ restart_as_one_stream (FerryJob *job, const char *why, JsonObject *ram)
   /* The destination's incoming QEMU fails with the stream: its agent's
    * answers are not this job's failure any more (watching_destination). */
   mig_src_stop_timers (job);
-  job->restart_reason = g_strdup_printf ("starting again as one stream with post-copy after the first pass "
-                                         "(%s; QEMU cannot switch multifd channels to post-copy)", why);
+  /* Where the new stream switches: what the stalled pass had left is
+   * what the guest rewrites in a pass (strategy.h). */
+  JsonNode *plan_node = json_object_get_member (job->stats, "ferry-plan");
+  JsonObject *plan = plan_node && JSON_NODE_HOLDS_OBJECT (plan_node) ? json_node_get_object (plan_node) : NULL;
+  JsonNode *measured_node = plan ? json_object_get_member (plan, "measured") : NULL;
+  JsonObject *measured = measured_node && JSON_NODE_HOLDS_OBJECT (measured_node)
+                           ? json_node_get_object (measured_node) : NULL;
+  gint64 resident = measured ? ferry_json_object_int (measured, "resident_bytes") : ferry_json_object_int (ram, "total");
+  double link = measured ? json_object_get_double_member_with_default (measured, "link_mib_s", 0) * 1048576.0 : 0;
+  gint64 switch_at_pass;
+  g_autofree char *switch_clause = ferry_choose_postcopy_switch_after_stall (
+    resident, ferry_json_object_int (ram, "remaining"), link, &switch_at_pass);
+  job->restart_reason = g_strdup_printf ("starting again as one stream with %s (%s; QEMU cannot switch multifd "
+                                         "channels to post-copy)", switch_clause, why);
   JsonObject *restart = json_object_new ();
   json_object_set_string_member (restart, "reason", job->restart_reason);
   json_object_set_int_member (restart, "after_ms", (g_get_monotonic_time () - job->perform_started_us) / 1000);
   json_object_set_int_member (restart, "passes", ferry_json_object_int (ram, "dirty-sync-count"));
   json_object_set_int_member (restart, "transferred", ferry_json_object_int (ram, "transferred"));
+  json_object_set_int_member (restart, "switch_at_pass", switch_at_pass);
   json_object_set_object_member (job->stats, "ferry-restart", restart);
   ferry_job_save_stats (job);
   ferry_job_event (job, "info", "cancelling the multifd stream, the guest runs on here: %s", why);
@@ -551,9 +564,10 @@ on_restart_released (GObject *source, GAsyncResult *result, gpointer user_data)
   /* The second stream's copy fills the rest of the scale, so the
    * percentage moves on from where the first one got to. */
   job->copy_progress_floor = MIN (job->progress_percent, 90);
-  /* After the first pass: the stalled passes say what the guest
-   * rewrites, not how much of a first pass it would leave alone. */
-  ferry_migrate_options_postcopy (&job->options, 2);
+  JsonNode *restart = json_object_get_member (job->stats, "ferry-restart");
+  gint64 switch_at_pass = restart && JSON_NODE_HOLDS_OBJECT (restart)
+                            ? ferry_json_object_int (json_node_get_object (restart), "switch_at_pass") : 0;
+  ferry_migrate_options_postcopy (&job->options, switch_at_pass == 1 ? 1 : 2);
   mig_src_prepare (job, reason);
 }
 

@@ -137,14 +137,11 @@ ferry_predict_postcopy (const FerryPlanInputs *inputs, gint64 switch_at_pass,
  * 41 s after the move). */
 #define POSTCOPY_AT_SETUP_MAX_S 5.0
 
-char *
-ferry_choose_postcopy_switch (const FerryPlanInputs *inputs, gint64 *switch_at_pass)
+/* redirtied: the share of a first pass the guest would dirty again;
+ * all_remote_s: how long everything it touched takes over the link. */
+static char *
+postcopy_switch_point (double redirtied, double all_remote_s, gint64 *switch_at_pass)
 {
-  FerryPrediction after_pass;
-  ferry_predict_postcopy (inputs, 2, &after_pass);
-  double resident = (double) MAX (inputs->resident_bytes, 1);
-  double redirtied = after_pass.after_switch_bytes / resident;
-  double all_remote_s = resident / MAX (inputs->link_bytes_per_s, 1.0);
   *switch_at_pass = 2;
   if (redirtied < POSTCOPY_SKIP_PASS_SHARE)
     return g_strdup ("post-copy once the first pass is done");
@@ -154,6 +151,25 @@ ferry_choose_postcopy_switch (const FerryPlanInputs *inputs, gint64 *switch_at_p
   *switch_at_pass = 1;
   return g_strdup_printf ("post-copy as soon as QEMU's set-up is done: the guest would dirty again %.0f %% "
                           "of what a first pass sent", redirtied * 100);
+}
+
+char *
+ferry_choose_postcopy_switch (const FerryPlanInputs *inputs, gint64 *switch_at_pass)
+{
+  FerryPrediction after_pass;
+  ferry_predict_postcopy (inputs, 2, &after_pass);
+  double resident = (double) MAX (inputs->resident_bytes, 1);
+  return postcopy_switch_point (after_pass.after_switch_bytes / resident,
+                                resident / MAX (inputs->link_bytes_per_s, 1.0), switch_at_pass);
+}
+
+char *
+ferry_choose_postcopy_switch_after_stall (gint64 resident_bytes, gint64 stalled_bytes, double link_bytes_per_s,
+                                          gint64 *switch_at_pass)
+{
+  double resident = (double) MAX (resident_bytes, 1);
+  return postcopy_switch_point (MIN (stalled_bytes / resident, 1.0), resident / MAX (link_bytes_per_s, 1.0),
+                                switch_at_pass);
 }
 
 /* Multifd needs room: the guest must dirty at most this share of the link

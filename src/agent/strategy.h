@@ -86,6 +86,13 @@ void ferry_predict_postcopy (const FerryPlanInputs *inputs, gint64 switch_at_pas
  * the reason clause. */
 char *ferry_choose_postcopy_switch (const FerryPlanInputs *inputs, gint64 *switch_at_pass);
 
+/* The same choice for a multifd stream started again as one stream
+ * (mig-src.c): what a stalled pass had left to send (stalled_bytes) is
+ * what the guest rewrites in a pass, the share of a first pass it would
+ * dirty again at least. Pure (unit-tested). */
+char *ferry_choose_postcopy_switch_after_stall (gint64 resident_bytes, gint64 stalled_bytes,
+                                                double link_bytes_per_s, gint64 *switch_at_pass);
+
 /* How pre-copy's stream crosses the link: one TLS stream, or multifd
  * channels (one TLS stream each, spread over cores), compressed or not. */
 typedef struct {

@@ -179,6 +179,22 @@ test_postcopy_switch_point (void)
   fast_link.sync_s_per_page = 36e-6;
   g_autofree char *tcg_reason = ferry_choose_postcopy_switch (&fast_link, &at_pass);
   g_assert_cmpint (at_pass, ==, 1);
+  /* After a stalled multifd stream: test_strategy_restart's guest left
+   * 56 of its 200 MiB a pass, so a first pass still pays... */
+  g_autofree char *stall_reason = ferry_choose_postcopy_switch_after_stall (
+    (gint64) (200 * MiB), (gint64) (56 * MiB), 16 * MiB, &at_pass);
+  g_assert_cmpint (at_pass, ==, 2);
+  g_assert_cmpstr (stall_reason, ==, "post-copy once the first pass is done");
+  /* ...a guest rewriting 256 of its 364 MiB each pass on a fast link does not... */
+  g_autofree char *busy_stall = ferry_choose_postcopy_switch_after_stall (
+    (gint64) (364 * MiB), (gint64) (256 * MiB), 354 * MiB, &at_pass);
+  g_assert_cmpint (at_pass, ==, 1);
+  g_assert_nonnull (strstr (busy_stall, "70 %"));
+  /* ...unless the link is slow: 23 s on remote pages. */
+  g_autofree char *slow_stall = ferry_choose_postcopy_switch_after_stall (
+    (gint64) (364 * MiB), (gint64) (256 * MiB), 16 * MiB, &at_pass);
+  g_assert_cmpint (at_pass, ==, 2);
+  g_assert_nonnull (strstr (slow_stall, "23 s"));
   /* The switch point's prediction is the shorter one here. */
   FerryPrediction after_setup, after_pass;
   ferry_predict_postcopy (&busy, 1, &after_setup);
