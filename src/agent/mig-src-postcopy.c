@@ -214,7 +214,7 @@ attempt_recovery (FerryJob *job)
   job->recover_attempts++;
   g_autofree char *path = mig_src_incoming_path (job, "/recover");
   g_autoptr (JsonObject) body = json_object_new ();
-  ferry_peer_request_async (job->agent, job->peer_url, "POST", path, body, 30, NULL,
+  ferry_peer_request_async (job->agent, job->peer_url, "POST", path, body, MIG_SRC_PEER_TIMEOUT_S, NULL,
                             on_destination_listening, ferry_job_ref_new (job));
 }
 

@@ -62,8 +62,7 @@ update_stats (FerryJob *job, JsonObject *snapshot)
    * the first stream left of it); pre-copy passes make "remaining" grow
    * again, and ferry_job_set_progress keeps the maximum.
    * ETA: what is left at the current rate. */
-  JsonNode *ram_node = json_object_get_member (snapshot, "ram");
-  JsonObject *ram = ram_node && JSON_NODE_HOLDS_OBJECT (ram_node) ? json_node_get_object (ram_node) : NULL;
+  JsonObject *ram = ferry_json_object_object (snapshot, "ram");
   if (ram == NULL)
     return;
   double transferred = ferry_json_object_int (ram, "transferred");
@@ -80,6 +79,21 @@ update_stats (FerryJob *job, JsonObject *snapshot)
 }
 
 /* ---- rollback ------------------------------------------------------------- */
+
+/* The first steps of every stop of an outgoing stream (rollback, restart,
+ * an agent restarted mid-migration), filling steps[0..CANCEL_STEPS).
+ * migrate_cancel is harmless when nothing runs. The yank then shuts the
+ * migration's connections: QEMU 7.2's cancel shuts the main stream but
+ * leaves multifd channels blocked in writes to a dead link until it
+ * comes back or TCP gives up. Errors (nothing left to yank) are expected
+ * and ignored. */
+#define CANCEL_STEPS 2
+static void
+cancel_stream_steps (FerryQmpStep *steps)
+{
+  steps[0] = (FerryQmpStep) { "migrate_cancel", NULL, TRUE };
+  steps[1] = (FerryQmpStep) { "yank", ferry_qmp_args_yank_migration (), TRUE };
+}
 
 static void
 on_peer_abort_done (GObject *source, GAsyncResult *result, gpointer user_data)
@@ -167,27 +181,16 @@ mig_src_rollback (FerryJob *job, const char *reason)
     {
       /* QEMU resumes a guest itself when pre-copy fails, but not after a
        * completed stream whose destination then failed (postmigrate):
-       * cont re-activates the disks and resumes. migrate_cancel is
-       * harmless when nothing runs. It goes first: QEMU runs a monitor's
-       * commands in order, so the memory stream is stopped before any
-       * disk mirror is cancelled below. The yank then shuts the
-       * migration's connections: QEMU 7.2's cancel shuts the main
-       * stream but leaves multifd channels blocked in writes to a dead
-       * link until it comes back or TCP gives up; an error (nothing
-       * left to yank) is expected and ignored. */
-      FerryQmpStep steps[] = {
-        { "migrate_cancel", NULL, TRUE },
-        { "yank", ferry_qmp_args_yank_migration (), TRUE },
-        { "cont", NULL, TRUE },
-        { "query-status", NULL },
-      };
-      guint n = G_N_ELEMENTS (steps);
-      if (g_strcmp0 (vm->qemu_status, "paused") == 0)
-        {
-          /* A guest paused by its owner before the migration stays paused. */
-          steps[2] = steps[3];
-          n = 3;
-        }
+       * cont re-activates the disks and resumes. The cancel goes first:
+       * QEMU runs a monitor's commands in order, so the memory stream is
+       * stopped before any disk mirror is cancelled below. */
+      FerryQmpStep steps[CANCEL_STEPS + 2];
+      cancel_stream_steps (steps);
+      guint n = CANCEL_STEPS;
+      /* A guest paused by its owner before the migration stays paused. */
+      if (g_strcmp0 (vm->qemu_status, "paused") != 0)
+        steps[n++] = (FerryQmpStep) { "cont", NULL, TRUE };
+      steps[n++] = (FerryQmpStep) { "query-status", NULL };
       ferry_qmp_run_steps_async (vm->qmp, steps, n, NULL, on_rollback_resumed, ferry_job_ref_new (job));
     }
   /* With disk mirrors, the destination is told once they are torn down
@@ -490,11 +493,7 @@ restart_as_one_stream (FerryJob *job, const char *why, JsonObject *ram)
   mig_src_stop_timers (job);
   /* Where the new stream switches: what the stalled pass had left is
    * what the guest rewrites in a pass (strategy.h). */
-  JsonNode *plan_node = json_object_get_member (job->stats, "ferry-plan");
-  JsonObject *plan = plan_node && JSON_NODE_HOLDS_OBJECT (plan_node) ? json_node_get_object (plan_node) : NULL;
-  JsonNode *measured_node = plan ? json_object_get_member (plan, "measured") : NULL;
-  JsonObject *measured = measured_node && JSON_NODE_HOLDS_OBJECT (measured_node)
-                           ? json_node_get_object (measured_node) : NULL;
+  JsonObject *measured = ferry_json_object_object (ferry_json_object_object (job->stats, "ferry-plan"), "measured");
   gint64 resident = measured ? ferry_json_object_int (measured, "resident_bytes") : ferry_json_object_int (ram, "total");
   double link = measured ? json_object_get_double_member_with_default (measured, "link_mib_s", 0) * 1048576.0 : 0;
   gint64 switch_at_pass;
@@ -511,15 +510,12 @@ restart_as_one_stream (FerryJob *job, const char *why, JsonObject *ram)
   json_object_set_object_member (job->stats, "ferry-restart", restart);
   ferry_job_save_stats (job);
   ferry_job_event (job, "info", "cancelling the multifd stream, the guest runs on here: %s", why);
-  /* The yank as in mig_src_rollback: the channels must not wait on a
-   * destination whose QEMU is gone. The stream's end comes with the
-   * steps' query-migrate or a MIGRATION event; handle_progress goes on
-   * from there. */
-  FerryQmpStep steps[] = {
-    { "migrate_cancel", NULL, TRUE },
-    { "yank", ferry_qmp_args_yank_migration (), TRUE },
-    { "query-migrate", NULL },
-  };
+  /* The channels must not wait on a destination whose QEMU is gone. The
+   * stream's end comes with the steps' query-migrate or a MIGRATION
+   * event; handle_progress goes on from there. */
+  FerryQmpStep steps[CANCEL_STEPS + 1];
+  cancel_stream_steps (steps);
+  steps[CANCEL_STEPS] = (FerryQmpStep) { "query-migrate", NULL };
   ferry_qmp_run_steps_async (vm->qmp, steps, G_N_ELEMENTS (steps), NULL, on_restart_cancel_replied,
                              ferry_job_ref_new (job));
   g_timeout_add_seconds_full (G_PRIORITY_DEFAULT, RESTART_CANCEL_DEADLINE_S, on_restart_cancel_overdue,
@@ -564,9 +560,8 @@ on_restart_released (GObject *source, GAsyncResult *result, gpointer user_data)
   /* The second stream's copy fills the rest of the scale, so the
    * percentage moves on from where the first one got to. */
   job->copy_progress_floor = MIN (job->progress_percent, 90);
-  JsonNode *restart = json_object_get_member (job->stats, "ferry-restart");
-  gint64 switch_at_pass = restart && JSON_NODE_HOLDS_OBJECT (restart)
-                            ? ferry_json_object_int (json_node_get_object (restart), "switch_at_pass") : 0;
+  JsonObject *restart = ferry_json_object_object (job->stats, "ferry-restart");
+  gint64 switch_at_pass = restart ? ferry_json_object_int (restart, "switch_at_pass") : 0;
   ferry_migrate_options_postcopy (&job->options, switch_at_pass == 1 ? 1 : 2);
   mig_src_prepare (job, reason);
 }
@@ -591,7 +586,7 @@ restart_stream_ended (FerryJob *job)
 static void
 check_watchdogs (FerryJob *job, JsonObject *stats)
 {
-  JsonObject *ram = json_object_has_member (stats, "ram") ? json_object_get_object_member (stats, "ram") : NULL;
+  JsonObject *ram = ferry_json_object_object (stats, "ram");
   if (ram == NULL || job->postcopy_requested || job->restart_reason != NULL)
     return;
   gint64 now = g_get_monotonic_time ();
@@ -663,13 +658,12 @@ check_watchdogs (FerryJob *job, JsonObject *stats)
 static void
 revise_plan (FerryJob *job, JsonObject *stats, gint64 setup_ms)
 {
-  JsonNode *plan = json_object_get_member (stats, "ferry-plan");
-  g_autoptr (JsonObject) revised = plan && JSON_NODE_HOLDS_OBJECT (plan)
-                                     ? ferry_plan_revise (json_node_get_object (plan), setup_ms) : NULL;
+  JsonObject *plan = ferry_json_object_object (stats, "ferry-plan");
+  g_autoptr (JsonObject) revised = plan ? ferry_plan_revise (plan, setup_ms) : NULL;
   if (revised == NULL)
     return;
   JsonObject *prediction = json_object_get_object_member (revised, "prediction");
-  JsonObject *measured = json_object_get_object_member (json_node_get_object (plan), "measured");
+  JsonObject *measured = ferry_json_object_object (plan, "measured");
   if (json_object_has_member (prediction, "total_s"))
     {
       job->revised_total_s = json_object_get_double_member (prediction, "total_s");
@@ -1551,11 +1545,9 @@ mig_src_recover (FerryAgent *agent, FerryStoreJob *stored)
    * resume it. The destination's lease removes its side. */
   if (vm != NULL && vm->qmp != NULL)
     {
-      FerryQmpStep steps[] = {
-        { "migrate_cancel", NULL, TRUE },
-        { "yank", ferry_qmp_args_yank_migration (), TRUE },   /* see mig_src_rollback */
-        { "cont", NULL, TRUE },
-      };
+      FerryQmpStep steps[CANCEL_STEPS + 1];
+      cancel_stream_steps (steps);
+      steps[CANCEL_STEPS] = (FerryQmpStep) { "cont", NULL, TRUE };
       ferry_qmp_run_steps_async (vm->qmp, steps, G_N_ELEMENTS (steps), NULL, NULL, NULL);
       ferry_vm_set_state (vm, FERRY_VM_RUNNING);
     }

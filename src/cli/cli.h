@@ -33,6 +33,8 @@ int ferry_cmd_volume (int argc, char **argv);
 
 /* Human formats. */
 char *ferry_format_bytes (gint64 bytes);
+/* A job's ferry-restart: "after 10.0 s of multifd (200.4 MiB sent, 3 passes)". */
+char *ferry_format_restart (JsonObject *restart);
 void ferry_print_job (JsonObject *job);
 
 G_END_DECLS

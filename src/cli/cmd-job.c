@@ -10,11 +10,13 @@ ferry_format_bytes (gint64 bytes)
   return g_format_size_full (bytes < 0 ? 0 : (guint64) bytes, G_FORMAT_SIZE_IEC_UNITS);
 }
 
-static JsonObject *
-member_object (JsonObject *object, const char *member)
+char *
+ferry_format_restart (JsonObject *restart)
 {
-  JsonNode *node = object ? json_object_get_member (object, member) : NULL;
-  return node && JSON_NODE_HOLDS_OBJECT (node) ? json_node_get_object (node) : NULL;
+  g_autofree char *sent = ferry_format_bytes (ferry_json_object_int (restart, "transferred"));
+  return g_strdup_printf ("after %.1f s of multifd (%s sent, %" G_GINT64_FORMAT " passes)",
+                          ferry_json_object_int (restart, "after_ms") / 1000.0, sent,
+                          ferry_json_object_int (restart, "passes"));
 }
 
 static void
@@ -76,8 +78,8 @@ ferry_print_job (JsonObject *job)
   const char *role = ferry_json_object_string (job, "role");
   const char *kind = ferry_json_object_string (job, "kind");
   gboolean active = json_object_get_boolean_member_with_default (job, "active", FALSE);
-  JsonObject *stats = member_object (job, "stats");
-  JsonObject *ram = member_object (stats, "ram");
+  JsonObject *stats = ferry_json_object_object (job, "stats");
+  JsonObject *ram = ferry_json_object_object (stats, "ram");
   const char *type = active ? "Unbounded"
                      : g_strcmp0 (state, "completed") == 0 ? "Completed"
                      : g_strcmp0 (state, "cancelled") == 0 ? "Cancelled" : "Failed";
@@ -85,12 +87,12 @@ ferry_print_job (JsonObject *job)
   g_print ("%-20s %s\n", "Job type:", type);
   g_print ("%-20s %s %s\n", "Operation:", g_strcmp0 (role, "source") == 0 ? "Outgoing" : "Incoming",
            g_strcmp0 (kind, "migrate-live") == 0 ? "live migration"
-           : member_object (stats, "ferry-warm") ? "warm migration" : "offline migration");
+           : ferry_json_object_object (stats, "ferry-warm") ? "warm migration" : "offline migration");
   g_print ("%-20s %s\n", "State:", state);
   if (ferry_json_object_string (job, "peer"))
     g_print ("%-20s %s\n", "Peer:", ferry_json_object_string (job, "peer"));
   g_print ("%-20s %" G_GINT64_FORMAT " ms\n", "Time elapsed:", ferry_json_object_int (job, "elapsed_ms"));
-  JsonObject *progress = member_object (job, "progress");
+  JsonObject *progress = ferry_json_object_object (job, "progress");
   if (progress != NULL)
     {
       g_print ("%-20s %.0f%% (%s)", "Progress:", json_object_get_double_member (progress, "percent"),
@@ -99,10 +101,10 @@ ferry_print_job (JsonObject *job)
         g_print (", about %.0f s left", json_object_get_double_member (progress, "eta_s"));
       g_print ("\n");
     }
-  JsonObject *plan = member_object (stats, "ferry-plan");
+  JsonObject *plan = ferry_json_object_object (stats, "ferry-plan");
   if (plan != NULL)
     {
-      JsonObject *prediction = member_object (plan, "prediction");
+      JsonObject *prediction = ferry_json_object_object (plan, "prediction");
       g_print ("%-20s %s — %s\n", "Strategy:", ferry_json_object_string (plan, "strategy"),
                ferry_json_object_string (plan, "reason"));
       if (prediction != NULL && json_object_has_member (prediction, "total_s"))
@@ -110,16 +112,14 @@ ferry_print_job (JsonObject *job)
                  json_object_get_double_member (prediction, "total_s"),
                  json_object_get_double_member (prediction, "downtime_ms"));
     }
-  JsonObject *restart = member_object (stats, "ferry-restart");
+  JsonObject *restart = ferry_json_object_object (stats, "ferry-restart");
   if (restart != NULL)
     {
-      g_autofree char *sent = ferry_format_bytes (ferry_json_object_int (restart, "transferred"));
-      g_print ("%-20s after %.1f s of multifd (%s sent, %" G_GINT64_FORMAT " passes): %s\n", "Restarted:",
-               ferry_json_object_int (restart, "after_ms") / 1000.0, sent, ferry_json_object_int (restart, "passes"),
-               ferry_json_object_string (restart, "reason"));
+      g_autofree char *when = ferry_format_restart (restart);
+      g_print ("%-20s %s: %s\n", "Restarted:", when, ferry_json_object_string (restart, "reason"));
     }
-  JsonObject *revised = member_object (stats, "ferry-revised");
-  JsonObject *revised_prediction = revised ? member_object (revised, "prediction") : NULL;
+  JsonObject *revised = ferry_json_object_object (stats, "ferry-revised");
+  JsonObject *revised_prediction = revised ? ferry_json_object_object (revised, "prediction") : NULL;
   if (revised_prediction != NULL)
     {
       g_print ("%-20s ", "Revised:");
@@ -160,7 +160,7 @@ ferry_print_job (JsonObject *job)
     g_print ("%-20s %" G_GINT64_FORMAT " ms\n", "Setup time:", ferry_json_object_int (stats, "setup-time"));
   if (stats != NULL && json_object_has_member (stats, "total-time"))
     g_print ("%-20s %" G_GINT64_FORMAT " ms\n", "Total time:", ferry_json_object_int (stats, "total-time"));
-  print_warm (member_object (stats, "ferry-warm"));
+  print_warm (ferry_json_object_object (stats, "ferry-warm"));
   if (ferry_json_object_string (job, "error"))
     g_print ("%-20s %s\n", "Error:", ferry_json_object_string (job, "error"));
 }

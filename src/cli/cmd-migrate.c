@@ -8,25 +8,18 @@
 
 #define POLL_MS 300
 
-static JsonObject *
-member_object (JsonObject *object, const char *member)
-{
-  JsonNode *node = object ? json_object_get_member (object, member) : NULL;
-  return node && JSON_NODE_HOLDS_OBJECT (node) ? json_node_get_object (node) : NULL;
-}
-
 /* Share of the memory sent so far; never decreases, because pre-copy
  * passes make "remaining" grow again. */
 static double
 progress_fraction (JsonObject *job, double previous)
 {
   /* The agent's phase-aware progress when it has one. */
-  JsonObject *progress = member_object (job, "progress");
+  JsonObject *progress = ferry_json_object_object (job, "progress");
   if (progress != NULL && json_object_has_member (progress, "percent"))
     return MAX (previous, json_object_get_double_member (progress, "percent") / 100.0);
   if (g_strcmp0 (ferry_json_object_string (job, "state"), "completed") == 0)
     return 1.0;
-  JsonObject *ram = member_object (member_object (job, "stats"), "ram");
+  JsonObject *ram = ferry_json_object_object (ferry_json_object_object (job, "stats"), "ram");
   if (ram == NULL)
     return previous;
   double transferred = ferry_json_object_int (ram, "transferred");
@@ -42,13 +35,13 @@ draw_progress (JsonObject *job, double fraction)
 {
   const int width = 30;
   int filled = (int) (fraction * width);
-  JsonObject *ram = member_object (member_object (job, "stats"), "ram");
+  JsonObject *ram = ferry_json_object_object (ferry_json_object_object (job, "stats"), "ram");
   g_autofree char *sent = ferry_format_bytes (ram ? ferry_json_object_int (ram, "transferred") : 0);
   double mbps = ram && json_object_has_member (ram, "mbps") ? json_object_get_double_member (ram, "mbps") : 0;
   g_autoptr (GString) bar = g_string_new (NULL);
   for (int i = 0; i < width; i++)
     g_string_append (bar, i < filled ? "#" : "-");
-  JsonObject *progress = member_object (job, "progress");
+  JsonObject *progress = ferry_json_object_object (job, "progress");
   g_autofree char *eta = progress && json_object_has_member (progress, "eta_s")
     ? g_strdup_printf ("ETA %3.0fs", json_object_get_double_member (progress, "eta_s"))
     : g_strdup ("ETA    ?");
@@ -62,8 +55,8 @@ draw_progress (JsonObject *job, double fraction)
 static void
 print_summary (JsonObject *job)
 {
-  JsonObject *stats = member_object (job, "stats");
-  JsonObject *ram = member_object (stats, "ram");
+  JsonObject *stats = ferry_json_object_object (job, "stats");
+  JsonObject *ram = ferry_json_object_object (stats, "ram");
   const char *state = ferry_json_object_string (job, "state");
   if (g_strcmp0 (state, "completed") != 0)
     {
@@ -72,7 +65,7 @@ print_summary (JsonObject *job)
                                                           : "no reason given");
       return;
     }
-  JsonObject *warm = member_object (stats, "ferry-warm");
+  JsonObject *warm = ferry_json_object_object (stats, "ferry-warm");
   if (warm != NULL)
     {
       g_print ("warm migration completed in %.1f s: %" G_GINT64_FORMAT " passes, cutover downtime %.1f s "
@@ -81,7 +74,7 @@ print_summary (JsonObject *job)
                ferry_json_object_int (stats, "ferry-guest-downtime-ms") / 1000.0);
       return;
     }
-  JsonObject *copy = member_object (stats, "ferry-copy");
+  JsonObject *copy = ferry_json_object_object (stats, "ferry-copy");
   if (copy != NULL)
     {
       g_autofree char *total = ferry_format_bytes (ferry_json_object_int (copy, "bytes_total"));
@@ -111,17 +104,15 @@ print_summary (JsonObject *job)
            " ms%s, sent %s, %.1f MiB/s, %" G_GINT64_FORMAT " passes\n",
            total_ms, ferry_json_object_int (stats, "downtime"), paused, bytes_text, throughput,
            ferry_json_object_int (ram, "dirty-sync-count"));
-  JsonObject *restart = member_object (stats, "ferry-restart");
+  JsonObject *restart = ferry_json_object_object (stats, "ferry-restart");
   if (restart != NULL)
     {
       /* The numbers above are the second stream's. */
-      g_autofree char *first = ferry_format_bytes (ferry_json_object_int (restart, "transferred"));
-      g_print ("started again as one stream with post-copy after %.1f s of multifd (%s sent, %" G_GINT64_FORMAT
-               " passes): the guest sped up; %.1f s in all\n",
-               ferry_json_object_int (restart, "after_ms") / 1000.0, first,
-               ferry_json_object_int (restart, "passes"), ferry_json_object_int (job, "elapsed_ms") / 1000.0);
+      g_autofree char *when = ferry_format_restart (restart);
+      g_print ("started again as one stream with post-copy %s: the guest sped up; %.1f s in all\n", when,
+               ferry_json_object_int (job, "elapsed_ms") / 1000.0);
     }
-  JsonObject *mirror = member_object (stats, "ferry-mirror");
+  JsonObject *mirror = ferry_json_object_object (stats, "ferry-mirror");
   if (mirror != NULL)
     {
       g_autofree char *disks = ferry_format_bytes (ferry_json_object_int (mirror, "len"));
@@ -152,9 +143,9 @@ migrate_estimate (FerryClient *client, const char *name, JsonObject *body)
       ferry_cli_print_json (plan);
       return 0;
     }
-  JsonObject *measured = member_object (plan, "measured");
-  JsonObject *precopy = member_object (plan, "precopy");
-  JsonObject *prediction = member_object (plan, "prediction");
+  JsonObject *measured = ferry_json_object_object (plan, "measured");
+  JsonObject *precopy = ferry_json_object_object (plan, "precopy");
+  JsonObject *prediction = ferry_json_object_object (plan, "prediction");
   g_autofree char *ram = ferry_format_bytes (ferry_json_object_int (measured, "ram_bytes"));
   g_autofree char *resident = ferry_format_bytes (ferry_json_object_int (measured, "resident_bytes"));
   g_autofree char *bytes = ferry_format_bytes (ferry_json_object_int (prediction, "bytes"));

@@ -217,11 +217,12 @@ class Host:
         self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
         self.process.wait(timeout=30)
 
+    def cli_argv(self, *args):
+        """ferry's command line against this host's agent, as the test client."""
+        return self.prefix() + [FERRY, "-c", self.url, "--tls-dir", self.cluster.client_tls] + list(args)
+
     def cli(self, *args, check=True, json_output=False, timeout=600):
-        argv = self.prefix() + [FERRY, "-c", self.url, "--tls-dir", self.cluster.client_tls]
-        if json_output:
-            argv.append("--json")
-        argv += list(args)
+        argv = self.cli_argv(*(["--json"] if json_output else []), *args)
         result = run(argv, check=check, timeout=timeout)
         if json_output and result.returncode == 0:
             return json.loads(result.stdout)
@@ -232,7 +233,7 @@ class Host:
         (the progress bar is drawn only there). Returns the completed
         process; its stderr is what the terminal showed, bar frames and
         all (each frame begins with a carriage return)."""
-        argv = self.prefix() + [FERRY, "-c", self.url, "--tls-dir", self.cluster.client_tls] + list(args)
+        argv = self.cli_argv(*args)
         master, slave = pty.openpty()
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=slave, text=True)
         os.close(slave)

@@ -175,10 +175,12 @@ test_postcopy_switch_point (void)
   FerryPlanInputs fast_link = inputs (364, 129, 354);
   g_autofree char *kvm_reason = ferry_choose_postcopy_switch (&fast_link, &at_pass);
   g_assert_cmpint (at_pass, ==, 2);
+  g_assert_cmpstr (kvm_reason, ==, "post-copy once the first pass is done");
   /* ...and more while the pass's TCG sync (36 µs a page) holds QEMU's lock. */
   fast_link.sync_s_per_page = 36e-6;
   g_autofree char *tcg_reason = ferry_choose_postcopy_switch (&fast_link, &at_pass);
   g_assert_cmpint (at_pass, ==, 1);
+  g_assert_nonnull (strstr (tcg_reason, "as soon as QEMU's set-up is done"));
   /* After a stalled multifd stream: test_strategy_restart's guest left
    * 56 of its 200 MiB a pass, so a first pass still pays... */
   g_autofree char *stall_reason = ferry_choose_postcopy_switch_after_stall (
