@@ -296,6 +296,7 @@ def run_migration(cluster, tool, source, destination, vm, scenario, link, tick, 
     record["postcopy_requests"] = number(ram.get("postcopy-requests"))
     record["link_mib_s"] = number(measured.get("link_mib_s"))
     record["dirty_mib_s_measured"] = number(measured.get("dirty_mib_s"))
+    record["dirty_1s_mib_s_measured"] = number(measured.get("dirty_1s_mib_s"))
     record["resident_mib"] = round(measured["resident_bytes"] / MIB, 1) if "resident_bytes" in measured else None
     record["strategy"] = plan.get("strategy")
     record["multifd_channels"] = (stats.get("ferry-qemu-parameters") or {}).get("multifd-channels") \
@@ -683,8 +684,8 @@ def notes(runs):
             + ", ".join(f"{r['scenario']}/{r['link']}/{r['tool']} {r['guest_tick_stall_s']:.1f} s "
                         f"(QEMU downtime {fmt(r['downtime_ms'])} ms, set-up {fmt_s(r['setup_ms'])} s)"
                         for r in stalls)
-            + ". Where it is near the set-up time, the guest's timers stood still through QEMU's set-up "
-              "sync, which holds QEMU's lock (TCG with the padding; ferry warns of it before and after).")
+            + ". Where it is near the set-up time, the guest stood still through QEMU's set-up sync "
+              "(TCG with the padding; ferry warns of it before and after).")
     if postcopy:
         planned = [r for r in postcopy if r["strategy"] == "post-copy"]
         switched = [r for r in postcopy if r["strategy"] != "post-copy"]
@@ -692,7 +693,8 @@ def notes(runs):
         if planned:
             text += (f"; as planned in {', '.join(r['scenario'] + '/' + r['link'] for r in planned)} (pre-copy "
                      f"cannot converge: measured dirty rate {span([r['dirty_mib_s_measured'] for r in planned])} "
-                     f"MiB/s against a link of {span([r['link_mib_s'] for r in planned])} MiB/s)")
+                     f"MiB/s over 2 s, {span([r.get('dirty_1s_mib_s_measured') for r in planned])} over 1 s, "
+                     f"against a link of {span([r['link_mib_s'] for r in planned])} MiB/s)")
         if switched:
             text += (f"; from pre-copy, by its convergence watchdog, in "
                      f"{', '.join(r['scenario'] + '/' + r['link'] for r in switched)} ("
@@ -711,8 +713,8 @@ def notes(runs):
                      + " of those runs; the rest is pre-copy before the switch and the post-copy tail. "
                      "ferry predicted the stop beforehand ("
                      + ", ".join(f"{r['scenario']}/{r['link']}: {predicted_stop(r)}" for r in slow)
-                     + "): the guest dirtied through the sync before the switch, which QEMU runs holding its "
-                       "big lock, and the stopped guest's sync collects that.")
+                     + "): what the guest rewrote between the sync before the switch and the stop (it stands "
+                       "still during a TCG sync, not between syncs), which the stopped guest's sync collects.")
         missing = [r for r in postcopy if r["guest_paused_ms"] is None]
         if missing:
             text += (f" ferry's own guest-pause figure (`ferry-guest-downtime-ms`) is missing from "

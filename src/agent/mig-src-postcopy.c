@@ -70,7 +70,8 @@ on_postcopy_timer (gpointer user_data)
 
 /* Strategy auto's switch point (postcopy_at_pass), from QEMU's
  * MIGRATION_PASS event or, should that be missed (an agent restarted
- * meanwhile), the next poll's dirty-sync count. */
+ * meanwhile), the next poll's dirty-sync count. A switch at pass 1 was
+ * asked for with the migration already (mig_src_perform). */
 void
 mig_src_postcopy_at_pass (FerryJob *job, gint64 pass)
 {

@@ -17,6 +17,9 @@
 #define PROBE_BYTES (32 * 1024 * 1024)
 #define WARM_UP_BYTES 4096
 #define PAGE_BYTES 4096.0
+/* From QEMU's pass event to its switch, asked for by ferry: 58 ms in
+ * bench/live's trace. */
+#define SWITCH_REQUEST_S 0.06
 /* Fitted on bench/live's set-up times (QEMU's setup-time, 262144 pages of
  * a 1 GiB guest): 0.3-0.44 s idle, 4.2-4.5 s at 50-64 MiB/s, 10.6-13.6 s
  * at 109-133 MiB/s. */
@@ -35,20 +38,37 @@ sync_s (const FerryPlanInputs *inputs, double dirty_bytes)
   return dirty_bytes / PAGE_BYTES * inputs->sync_s_per_page;
 }
 
+double
+ferry_dirtied_bytes (const FerryPlanInputs *inputs, double seconds)
+{
+  double over_2s = MAX (inputs->dirty_bytes_per_s, 0.0) * 2;
+  double over_1s = inputs->dirty_1s_bytes_per_s > 0 ? inputs->dirty_1s_bytes_per_s : over_2s / 2;
+  double dirtied;
+  if (seconds <= 1)
+    {
+      /* 0: 2 s saw twice what 1 s saw (an even rate); 1: no more. */
+      double saturated = over_1s > 0 ? CLAMP ((2 * over_1s - over_2s) / over_1s, 0.0, 1.0) : 0;
+      dirtied = over_1s * (saturated + (1 - saturated) * MAX (seconds, 0.0));
+    }
+  else
+    dirtied = over_1s + MAX (over_2s - over_1s, 0.0) * (seconds - 1);
+  return MIN (dirtied, (double) inputs->ram_bytes);
+}
+
 void
 ferry_predict_precopy (const FerryPlanInputs *inputs, FerryPrediction *prediction)
 {
   double link = MAX (inputs->link_bytes_per_s, 1.0);
   double limit_s = inputs->downtime_limit_ms / 1000.0;
-  double ram = (double) inputs->ram_bytes;
   double to_send = (double) MAX (inputs->resident_bytes, 0);
-  /* Set-up syncs every page, and every page goes in the first pass: what
-   * the guest dirties during that sync is not sent twice (bench/live's
-   * dirty50 runs sent 442 and 787 MiB, where carrying it over predicted
-   * 700 and 1390). After that, the guest goes on dirtying during each
-   * sync, and what it dirties then waits for the next one. */
-  double total_s = SETUP_S + sync_s (inputs, ram);
-  double last_sync_s = 0;
+  /* Set-up syncs every page, and every page goes in the first pass. The
+   * guest dirties during the passes only: under TCG with the padding it
+   * stands still through every sync (QEMU's trace: no page written during
+   * an 11.4 s set-up sync nor the passes' syncs, 13 000 pages a second
+   * between them), and under KVM a sync takes milliseconds. QEMU stops
+   * the guest right after the sync that finds the rest small enough, so
+   * the stopped guest's own sync finds next to nothing (traced: 3 ms). */
+  double total_s = SETUP_S + sync_s (inputs, (double) inputs->ram_bytes);
   double bytes = 0;
   gint64 max_passes = inputs->max_passes > 0 ? inputs->max_passes : 30;
 
@@ -58,32 +78,26 @@ ferry_predict_precopy (const FerryPlanInputs *inputs, FerryPrediction *predictio
       double pass_s = to_send / link;
       if (pass == 1)
         prediction->first_pass_s = pass_s;
-      /* QEMU switches over once what is left fits in the downtime limit;
-       * the stopped guest's last sync collects what it dirtied during the
-       * sync before. */
+      /* QEMU switches over once what is left fits in the downtime limit. */
       if (pass > 1 && (to_send + DEVICE_STATE_BYTES) / link <= limit_s)
         {
-          double last = MIN (inputs->dirty_bytes_per_s * last_sync_s, ram);
           prediction->converges = TRUE;
           prediction->passes = pass;
-          prediction->downtime_ms = ((to_send + last + DEVICE_STATE_BYTES) / link + sync_s (inputs, last)) * 1000.0;
+          prediction->downtime_ms = (to_send + DEVICE_STATE_BYTES) / link * 1000.0;
           prediction->total_s = total_s + prediction->downtime_ms / 1000.0;
-          prediction->bytes = (gint64) (bytes + to_send + last + DEVICE_STATE_BYTES);
+          prediction->bytes = (gint64) (bytes + to_send + DEVICE_STATE_BYTES);
           return;
         }
       bytes += to_send;
-      total_s += pass_s;
-      /* What the guest dirtied meanwhile, never more than it has; the
-       * sync that collects it runs before the next pass. A slow sync can
-       * keep pre-copy from converging on a link fast enough without. */
-      to_send = MIN (inputs->dirty_bytes_per_s * (pass_s + last_sync_s), ram);
-      last_sync_s = sync_s (inputs, to_send);
-      total_s += last_sync_s;
+      /* What the guest dirtied meanwhile, and the sync that collects it
+       * before the next pass. */
+      to_send = ferry_dirtied_bytes (inputs, pass_s);
+      total_s += pass_s + sync_s (inputs, to_send);
     }
   prediction->converges = FALSE;
   prediction->passes = max_passes;
   prediction->total_s = INFINITY;
-  prediction->downtime_ms = ((to_send + DEVICE_STATE_BYTES) / link + sync_s (inputs, to_send)) * 1000.0;
+  prediction->downtime_ms = (to_send + DEVICE_STATE_BYTES) / link * 1000.0;
   prediction->bytes = (gint64) bytes;
 }
 
@@ -97,22 +111,28 @@ ferry_predict_postcopy (const FerryPlanInputs *inputs, gint64 switch_at_pass,
   double setup_sync_s = sync_s (inputs, (double) inputs->ram_bytes);
   double total_s = SETUP_S + setup_sync_s;
   double precopy_bytes = 0;
-  /* What the stopped guest's sync collects (dirtied through the sync
-   * before), and what is left to send after the switch: everything, or
-   * what the guest dirtied since the first pass read it. */
+  /* What the stopped guest's sync collects, and what is left to send
+   * after the switch: everything, or what the guest dirtied since the
+   * first pass read it. */
   double dirtied_since, rest;
   if (switch_at_pass >= 2)
     {
       precopy_bytes = resident;
-      double dirtied = MIN (inputs->dirty_bytes_per_s * first_pass_s, resident);
-      double end_sync_s = sync_s (inputs, dirtied);
-      total_s += first_pass_s + end_sync_s;
-      dirtied_since = MIN (inputs->dirty_bytes_per_s * end_sync_s, resident);
+      double dirtied = MIN (ferry_dirtied_bytes (inputs, first_pass_s), resident);
+      total_s += first_pass_s + sync_s (inputs, dirtied);
+      /* Asked for at QEMU's pass event: the guest runs on until the
+       * request arrives. */
+      dirtied_since = MIN (ferry_dirtied_bytes (inputs, SWITCH_REQUEST_S), resident);
       rest = MIN (dirtied + dirtied_since, resident);
     }
   else
     {
-      dirtied_since = MIN (inputs->dirty_bytes_per_s * setup_sync_s, resident);
+      /* Asked for with the migration (mig_src_perform), the switch stops
+       * the guest the moment set-up's sync ends, and the guest stood
+       * still through that sync (under TCG with the padding, QEMU's
+       * trace showed no page dirtied during an 11.4 s set-up sync; under
+       * KVM the sync takes milliseconds): the stop finds next to nothing. */
+      dirtied_since = 0;
       rest = resident;
     }
   double switch_s = DEVICE_STATE_BYTES / link + sync_s (inputs, dirtied_since);
@@ -130,27 +150,35 @@ ferry_predict_postcopy (const FerryPlanInputs *inputs, gint64 switch_at_pass,
 /* A first pass pays while the guest leaves most of what it sent alone. */
 #define POSTCOPY_SKIP_PASS_SHARE 0.5
 /* Switched at set-up, the guest runs on pages fetched over the link until
- * all it touched has crossed: at most this long. The model cannot tell a
- * guest that rewrites all its memory from one that rewrites a small
- * buffer fast (both dirty "everything" in a long pass), and over a slow
- * link the second would crawl (test_failures: 194 MiB over 4 MiB/s,
- * 41 s after the move). */
+ * all it touched has crossed: at most this long. A guest that rewrites a
+ * small buffer fast dirties "everything" in a long pass too, and over a
+ * slow link it would crawl (test_failures: 194 MiB over 4 MiB/s, 41 s
+ * after the move). */
 #define POSTCOPY_AT_SETUP_MAX_S 5.0
 
 /* redirtied: the share of a first pass the guest would dirty again;
- * all_remote_s: how long everything it touched takes over the link. */
+ * all_remote_s: how long everything it touched takes over the link;
+ * stop_after_pass_ms: the switch's stop after a first pass, against the
+ * downtime limit. */
 static char *
-postcopy_switch_point (double redirtied, double all_remote_s, gint64 *switch_at_pass)
+postcopy_switch_point (double redirtied, double all_remote_s, double stop_after_pass_ms, gint64 limit_ms,
+                       gint64 *switch_at_pass)
 {
   *switch_at_pass = 2;
-  if (redirtied < POSTCOPY_SKIP_PASS_SHARE)
+  gboolean rewrites = redirtied >= POSTCOPY_SKIP_PASS_SHARE;
+  gboolean long_stop = stop_after_pass_ms > limit_ms;
+  if (!rewrites && !long_stop)
     return g_strdup ("post-copy once the first pass is done");
   if (all_remote_s > POSTCOPY_AT_SETUP_MAX_S)
     return g_strdup_printf ("post-copy once the first pass is done (switched at once, the guest would run "
                             "%.0f s on pages fetched over the link)", all_remote_s);
   *switch_at_pass = 1;
-  return g_strdup_printf ("post-copy as soon as QEMU's set-up is done: the guest would dirty again %.0f %% "
-                          "of what a first pass sent", redirtied * 100);
+  if (rewrites)
+    return g_strdup_printf ("post-copy as soon as QEMU's set-up is done: the guest would dirty again %.0f %% "
+                            "of what a first pass sent", redirtied * 100);
+  return g_strdup_printf ("post-copy as soon as QEMU's set-up is done: switched after a first pass, the guest "
+                          "would stop about %.1f s for the sync of what it rewrites while the switch is asked "
+                          "for", stop_after_pass_ms / 1000.0);
 }
 
 char *
@@ -160,7 +188,8 @@ ferry_choose_postcopy_switch (const FerryPlanInputs *inputs, gint64 *switch_at_p
   ferry_predict_postcopy (inputs, 2, &after_pass);
   double resident = (double) MAX (inputs->resident_bytes, 1);
   return postcopy_switch_point (after_pass.after_switch_bytes / resident,
-                                resident / MAX (inputs->link_bytes_per_s, 1.0), switch_at_pass);
+                                resident / MAX (inputs->link_bytes_per_s, 1.0), after_pass.downtime_ms,
+                                inputs->downtime_limit_ms, switch_at_pass);
 }
 
 char *
@@ -168,7 +197,7 @@ ferry_choose_postcopy_switch_after_stall (gint64 resident_bytes, gint64 stalled_
                                           gint64 *switch_at_pass)
 {
   double resident = (double) MAX (resident_bytes, 1);
-  return postcopy_switch_point (MIN (stalled_bytes / resident, 1.0), resident / MAX (link_bytes_per_s, 1.0),
+  return postcopy_switch_point (MIN (stalled_bytes / resident, 1.0), resident / MAX (link_bytes_per_s, 1.0), 0, 0,
                                 switch_at_pass);
 }
 
@@ -355,8 +384,9 @@ typedef struct {
   FerryMigrateOptions options;
   gint64 probe_started_us;
   double link_bytes_per_s;
-  double dirty_bytes_per_s;
-  CpuTimes cpu_before;       /* when the dirty-rate measurement began */
+  double dirty_bytes_per_s;      /* over 2 s */
+  double dirty_1s_bytes_per_s;   /* over 1 s, measured first */
+  CpuTimes cpu_before;       /* when the dirty-rate measurements began */
   double free_cores;
 } PlanData;
 
@@ -396,6 +426,7 @@ ferry_plan_revise (JsonObject *plan, gint64 setup_ms)
     .ram_bytes = ferry_json_object_int (measured, "ram_bytes"),
     .resident_bytes = ferry_json_object_int (measured, "resident_bytes"),
     .dirty_bytes_per_s = json_object_get_double_member_with_default (measured, "dirty_mib_s", 0) * 1048576.0,
+    .dirty_1s_bytes_per_s = json_object_get_double_member_with_default (measured, "dirty_1s_mib_s", 0) * 1048576.0,
     .link_bytes_per_s = json_object_get_double_member_with_default (measured, "link_mib_s", 0) * 1048576.0,
     .downtime_limit_ms = ferry_json_object_int (measured, "downtime_limit_ms"),
     .max_passes = 30,
@@ -441,6 +472,7 @@ choose (PlanData *data, FerryVm *vm)
   FerryPlanInputs inputs = {
     .ram_bytes = (gint64) vm->spec->memory_mib * 1024 * 1024,
     .dirty_bytes_per_s = data->dirty_bytes_per_s,
+    .dirty_1s_bytes_per_s = data->dirty_1s_bytes_per_s,
     .link_bytes_per_s = data->link_bytes_per_s,
     .downtime_limit_ms = data->options.max_downtime_ms,
     .max_passes = 30,
@@ -548,12 +580,12 @@ choose (PlanData *data, FerryVm *vm)
                        chosen.downtime_ms / 1000.0, data->options.max_downtime_ms, inputs.sync_s_per_page * 1e6);
     }
 
-  /* Set-up's sync (every page of RAM) holds QEMU's lock: the guest's
-   * timers and device I/O stand still that long (see report_setup_stall
-   * in mig-src.c). Nothing worth saying under KVM. */
+  /* Set-up's sync (every page of RAM) holds the guest still that long
+   * (see report_setup_stall in mig-src.c). Nothing worth saying under
+   * KVM. */
   double setup_stall_s = sync_s (&inputs, (double) inputs.ram_bytes);
   if (setup_stall_s * 1000.0 > inputs.downtime_limit_ms)
-    reason_append (&reason, ". QEMU's set-up will hold the guest's timers and device I/O for about %.1f s "
+    reason_append (&reason, ". QEMU's set-up will hold the guest still for about %.1f s "
                    "(TCG's dirty-bitmap sync of all %" G_GINT64_FORMAT " MiB)", setup_stall_s,
                    inputs.ram_bytes >> 20);
 
@@ -562,6 +594,7 @@ choose (PlanData *data, FerryVm *vm)
   json_object_set_int_member (measured, "ram_bytes", inputs.ram_bytes);
   json_object_set_int_member (measured, "resident_bytes", inputs.resident_bytes);
   json_object_set_double_member (measured, "dirty_mib_s", inputs.dirty_bytes_per_s / 1048576.0);
+  json_object_set_double_member (measured, "dirty_1s_mib_s", inputs.dirty_1s_bytes_per_s / 1048576.0);
   json_object_set_double_member (measured, "link_mib_s", inputs.link_bytes_per_s / 1048576.0);
   json_object_set_int_member (measured, "downtime_limit_ms", inputs.downtime_limit_ms);
   json_object_set_double_member (measured, "sync_us_per_page", inputs.sync_s_per_page * 1e6);
@@ -599,25 +632,46 @@ plan_vm (GTask *task, GError **error)
   return vm;
 }
 
-static void
-on_dirty_rate (GObject *source, GAsyncResult *result, gpointer user_data)
+/* A dirty-rate measurement's result in bytes/s into *bytes_per_s, and the
+ * VM still there; NULL with the plan failed. */
+static FerryVm *
+dirty_rate_measured (GAsyncResult *result, GTask *task, double *bytes_per_s)
 {
-  GTask *task = user_data;
-  PlanData *data = g_task_get_task_data (task);
   GError *error = NULL;
   g_autoptr (JsonObject) measurement = ferry_dirtyrate_measure_finish (result, &error);
   FerryVm *vm = measurement ? plan_vm (task, &error) : NULL;
   if (vm == NULL)
     {
       plan_fail (task, error);
-      return;
+      return NULL;
     }
-  data->dirty_bytes_per_s = ferry_json_object_int (measurement, "dirty_rate_mib_s") * 1048576.0;
+  *bytes_per_s = ferry_json_object_int (measurement, "dirty_rate_mib_s") * 1048576.0;
+  return vm;
+}
+
+static void
+on_dirty_rate_2s (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  GTask *task = user_data;
+  PlanData *data = g_task_get_task_data (task);
+  FerryVm *vm = dirty_rate_measured (result, task, &data->dirty_bytes_per_s);
+  if (vm == NULL)
+    return;
   CpuTimes cpu_after;
   if (data->cpu_before.total > 0 && read_cpu_times (&cpu_after))
     data->free_cores = idle_cores (&data->cpu_before, &cpu_after, g_get_num_processors ());
   g_task_return_pointer (task, choose (data, vm), (GDestroyNotify) json_object_unref);
   g_object_unref (task);
+}
+
+static void
+on_dirty_rate_1s (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  GTask *task = user_data;
+  PlanData *data = g_task_get_task_data (task);
+  FerryVm *vm = dirty_rate_measured (result, task, &data->dirty_1s_bytes_per_s);
+  if (vm != NULL)
+    ferry_dirtyrate_measure_async (vm, 2, on_dirty_rate_2s, task);
 }
 
 /* A probe's reply, or NULL with the plan failed. */
@@ -651,11 +705,13 @@ on_probed (GObject *source, GAsyncResult *result, gpointer user_data)
       plan_fail (task, error);
       return;
     }
-  /* Two seconds: a one-second sample misses slow dirtiers. How busy the
-   * host's CPUs are is read over the same two seconds. */
+  /* One second, then two: a one-second sample misses slow dirtiers, and
+   * the two together tell an even dirtier from one that rewrites a working
+   * set faster than sampling sees (ferry_dirtied_bytes). How busy the
+   * host's CPUs are is read over the same three seconds. */
   if (!read_cpu_times (&data->cpu_before))
     data->cpu_before = (CpuTimes) { 0 };
-  ferry_dirtyrate_measure_async (vm, 2, on_dirty_rate, task);
+  ferry_dirtyrate_measure_async (vm, 1, on_dirty_rate_1s, task);
 }
 
 static void

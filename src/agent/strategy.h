@@ -16,7 +16,15 @@ G_BEGIN_DECLS
 typedef struct {
   gint64 ram_bytes;          /* guest RAM size */
   gint64 resident_bytes;     /* pages the guest touched (non-zero candidates) */
-  double dirty_bytes_per_s;  /* measured dirty rate */
+  double dirty_bytes_per_s;  /* measured dirty rate, over 2 s */
+  /* The same measured over 1 s; 0 = not measured, the guest taken to
+   * dirty evenly. Page sampling sees only which pages changed between two
+   * looks, so a guest that rewrites a working set faster than that shows
+   * as many bytes over 1 s as over 2 s, twice the rate (bench/live's
+   * dirtymax: about 256 and 128 MiB/s; it rewrote its 256 MiB buffer in
+   * a tenth of a second, and QEMU's trace caught it rewriting 37 880 pages
+   * in 58 ms). See ferry_dirtied_bytes. */
+  double dirty_1s_bytes_per_s;
   double link_bytes_per_s;   /* measured throughput to the destination */
   gint64 downtime_limit_ms;
   gint64 max_passes;         /* stop predicting after this many */
@@ -58,18 +66,23 @@ typedef struct {
  * padding set-up took 3–17 ms. */
 double ferry_tcg_sync_s_per_page (double dirty_bytes_per_s);
 
+/* What the guest dirties in `seconds`, from the two measurements: at an
+ * even rate when 2 s saw twice what 1 s saw; when 2 s saw no more, all
+ * of it in any interval, however short (a working set rewritten faster
+ * than the sampling sees); in between, in proportion. At most its RAM. */
+double ferry_dirtied_bytes (const FerryPlanInputs *inputs, double seconds);
+
 /* Pure: the same inputs give the same prediction (unit-tested). */
 void ferry_predict_precopy (const FerryPlanInputs *inputs, FerryPrediction *prediction);
 
-/* Post-copy, switched when QEMU reports pass switch_at_pass: 1 = as soon
- * as set-up's sync is done (the guest moves at once and every page
- * follows), 2 = once the first pass is done (the guest moves with most
- * pages already there; what it dirtied follows; strategy auto's choice). The switch stops the
- * guest for the sync of what it dirtied since the sync before: QEMU runs
- * that sync with its big lock held, which stops the guest's timers but
- * not a vCPU busy in user space, so a busy guest goes on dirtying through
- * it (bench/live traces: 3.7 s stopped after a 36 s set-up sync, or 29 ms
- * when the guest happened to sit idle); the prediction is that worse case. */
+/* Post-copy, switched at pass switch_at_pass: 1 = as soon as set-up's
+ * sync is done (the guest moves at once and every page follows; asked for
+ * with the migration, so the guest stops the moment that sync ends), 2 =
+ * once the first pass is done (the guest moves with most pages already
+ * there; what it dirtied follows; asked for at QEMU's pass event, so the
+ * guest runs on until the request arrives, and the stopped guest's sync
+ * collects what it rewrote meanwhile: under TCG 1.7-3.4 s for bench/live's
+ * dirtymax). */
 void ferry_predict_postcopy (const FerryPlanInputs *inputs, gint64 switch_at_pass,
                              FerryPrediction *prediction);
 
@@ -77,13 +90,14 @@ void ferry_predict_postcopy (const FerryPlanInputs *inputs, gint64 switch_at_pas
  * done, so the guest moves with most of its pages there, faults on few,
  * and the window in which a broken link pauses it is short (switching at
  * once over a 4 MiB/s limit left a 256 MiB guest crawling for 40 s); or 1,
- * as soon as QEMU's set-up is done, when the guest would dirty again at
- * least half of what that pass sent (a guest that rewrites its working
- * set faster than the link carries it) and all it touched crosses in 5 s
- * or less: the pass would then cost its time and a dirty-bitmap sync
- * (seconds under TCG, the guest's timers stopped through it) and spare the
- * guest few faults. Pure (unit-tested); sets *switch_at_pass and returns
- * the reason clause. */
+ * as soon as QEMU's set-up is done, when all it touched crosses in 5 s or
+ * less and either the guest would dirty again at least half of what that
+ * pass sent (a guest that rewrites its working set faster than the link
+ * carries it: the pass would cost its time and a dirty-bitmap sync, and
+ * spare the guest few faults) or the stop after that pass would exceed
+ * the downtime limit (under TCG, the sync of what the guest rewrites while
+ * the switch is asked for). Pure (unit-tested); sets *switch_at_pass and
+ * returns the reason clause. */
 char *ferry_choose_postcopy_switch (const FerryPlanInputs *inputs, gint64 *switch_at_pass);
 
 /* The same choice for a multifd stream started again as one stream

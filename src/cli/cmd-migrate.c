@@ -149,8 +149,9 @@ migrate_estimate (FerryClient *client, const char *name, JsonObject *body)
   g_autofree char *ram = ferry_format_bytes (ferry_json_object_int (measured, "ram_bytes"));
   g_autofree char *resident = ferry_format_bytes (ferry_json_object_int (measured, "resident_bytes"));
   g_autofree char *bytes = ferry_format_bytes (ferry_json_object_int (prediction, "bytes"));
-  g_print ("Measured:   RAM %s (%s touched), dirty rate %.0f MiB/s, link %.0f MiB/s\n", ram, resident,
-           member_double (measured, "dirty_mib_s"), member_double (measured, "link_mib_s"));
+  g_print ("Measured:   RAM %s (%s touched), dirty rate %.0f MiB/s over 2 s (%.0f over 1 s), link %.0f MiB/s\n",
+           ram, resident, member_double (measured, "dirty_mib_s"), member_double (measured, "dirty_1s_mib_s"),
+           member_double (measured, "link_mib_s"));
   if (json_object_has_member (measured, "cpus"))
     g_print ("            %.1f of %" G_GINT64_FORMAT " cores idle, the guest's memory compresses %.1f:1\n",
              member_double (measured, "free_cores"), ferry_json_object_int (measured, "cpus"),

@@ -166,10 +166,17 @@ def test():
     messages = [e["message"] for e in info["events"]]
     assert any("switching to post-copy: QEMU's set-up is done" in m for m in messages), messages
     assert info["stats"]["ram"]["dirty-sync-count"] <= 2, info["stats"]["ram"]
+    # Asked for together with the migration, the switch stops the guest
+    # the moment set-up's sync ends. Asked for at QEMU's pass event, the
+    # guest ran on meanwhile and rewrote much of its buffer, and under TCG
+    # the stopped guest's sync of that took 1.7-3.4 s (bench/live).
+    log(f"switch: QEMU downtime {info['stats']['downtime']} ms, "
+        f"guest paused {info['stats'].get('ferry-guest-downtime-ms')} ms")
+    assert info["stats"]["downtime"] < 1000, info["stats"]
     if cluster.accel == "tcg":
-        # TCG's slow set-up sync holds QEMU's lock for seconds: said before
-        # (the plan) and after (the measured length).
-        assert plan["setup_stall_s"] > 0.3 and "set-up will hold the guest's timers" in plan["reason"], plan
+        # TCG's slow set-up sync holds the guest still for seconds: said
+        # before (the plan) and after (the measured length).
+        assert plan["setup_stall_s"] > 0.3 and "set-up will hold the guest still" in plan["reason"], plan
         assert any("QEMU's set-up took" in m and "stood still" in m for m in messages), messages
     # Once QEMU's set-up is done the plan is walked again with the sync
     # cost it showed; the revised total is within a factor of two of the

@@ -51,8 +51,10 @@ test_moderate_dirtier_needs_more_passes (void)
   g_assert_cmpint (p.bytes, >, (gint64) (350 * MiB));
 }
 
-/* TCG with the padding workaround: set-up syncs every page of RAM, each
- * pass's end the pages dirtied, and the last sync stops the guest. */
+/* TCG with the padding workaround: set-up syncs every page of RAM and
+ * each pass's end the pages dirtied; the guest stands still through a
+ * sync, so the syncs cost time, not passes, and the stopped guest's sync
+ * right after the last one finds nothing. */
 static void
 test_slow_dirty_sync_adds_setup_and_downtime (void)
 {
@@ -64,35 +66,65 @@ test_slow_dirty_sync_adds_setup_and_downtime (void)
   ferry_predict_precopy (&fast, &a);
   ferry_predict_precopy (&slow, &b);
   g_assert_true (b.converges);
-  g_assert_cmpint (b.passes, >, a.passes);
-  /* 262144 pages × 14.5 µs = 3.8 s of set-up alone. */
-  g_assert_cmpfloat (b.total_s - a.total_s, >, 262144 * 14.5e-6);
+  g_assert_cmpint (b.passes, ==, a.passes);
+  g_assert_cmpfloat_with_epsilon (b.downtime_ms, a.downtime_ms, 1e-9);
+  /* 262144 pages × 14.5 µs = 3.8 s of set-up, and each pass's sync:
+   * 100 MiB dirtied in the 2 s first pass, 50 in the 1 s second, 25 in
+   * the third; the fourth's 25 fit in the downtime limit. */
+  g_assert_cmpint (b.passes, ==, 4);
+  g_assert_cmpfloat_with_epsilon (b.total_s - a.total_s, (262144 + 175 * 256) * 14.5e-6, 1e-6);
 
   FerryPrediction c, d;
   ferry_predict_postcopy (&fast, 1, &c);
   ferry_predict_postcopy (&slow, 1, &d);
-  /* Switched once set-up's 3.8 s sync is done: the guest went on
-   * dirtying through it (50 MiB/s, 190 MiB of its 200 resident), and the
-   * stopped guest's sync collects that. */
+  /* Switched the moment set-up's 3.8 s sync ends (asked for with the
+   * migration): the guest stood still through the sync, so the stop
+   * finds nothing more to sync; the set-up itself takes the time. */
   double setup_sync_s = 262144 * 14.5e-6;
-  double dirtied_pages = MIN (50 * setup_sync_s, 200) * 256;
-  g_assert_cmpfloat_with_epsilon (d.downtime_ms - c.downtime_ms, dirtied_pages * 14.5e-6 * 1000, 1e-6);
-  g_assert_cmpfloat (d.total_s - c.total_s, >, setup_sync_s);
+  g_assert_cmpfloat_with_epsilon (d.downtime_ms, c.downtime_ms, 1e-9);
+  g_assert_cmpfloat_with_epsilon (d.total_s - c.total_s, setup_sync_s, 1e-9);
 }
 
-/* Measured here: a guest dirtying 120 MiB/s over a 211 MiB/s link; plain
- * arithmetic says pre-copy converges, but with TCG's slow syncs QEMU took
- * 48 s and stopped the guest for 10.5 s. */
+/* Measured here: a guest dirtying "120 MiB/s" over a 211 MiB/s link;
+ * plain arithmetic says pre-copy converges, but QEMU took 48 s and
+ * stopped the guest for 10.5 s. It rewrote a 256 MiB buffer every tenth
+ * of a second: measured over 1 s it dirtied as much as over 2 s. */
 static void
-test_slow_dirty_sync_keeps_precopy_from_converging (void)
+test_working_set_rewritten_keeps_precopy_from_converging (void)
 {
   FerryPlanInputs in = inputs (350, 120, 211);
   FerryPrediction p;
   ferry_predict_precopy (&in, &p);
   g_assert_true (p.converges);
-  in.sync_s_per_page = ferry_tcg_sync_s_per_page (in.dirty_bytes_per_s);
+  in.dirty_1s_bytes_per_s = 240 * MiB;
   ferry_predict_precopy (&in, &p);
   g_assert_false (p.converges);
+}
+
+/* What a guest dirties in a while, from page sampling over 1 s and 2 s. */
+static void
+test_dirtied_bytes (void)
+{
+  /* Measured over 2 s only, or twice as much over 2 s as over 1 s: an
+   * even rate. */
+  FerryPlanInputs even = inputs (350, 50, 100);
+  g_assert_cmpfloat_with_epsilon (ferry_dirtied_bytes (&even, 0.5), 25 * MiB, 1);
+  g_assert_cmpfloat_with_epsilon (ferry_dirtied_bytes (&even, 3), 150 * MiB, 1);
+  even.dirty_1s_bytes_per_s = 50 * MiB;
+  g_assert_cmpfloat_with_epsilon (ferry_dirtied_bytes (&even, 0.06), 3 * MiB, 1);
+  /* bench/live's dirtymax: 256 MiB over 1 s, 256 over 2 s (128 MiB/s):
+   * its buffer, in any while however short. */
+  FerryPlanInputs rewrites = inputs (350, 128, 100);
+  rewrites.dirty_1s_bytes_per_s = 256 * MiB;
+  g_assert_cmpfloat_with_epsilon (ferry_dirtied_bytes (&rewrites, 0.06), 256 * MiB, 1);
+  g_assert_cmpfloat_with_epsilon (ferry_dirtied_bytes (&rewrites, 5), 256 * MiB, 1);
+  /* Half way: 100 over 1 s, 150 over 2 s. */
+  FerryPlanInputs between = inputs (350, 75, 100);
+  between.dirty_1s_bytes_per_s = 100 * MiB;
+  g_assert_cmpfloat_with_epsilon (ferry_dirtied_bytes (&between, 0.5), 75 * MiB, 1);
+  g_assert_cmpfloat_with_epsilon (ferry_dirtied_bytes (&between, 3), 200 * MiB, 1);
+  /* Never more than the guest's RAM. */
+  g_assert_cmpfloat_with_epsilon (ferry_dirtied_bytes (&between, 100), 1024 * MiB, 1);
 }
 
 static void
@@ -171,16 +203,36 @@ test_postcopy_switch_point (void)
   g_autofree char *quiet_reason = ferry_choose_postcopy_switch (&quiet, &at_pass);
   g_assert_cmpint (at_pass, ==, 2);
   g_assert_cmpstr (quiet_reason, ==, "post-copy once the first pass is done");
-  /* dirtymax unshaped: 1 s pass, 129 MiB/s dirty 37 % of it again... */
+  /* A 1 s pass over a fast link, 129 MiB/s at an even rate: 38 % of it
+   * again; the guest stands still through the pass's TCG sync, so the
+   * same under TCG... */
   FerryPlanInputs fast_link = inputs (364, 129, 354);
   g_autofree char *kvm_reason = ferry_choose_postcopy_switch (&fast_link, &at_pass);
   g_assert_cmpint (at_pass, ==, 2);
   g_assert_cmpstr (kvm_reason, ==, "post-copy once the first pass is done");
-  /* ...and more while the pass's TCG sync (36 µs a page) holds QEMU's lock. */
   fast_link.sync_s_per_page = 36e-6;
-  g_autofree char *tcg_reason = ferry_choose_postcopy_switch (&fast_link, &at_pass);
+  g_autofree char *even_reason = ferry_choose_postcopy_switch (&fast_link, &at_pass);
+  g_assert_cmpint (at_pass, ==, 2);
+  g_assert_cmpstr (even_reason, ==, "post-copy once the first pass is done");
+  /* ...but bench/live's dirtymax dirtied as much over 1 s as over 2 s:
+   * it rewrites its 256 MiB in any while. */
+  fast_link.dirty_1s_bytes_per_s = 258 * MiB;
+  g_autofree char *rewrites_reason = ferry_choose_postcopy_switch (&fast_link, &at_pass);
   g_assert_cmpint (at_pass, ==, 1);
-  g_assert_nonnull (strstr (tcg_reason, "as soon as QEMU's set-up is done"));
+  g_assert_nonnull (strstr (rewrites_reason, "would dirty again 100 %"));
+  /* A guest rewriting a 64 MiB set fast dirties 35 % of a first pass
+   * again, but under TCG the stop after the pass would sync all 64 MiB
+   * it rewrote while the switch was asked for: 0.6 s; under KVM
+   * milliseconds. */
+  FerryPlanInputs small_set = inputs (364, 32, 354);
+  small_set.dirty_1s_bytes_per_s = 64 * MiB;
+  g_autofree char *small_kvm = ferry_choose_postcopy_switch (&small_set, &at_pass);
+  g_assert_cmpint (at_pass, ==, 2);
+  g_assert_cmpstr (small_kvm, ==, "post-copy once the first pass is done");
+  small_set.sync_s_per_page = 36e-6;
+  g_autofree char *small_tcg = ferry_choose_postcopy_switch (&small_set, &at_pass);
+  g_assert_cmpint (at_pass, ==, 1);
+  g_assert_nonnull (strstr (small_tcg, "would stop about 0.6 s for the sync"));
   /* After a stalled multifd stream: test_strategy_restart's guest left
    * 56 of its 200 MiB a pass, so a first pass still pays... */
   g_autofree char *stall_reason = ferry_choose_postcopy_switch_after_stall (
@@ -206,7 +258,8 @@ test_postcopy_switch_point (void)
 }
 
 static JsonObject *
-plan_json (double resident_mib, double dirty_mib_s, double link_mib_s, gint64 postcopy_at_pass)
+plan_json (double resident_mib, double dirty_mib_s, double dirty_1s_mib_s, double link_mib_s,
+           gint64 postcopy_at_pass)
 {
   JsonObject *plan = json_object_new ();
   JsonObject *measured = json_object_new ();
@@ -214,6 +267,7 @@ plan_json (double resident_mib, double dirty_mib_s, double link_mib_s, gint64 po
   json_object_set_int_member (measured, "ram_bytes", 1024 * MiB);
   json_object_set_int_member (measured, "resident_bytes", (gint64) (resident_mib * MiB));
   json_object_set_double_member (measured, "dirty_mib_s", dirty_mib_s);
+  json_object_set_double_member (measured, "dirty_1s_mib_s", dirty_1s_mib_s);
   json_object_set_double_member (measured, "link_mib_s", link_mib_s);
   json_object_set_int_member (measured, "downtime_limit_ms", 300);
   json_object_set_int_member (options, "postcopy_at_pass", postcopy_at_pass);
@@ -225,11 +279,12 @@ plan_json (double resident_mib, double dirty_mib_s, double link_mib_s, gint64 po
 /* bench/live's traced dirtymax run over 1 Gbit/s: set-up 18.9 s for all
  * 262144 pages, the pass-1 sync 5.3 s, QEMU's stop at the switch 4.3 s,
  * 32-34 s in all, where the plan said 22-23.5 s. The set-up alone gives
- * the cost per page, and with it the rest. */
+ * the cost per page, and with it the rest (the guest rewrote its buffer
+ * in any while: 240 MiB over 1 s as over 2 s). */
 static void
 test_revised_after_setup_uses_the_measured_sync (void)
 {
-  g_autoptr (JsonObject) plan = plan_json (300, 120, 104, 2);
+  g_autoptr (JsonObject) plan = plan_json (300, 120, 240, 104, 2);
   g_autoptr (JsonObject) revised = ferry_plan_revise (plan, 18900);
   g_assert_nonnull (revised);
   double us_per_page = json_object_get_double_member (revised, "sync_us_per_page");
@@ -243,7 +298,7 @@ test_revised_after_setup_uses_the_measured_sync (void)
   g_assert_cmpfloat (json_object_get_double_member (prediction, "downtime_ms"), >, 3000);
 
   /* An idle guest's quick set-up: pre-copy, as planned, under a second. */
-  g_autoptr (JsonObject) idle = plan_json (110, 0, 104, 0);
+  g_autoptr (JsonObject) idle = plan_json (110, 0, 0, 104, 0);
   g_autoptr (JsonObject) quick = ferry_plan_revise (idle, 300);
   prediction = json_object_get_object_member (quick, "prediction");
   g_assert_true (json_object_get_boolean_member (prediction, "converges"));
@@ -472,8 +527,9 @@ main (int argc, char **argv)
   g_test_add_func ("/plan/idle-guest-converges-in-two-passes", test_idle_guest_converges_in_two_passes);
   g_test_add_func ("/plan/moderate-dirtier-needs-more-passes", test_moderate_dirtier_needs_more_passes);
   g_test_add_func ("/plan/slow-dirty-sync-adds-setup-and-downtime", test_slow_dirty_sync_adds_setup_and_downtime);
-  g_test_add_func ("/plan/slow-dirty-sync-keeps-precopy-from-converging",
-                   test_slow_dirty_sync_keeps_precopy_from_converging);
+  g_test_add_func ("/plan/dirtied-bytes", test_dirtied_bytes);
+  g_test_add_func ("/plan/working-set-rewritten-keeps-precopy-from-converging",
+                   test_working_set_rewritten_keeps_precopy_from_converging);
   g_test_add_func ("/plan/dirtier-faster-than-link-never-converges", test_dirtier_faster_than_link_never_converges);
   g_test_add_func ("/plan/lower-downtime-limit-costs-passes", test_lower_downtime_limit_costs_passes);
   g_test_add_func ("/plan/postcopy-bounded", test_postcopy_bounded_by_one_pass_and_the_rest);
