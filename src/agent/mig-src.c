@@ -1000,7 +1000,7 @@ on_migrate_started (GObject *source, GAsyncResult *result, gpointer user_data)
   g_autofree FerryJobRef *ref = user_data;
   FerryJob *job = ferry_job_ref_get (ref);
   g_autoptr (GError) error = NULL;
-  g_autoptr (JsonNode) reply = ferry_qmp_run_steps_finish (result, &error);
+  g_autoptr (JsonNode) reply = ferry_qmp_execute_finish (FERRY_QMP (source), result, &error);
 
   if (job == NULL || job->state != FERRY_JOB_PERFORMING)
     return;
@@ -1013,9 +1013,6 @@ on_migrate_started (GObject *source, GAsyncResult *result, gpointer user_data)
   ferry_job_event (job, "info", "migration started to %s (TLS %s, bandwidth %s, downtime limit %"
                    G_GINT64_FORMAT " ms)", job->incoming_uri, job->options.tls ? "on" : "off",
                    job->options.bandwidth_mib ? "limited" : "unlimited", job->options.max_downtime_ms);
-  if (job->postcopy_requested)
-    ferry_job_event (job, "info", "switching to post-copy: QEMU's set-up is done (strategy auto; asked for "
-                     "with the migration, so the guest stops the moment set-up ends)");
   if (job->abort_requested)
     {
       mig_src_rollback (job, "aborted by the user");
@@ -1036,6 +1033,43 @@ on_migrate_started (GObject *source, GAsyncResult *result, gpointer user_data)
   start_keepalive (job);
 }
 
+/* QEMU is set up for the stream: start it. */
+static void
+on_migrate_configured (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  g_autofree FerryJobRef *ref = user_data;
+  FerryJob *job = ferry_job_ref_get (ref);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonNode) reply = ferry_qmp_run_steps_finish (result, &error);
+  if (job == NULL || job->state != FERRY_JOB_PERFORMING)
+    return;
+  FerryVm *vm = ferry_job_vm (job);
+  if (reply == NULL || vm == NULL || vm->qmp == NULL)
+    {
+      g_autofree char *reason = g_strdup_printf ("cannot start the migration: %s",
+                                                 reply == NULL ? error->message : "source QEMU is gone");
+      mig_src_rollback (job, reason);
+      return;
+    }
+  g_autoptr (JsonObject) arguments = ferry_qmp_args_migrate (job->incoming_uri);
+  ferry_qmp_execute_async (vm->qmp, "migrate", arguments, NULL, on_migrate_started, ferry_job_ref_new (job));
+  /* A switch as soon as set-up is done goes right behind migrate, not
+   * after its reply: QEMU then switches at its first iteration, the
+   * moment set-up's sync ends. Asked for at QEMU's pass event, the guest
+   * ran on meanwhile, and under TCG a busy guest rewrote 37 880 pages in
+   * those 58 ms, which the stopped guest's sync took 1.7 s to collect
+   * (bench/live, QEMU trace). After migrate's reply is too late as well:
+   * set-up's sync may hold QEMU's lock by then, and the monitor only gets
+   * to the request as the migration thread starts its first pass. */
+  if (job->options.postcopy && job->options.postcopy_at_pass == 1)
+    {
+      g_autoptr (GError) refused = NULL;
+      if (!mig_src_request_postcopy (job, "QEMU's set-up is done (strategy auto; asked for together with "
+                                     "migrate, so the guest stops the moment set-up's sync ends)", &refused))
+        ferry_job_event (job, "warning", "%s", refused->message);
+    }
+}
+
 void
 mig_src_perform (FerryJob *job)
 {
@@ -1049,7 +1083,7 @@ mig_src_perform (FerryJob *job)
   g_autofree char *creds_dir = g_build_filename (job->agent->config.state_dir, "qemu-tls", NULL);
   gint64 bandwidth = job->options.bandwidth_mib > 0 ? job->options.bandwidth_mib * 1024 * 1024
                                                     : UNLIMITED_BANDWIDTH;
-  FerryQmpStep steps[7];
+  FerryQmpStep steps[5];
   guint n = 0;
   if (job->options.tls)
     {
@@ -1078,18 +1112,7 @@ mig_src_perform (FerryJob *job)
   };
   steps[n++] = (FerryQmpStep) { "migrate-set-capabilities", ferry_qmp_args_migrate_capabilities (&capabilities) };
   steps[n++] = (FerryQmpStep) { "migrate-set-parameters", ferry_qmp_args_migrate_parameters (&parameters) };
-  steps[n++] = (FerryQmpStep) { "migrate", ferry_qmp_args_migrate (job->incoming_uri) };
-  /* A switch as soon as set-up is done is asked for with the migration:
-   * QEMU then stops the guest the moment its set-up sync ends. Asked for
-   * once QEMU reports the pass, the guest ran meanwhile, and under TCG a
-   * busy guest rewrote 37880 pages in those 58 ms, which the stopped
-   * guest's sync then took 1.7 s to collect (bench/live, QEMU trace). */
-  if (job->options.postcopy && job->options.postcopy_at_pass == 1 && !job->postcopy_requested)
-    {
-      steps[n++] = (FerryQmpStep) { "migrate-start-postcopy", NULL };
-      job->postcopy_requested = TRUE;
-    }
-  ferry_qmp_run_steps_async (vm->qmp, steps, n, NULL, on_migrate_started, ferry_job_ref_new (job));
+  ferry_qmp_run_steps_async (vm->qmp, steps, n, NULL, on_migrate_configured, ferry_job_ref_new (job));
 }
 
 /* ---- the guest's QEMU gone while the guest was only here ------------------- */
