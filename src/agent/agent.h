@@ -113,6 +113,14 @@ struct _FerryVm {
   FerryJob *job;            /* active migration, or NULL */
   guint shutdown_timer;
   JsonObject *last_dirty_rate;  /* last measurement (dirtyrate.c) */
+  /* Monotonic time of this QEMU's last dirty-bitmap sync (a migration's
+   * pass, reported by QEMU's MIGRATION_PASS event); 0 = none since it
+   * started. The bitmap starts with every page dirty, and only a sync
+   * clears it: a migration's set-up after one that did not complete
+   * syncs only what the guest dirtied since (bench/live's trace: 63 828
+   * pages and 3.1 s after a cancelled one, all 262 144 and 11 s on a
+   * fresh QEMU). */
+  gint64 last_dirty_sync_us;
   gulong event_handler;
   gulong closed_handler;
 };

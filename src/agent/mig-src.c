@@ -1218,6 +1218,9 @@ mig_src_on_qmp_event (FerryJob *job, const char *name, JsonObject *data)
     }
   if (g_str_equal (name, "MIGRATION_PASS"))
     {
+      FerryVm *synced = ferry_job_vm (job);
+      if (synced != NULL)
+        synced->last_dirty_sync_us = g_get_monotonic_time ();
       mig_src_postcopy_at_pass (job, ferry_json_object_int (data, "pass"));
       return;
     }

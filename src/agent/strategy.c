@@ -38,6 +38,8 @@ sync_s (const FerryPlanInputs *inputs, double dirty_bytes)
   return dirty_bytes / PAGE_BYTES * inputs->sync_s_per_page;
 }
 
+static double setup_dirty_bytes (const FerryPlanInputs *inputs);
+
 double
 ferry_dirtied_bytes (const FerryPlanInputs *inputs, double seconds)
 {
@@ -55,6 +57,16 @@ ferry_dirtied_bytes (const FerryPlanInputs *inputs, double seconds)
   return MIN (dirtied, (double) inputs->ram_bytes);
 }
 
+/* What set-up's sync finds dirty: every page of RAM, unless this QEMU
+ * synced before. */
+static double
+setup_dirty_bytes (const FerryPlanInputs *inputs)
+{
+  if (inputs->since_last_sync_s > 0)
+    return ferry_dirtied_bytes (inputs, inputs->since_last_sync_s);
+  return (double) inputs->ram_bytes;
+}
+
 void
 ferry_predict_precopy (const FerryPlanInputs *inputs, FerryPrediction *prediction)
 {
@@ -68,7 +80,7 @@ ferry_predict_precopy (const FerryPlanInputs *inputs, FerryPrediction *predictio
    * between them), and under KVM a sync takes milliseconds. QEMU stops
    * the guest right after the sync that finds the rest small enough, so
    * the stopped guest's own sync finds next to nothing (traced: 3 ms). */
-  double total_s = SETUP_S + sync_s (inputs, (double) inputs->ram_bytes);
+  double total_s = SETUP_S + sync_s (inputs, setup_dirty_bytes (inputs));
   double bytes = 0;
   gint64 max_passes = inputs->max_passes > 0 ? inputs->max_passes : 30;
 
@@ -108,7 +120,7 @@ ferry_predict_postcopy (const FerryPlanInputs *inputs, gint64 switch_at_pass,
   double link = MAX (inputs->link_bytes_per_s, 1.0);
   double resident = (double) MAX (inputs->resident_bytes, 0);
   double first_pass_s = resident / link;
-  double setup_sync_s = sync_s (inputs, (double) inputs->ram_bytes);
+  double setup_sync_s = sync_s (inputs, setup_dirty_bytes (inputs));
   double total_s = SETUP_S + setup_sync_s;
   double precopy_bytes = 0;
   /* What the stopped guest's sync collects, and what is left to send
@@ -433,7 +445,8 @@ ferry_plan_revise (JsonObject *plan, gint64 setup_ms)
   };
   if (inputs.ram_bytes <= 0 || inputs.link_bytes_per_s <= 0)
     return NULL;
-  inputs.sync_s_per_page = MAX (0.0, setup_ms / 1000.0 - SETUP_S) / (inputs.ram_bytes / PAGE_BYTES);
+  inputs.since_last_sync_s = json_object_get_double_member_with_default (measured, "since_last_sync_s", 0);
+  inputs.sync_s_per_page = MAX (0.0, setup_ms / 1000.0 - SETUP_S) / MAX (setup_dirty_bytes (&inputs) / PAGE_BYTES, 1.0);
   /* The plan's compression carries more over the same link (never
    * chosen under a bandwidth limit, which QEMU counts before it). */
   if (options && g_strcmp0 (ferry_json_object_string (options, "compress"), "zstd") == 0)
@@ -481,6 +494,8 @@ choose (PlanData *data, FerryVm *vm)
     .free_cores = data->free_cores,
     .compress_ratio = 1.0,
   };
+  if (vm->last_dirty_sync_us > 0)
+    inputs.since_last_sync_s = MAX (g_get_monotonic_time () - vm->last_dirty_sync_us, 1) / 1e6;
   GuestRamMapping guest_ram;
   inputs.resident_bytes = inputs.ram_bytes;
   if (find_guest_ram (vm, inputs.ram_bytes, &guest_ram))
@@ -583,11 +598,11 @@ choose (PlanData *data, FerryVm *vm)
   /* Set-up's sync (every page of RAM) holds the guest still that long
    * (see report_setup_stall in mig-src.c). Nothing worth saying under
    * KVM. */
-  double setup_stall_s = sync_s (&inputs, (double) inputs.ram_bytes);
+  double setup_stall_s = sync_s (&inputs, setup_dirty_bytes (&inputs));
   if (setup_stall_s * 1000.0 > inputs.downtime_limit_ms)
     reason_append (&reason, ". QEMU's set-up will hold the guest still for about %.1f s "
-                   "(TCG's dirty-bitmap sync of all %" G_GINT64_FORMAT " MiB)", setup_stall_s,
-                   inputs.ram_bytes >> 20);
+                   "(TCG's dirty-bitmap sync of %.0f of its %" G_GINT64_FORMAT " MiB)", setup_stall_s,
+                   setup_dirty_bytes (&inputs) / 1048576.0, inputs.ram_bytes >> 20);
 
   JsonObject *plan = json_object_new ();
   JsonObject *measured = json_object_new ();
@@ -598,6 +613,7 @@ choose (PlanData *data, FerryVm *vm)
   json_object_set_double_member (measured, "link_mib_s", inputs.link_bytes_per_s / 1048576.0);
   json_object_set_int_member (measured, "downtime_limit_ms", inputs.downtime_limit_ms);
   json_object_set_double_member (measured, "sync_us_per_page", inputs.sync_s_per_page * 1e6);
+  json_object_set_double_member (measured, "since_last_sync_s", inputs.since_last_sync_s);
   json_object_set_int_member (measured, "cpus", inputs.cpus);
   json_object_set_double_member (measured, "free_cores", inputs.free_cores);
   json_object_set_double_member (measured, "compress_ratio", inputs.compress_ratio);

@@ -34,6 +34,10 @@ typedef struct {
    * (every page of RAM is dirty then) before the first pass, the last
    * while the guest is stopped. */
   double sync_s_per_page;
+  /* Seconds since this QEMU's last dirty-bitmap sync (a migration that did
+   * not complete); 0 = none since QEMU started, and set-up's sync then
+   * finds every page of RAM dirty, else what the guest dirtied since. */
+  double since_last_sync_s;
   /* For the stream's carriage (ferry_choose_stream): the source host's
    * CPUs, how many of them sat idle while the dirty rate was measured,
    * and how well the guest's non-zero pages compress (raw / compressed,

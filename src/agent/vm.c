@@ -540,6 +540,7 @@ on_start_daemonized (GObject *source, GAsyncResult *result, gpointer user_data)
       return;
     }
   vm->pid = (GPid) g_ascii_strtoll (pid_text, NULL, 10);
+  vm->last_dirty_sync_us = 0;
   /* Persist the pid before anything else, so a restarted agent finds it. */
   g_autoptr (GError) store_error = NULL;
   if (!ferry_store_vm_set_runtime (vm->agent->store, vm->name, ferry_vm_state_to_string (vm->state),
