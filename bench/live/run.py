@@ -642,10 +642,14 @@ def notes(runs):
             f"four came back broken). Per page of the guest's RAM that is "
             f"{span([r['setup_ms'] * 1000 / (GUEST_MEMORY_MIB * 256) for r in busy if r['setup_ms']], '{:.0f}')} µs "
             f"in these runs; ferry's model counts 1 µs plus 0.27 µs per MiB/s of dirty rate (fitted on "
-            f"earlier runs: 17-27 µs at 50 MiB/s, 45-62 µs at the maximum), and the cost for the same guest "
-            f"moves from run to run with nothing ferry can measure beforehand that follows it. QEMU holds "
-            f"its big lock through the sync: the guest's timers stop for as long (a vCPU busy in user "
-            f"space runs on, and dirties).")
+            f"earlier runs: 17-27 µs at 50 MiB/s, 45-62 µs at the maximum) for each page the sync finds "
+            f"dirty. That is every page of RAM on a QEMU that never ran a migration (the guest arrived by "
+            f"one: the bitmap starts all dirty), but only what the guest dirtied since on one whose "
+            f"migration was cancelled, as the defaults' dirtymax runs are before ferry's start from the "
+            f"same QEMU (QEMU trace, 2026-11-24: 63 828 pages, 3.1 s, against 262 144 pages, 11 s); "
+            f"ferry counts that since 2026-11-24. The guest stands still through a sync (QEMU's trace: no "
+            f"page written during an 11.4 s set-up sync; no tick either), and QEMU does not count it as "
+            f"downtime.")
         by = {(r["tool"], r["scenario"], r["link"]): r for r in busy}
         pairs = [(by[("qemu-defaults", r["scenario"], r["link"])], r) for r in ferry_busy
                  if ("qemu-defaults", r["scenario"], r["link"]) in by
@@ -750,8 +754,7 @@ def notes(runs):
             text += (" Too short for " + ", ".join(f"{r['scenario']}/{r['link']} ({r['prediction_error']:+.0%})"
                                                    for r in under)
                      + ": QEMU's set-up (and, where it was slow, switchover) took longer than the model's "
-                       "sync cost gives; it grows with the time the guest has run since it arrived (above), "
-                       "which the model does not know.")
+                       "sync cost gives (a fit to a noisy effect, above).")
         text += (" The measurements are also noisy: the run's own plan, measured seconds after the estimate, "
                  "predicted " + ", ".join(f"{r['scenario']}/{r['link']} {fmt(r['plan_predicted_total_s'], '{:.1f}')} s "
                                           f"(estimate {r['predicted_total_s']:.1f} s)" for r in pred) + ".")
