@@ -38,8 +38,6 @@ sync_s (const FerryPlanInputs *inputs, double dirty_bytes)
   return dirty_bytes / PAGE_BYTES * inputs->sync_s_per_page;
 }
 
-static double setup_dirty_bytes (const FerryPlanInputs *inputs);
-
 double
 ferry_dirtied_bytes (const FerryPlanInputs *inputs, double seconds)
 {
