@@ -695,9 +695,12 @@ report_setup_stall (FerryJob *job, JsonObject *stats)
     return;
   job->setup_reported = TRUE;
   if (job->agent->pad_ram_for_tcg && setup_ms > job->options.max_downtime_ms)
-    ferry_job_event (job, "warning", "QEMU's set-up took %.1f s; under TCG the guest stood still through its "
-                     "dirty-bitmap sync, which QEMU does not count as downtime (under KVM the sync takes "
-                     "milliseconds)", setup_ms / 1000.0);
+    {
+      ferry_job_event (job, "warning", "QEMU's set-up took %.1f s; under TCG the guest stood still through its "
+                       "dirty-bitmap sync, which QEMU does not count as downtime (under KVM the sync takes "
+                       "milliseconds)", setup_ms / 1000.0);
+      json_object_set_int_member (job->stats, "ferry-setup-stall-ms", setup_ms);
+    }
   /* The plan was for the first stream of a restarted migration. */
   if (!json_object_has_member (job->stats, "ferry-restart"))
     revise_plan (job, stats, setup_ms);

@@ -104,6 +104,10 @@ print_summary (JsonObject *job)
            " ms%s, sent %s, %.1f MiB/s, %" G_GINT64_FORMAT " passes\n",
            total_ms, ferry_json_object_int (stats, "downtime"), paused, bytes_text, throughput,
            ferry_json_object_int (ram, "dirty-sync-count"));
+  /* QEMU's downtime leaves it out; the guest's users did not. */
+  if (json_object_has_member (stats, "ferry-setup-stall-ms"))
+    g_print ("the guest also stood still %.1f s through QEMU's set-up (TCG's dirty-bitmap sync; QEMU does not "
+             "count it as downtime)\n", ferry_json_object_int (stats, "ferry-setup-stall-ms") / 1000.0);
   JsonObject *restart = ferry_json_object_object (stats, "ferry-restart");
   if (restart != NULL)
     {

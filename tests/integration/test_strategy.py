@@ -178,6 +178,10 @@ def test():
         # before (the plan) and after (the measured length).
         assert plan["setup_stall_s"] > 0.3 and "set-up will hold the guest still" in plan["reason"], plan
         assert any("QEMU's set-up took" in m and "stood still" in m for m in messages), messages
+        # ...and ferry migrate's summary says it, which QEMU's downtime leaves out.
+        stall_s = info["stats"]["ferry-setup-stall-ms"] / 1000
+        assert stall_s == info["stats"]["setup-time"] / 1000, info["stats"]
+        assert f"the guest also stood still {stall_s:.1f} s through QEMU's set-up" in result.stdout, result.stdout
     # Once QEMU's set-up is done the plan is walked again with the sync
     # cost it showed; the revised total is within a factor of two of the
     # migration's (QEMU's total-time).
