@@ -20,9 +20,15 @@
 /* From QEMU's pass event to its switch, asked for by ferry: 58 ms in
  * bench/live's trace. */
 #define SWITCH_REQUEST_S 0.06
-/* Fitted on bench/live's set-up times (QEMU's setup-time, 262144 pages of
- * a 1 GiB guest): 0.3-0.44 s idle, 4.2-4.5 s at 50-64 MiB/s, 10.6-13.6 s
- * at 109-133 MiB/s. */
+/* Fitted on bench/live's set-up times (QEMU's setup-time for a 1 GiB
+ * guest): 0.3-0.44 s idle, 4.2-4.5 s at 50-64 MiB/s, 10.6-13.6 s at
+ * 109-133 MiB/s, all taken for 262144 pages. The last were ferry's runs
+ * after the defaults' cancelled one on the same QEMU, about 64 000 pages
+ * dirty (QEMU's trace, 2026-11-24), so per page nearer 180 µs that day;
+ * on 2026-11-24 the same guest paid 42-52 µs a page at its maximum and
+ * 10 at 50 MiB/s. The level moves that much between days on this
+ * machine, with nothing ferry can see beforehand; the revision after
+ * set-up (ferry_plan_revise) measures it. */
 #define TCG_SYNC_S_PER_PAGE_AT_REST 1e-6
 #define TCG_SYNC_S_PER_PAGE_PER_DIRTY_MIB_S 0.27e-6
 
