@@ -1063,8 +1063,10 @@ on_migrate_configured (GObject *source, GAsyncResult *result, gpointer user_data
    * those 58 ms, which the stopped guest's sync took 1.7 s to collect
    * (bench/live, QEMU trace). After migrate's reply is too late as well:
    * set-up's sync may hold QEMU's lock by then, and the monitor only gets
-   * to the request as the migration thread starts its first pass. */
-  if (job->options.postcopy && job->options.postcopy_at_pass == 1)
+   * to the request as the migration thread starts its first pass. Not
+   * when the user aborted meanwhile: on_migrate_started rolls back, and a
+   * stream that never switches is the simpler one to cancel. */
+  if (job->options.postcopy && job->options.postcopy_at_pass == 1 && !job->abort_requested)
     {
       g_autoptr (GError) refused = NULL;
       if (!mig_src_request_postcopy (job, "QEMU's set-up is done (strategy auto; asked for together with "
