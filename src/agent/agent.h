@@ -273,8 +273,9 @@ gboolean ferry_migrate_options_validate (const FerryMigrateOptions *options, GEr
 JsonObject *ferry_migrate_options_to_json (const FerryMigrateOptions *options);
 const char *ferry_compress_to_string (FerryCompress compress);
 gboolean ferry_migrate_options_multifd (const FerryMigrateOptions *options);
-/* Strategy auto's post-copy settings: one stream, post-copy switched when
- * QEMU reports pass switch_at_pass (1: set-up done, 2: the first pass;
+/* Strategy auto's post-copy settings: one stream, post-copy switched at
+ * pass switch_at_pass (1: as soon as set-up is done, asked for together
+ * with migrate; 2: when QEMU reports the first pass done;
  * ferry_choose_postcopy_switch), a timeout switches rather than aborts.
  * For a plan that chose post-copy, and for a multifd plan whose guest
  * sped up (mig-src.c restarts it as one stream: QEMU cannot switch

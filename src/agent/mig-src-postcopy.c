@@ -27,8 +27,8 @@ on_postcopy_started (GObject *source, GAsyncResult *result, gpointer user_data)
     }
 }
 
-/* Asks QEMU to switch; it does at the end of the current pass, and the
- * MIGRATION event "postcopy-active" continues in mig_src_postcopy_switched. */
+/* Asks QEMU to switch; it does at its next iteration, and the MIGRATION
+ * event "postcopy-active" continues in mig_src_postcopy_switched. */
 gboolean
 mig_src_request_postcopy (FerryJob *job, const char *why, GError **error)
 {

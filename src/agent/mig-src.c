@@ -1029,11 +1029,9 @@ on_migrate_started (GObject *source, GAsyncResult *result, gpointer user_data)
       ferry_qmp_execute_async (vm->qmp, "query-migrate-capabilities", NULL, NULL,
                                on_capabilities_read, ferry_job_ref_new (job));
     }
-  job->peer_last_seen_us = g_get_monotonic_time ();
   job->perform_started_us = g_get_monotonic_time ();
-  job->poll_timer = g_timeout_add (PROGRESS_POLL_MS, on_poll_timer, job);
+  mig_src_watch (job);
   mig_src_arm_postcopy_timer (job);
-  start_keepalive (job);
 }
 
 /* QEMU is set up for the stream: start it. */

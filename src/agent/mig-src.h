@@ -19,7 +19,8 @@ void mig_src_record_guest_downtime (FerryJob *job, gint64 resumed_us);
 void mig_src_watch (FerryJob *job);
 
 /* mig-src-postcopy.c */
-/* Asks QEMU to switch to post-copy at the end of the current pass; FALSE
+/* Asks QEMU to switch to post-copy; it does at its next iteration (mid-
+ * pass, or right after set-up's sync when asked for with migrate). FALSE
  * when this migration cannot (started without post-copy, not in pre-copy). */
 gboolean mig_src_request_postcopy (FerryJob *job, const char *why, GError **error);
 /* --postcopy-after's timer, when the options ask for one. */

@@ -602,11 +602,12 @@ choose (PlanData *data, FerryVm *vm)
   /* Set-up's sync (every page of RAM) holds the guest still that long
    * (see report_setup_stall in mig-src.c). Nothing worth saying under
    * KVM. */
-  double setup_stall_s = sync_s (&inputs, setup_dirty_bytes (&inputs));
+  double setup_dirty = setup_dirty_bytes (&inputs);
+  double setup_stall_s = sync_s (&inputs, setup_dirty);
   if (setup_stall_s * 1000.0 > inputs.downtime_limit_ms)
     reason_append (&reason, ". QEMU's set-up will hold the guest still for about %.1f s "
                    "(TCG's dirty-bitmap sync of %.0f of its %" G_GINT64_FORMAT " MiB)", setup_stall_s,
-                   setup_dirty_bytes (&inputs) / 1048576.0, inputs.ram_bytes >> 20);
+                   setup_dirty / 1048576.0, inputs.ram_bytes >> 20);
 
   JsonObject *plan = json_object_new ();
   JsonObject *measured = json_object_new ();
