@@ -66,6 +66,9 @@ gboolean ferry_agent_recover (FerryAgent *agent, GError **error);
 gboolean ferry_agent_listen (FerryAgent *agent, GError **error);
 /* A VM's job ended: requests waiting for it are answered now (api.c). */
 void ferry_api_job_ended (FerryAgent *agent, const char *vm_name);
+/* A job recorded an event: requests following its events are answered
+ * now (api.c). */
+void ferry_api_job_event_added (FerryAgent *agent, const char *vm_name);
 /* Drops waiting requests unanswered (agent shutdown). */
 void ferry_api_drop_waiters (FerryAgent *agent);
 

@@ -408,13 +408,16 @@ handle_block (FerryVm *vm, SoupServerMessage *msg)
 
 /* GET …/job?wait_ms=N on a VM with a running job is answered when the
  * job ends or after N ms, whichever comes first: a client following a
- * job learns of its end at once instead of at its next poll. */
+ * job learns of its end at once instead of at its next poll. With
+ * events_after=K it is also answered once the job has more than K events
+ * (`ferry job events --follow` prints each as it comes). */
 #define JOB_WAIT_MAX_MS 10000
 
 typedef struct {
   FerryAgent *agent;
   SoupServerMessage *msg;      /* paused, referenced */
   char *vm_name;
+  gboolean until_event;        /* also answered at the job's next event */
   guint timer;
   gulong disconnected;
 } JobWaiter;
@@ -460,17 +463,31 @@ on_job_waiter_disconnected (SoupServerMessage *msg, gpointer user_data)
   job_waiter_free (waiter);
 }
 
-void
-ferry_api_job_ended (FerryAgent *agent, const char *vm_name)
+/* Answers the requests waiting on the VM's job: all of them, or only
+ * those also waiting for its next event. */
+static void
+answer_waiters (FerryAgent *agent, const char *vm_name, gboolean only_event_followers)
 {
   if (agent->job_waiters == NULL)
     return;
   for (guint i = agent->job_waiters->len; i-- > 0;)
     {
       JobWaiter *waiter = g_ptr_array_index (agent->job_waiters, i);
-      if (g_str_equal (waiter->vm_name, vm_name))
+      if (g_str_equal (waiter->vm_name, vm_name) && (waiter->until_event || !only_event_followers))
         job_waiter_answer (waiter);
     }
+}
+
+void
+ferry_api_job_ended (FerryAgent *agent, const char *vm_name)
+{
+  answer_waiters (agent, vm_name, FALSE);
+}
+
+void
+ferry_api_job_event_added (FerryAgent *agent, const char *vm_name)
+{
+  answer_waiters (agent, vm_name, TRUE);
 }
 
 void
@@ -487,7 +504,8 @@ static gboolean
 hold_until_job_ends (FerryAgent *agent, SoupServerMessage *msg, const char *vm_name, GHashTable *query)
 {
   const char *value = query ? g_hash_table_lookup (query, "wait_ms") : NULL;
-  gint64 wait_ms = 0;
+  const char *events_value = query ? g_hash_table_lookup (query, "events_after") : NULL;
+  gint64 wait_ms = 0, events_after = -1;
   if (value == NULL)
     return FALSE;
   if (!g_ascii_string_to_signed (value, 10, 0, JOB_WAIT_MAX_MS, &wait_ms, NULL))
@@ -495,13 +513,26 @@ hold_until_job_ends (FerryAgent *agent, SoupServerMessage *msg, const char *vm_n
       reply_error_literal (msg, FERRY_ERROR_INVALID_ARGUMENT, "wait_ms: must be an integer between 0 and 10000");
       return TRUE;
     }
+  if (events_value != NULL && !g_ascii_string_to_signed (events_value, 10, 0, G_MAXINT32, &events_after, NULL))
+    {
+      reply_error_literal (msg, FERRY_ERROR_INVALID_ARGUMENT, "events_after: must be an integer, 0 or more");
+      return TRUE;
+    }
   FerryVm *vm = g_hash_table_lookup (agent->vms, vm_name);
   if (wait_ms == 0 || vm == NULL || vm->job == NULL)
     return FALSE;
+  if (events_after >= 0)
+    {
+      /* Events the client has not seen yet are its answer now. */
+      g_autoptr (GPtrArray) events = ferry_store_job_events (agent->store, vm->job->id, NULL);
+      if (events == NULL || events->len > (guint) events_after)
+        return FALSE;
+    }
   JobWaiter *waiter = g_new0 (JobWaiter, 1);
   waiter->agent = agent;
   waiter->msg = g_object_ref (msg);
   waiter->vm_name = g_strdup (vm_name);
+  waiter->until_event = events_after >= 0;
   waiter->timer = g_timeout_add ((guint) wait_ms, on_job_wait_elapsed, waiter);
   waiter->disconnected = g_signal_connect (msg, "disconnected", G_CALLBACK (on_job_waiter_disconnected), waiter);
   if (agent->job_waiters == NULL)

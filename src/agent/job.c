@@ -260,6 +260,8 @@ ferry_job_event (FerryJob *job, const char *level, const char *format, ...)
     g_info ("job %" G_GINT64_FORMAT " (%s): %s", job->id, job->vm_name, message);
   if (!ferry_store_job_add_event (job->agent->store, job->id, level, message, &error))
     g_warning ("job %" G_GINT64_FORMAT ": cannot record event: %s", job->id, error->message);
+  else
+    ferry_api_job_event_added (job->agent, job->vm_name);
 }
 
 gboolean

@@ -165,24 +165,81 @@ ferry_print_job (JsonObject *job)
     g_print ("%-20s %s\n", "Error:", ferry_json_object_string (job, "error"));
 }
 
-static void
-print_events (JsonObject *job)
+static JsonArray *
+job_events (JsonObject *job)
 {
   JsonNode *node = json_object_get_member (job, "events");
-  JsonArray *events = node && JSON_NODE_HOLDS_ARRAY (node) ? json_node_get_array (node) : NULL;
-  if (events == NULL)
-    return;
-  g_print ("\nEvents:\n");
-  for (guint i = 0; i < json_array_get_length (events); i++)
+  return node && JSON_NODE_HOLDS_ARRAY (node) ? json_node_get_array (node) : NULL;
+}
+
+/* Prints the job's events from index `from` on, one a line (as JSON
+ * lines with --json); returns how many it has. */
+static guint
+print_events_from (JsonObject *job, guint from)
+{
+  JsonArray *events = job_events (job);
+  guint count = events ? json_array_get_length (events) : 0;
+  for (guint i = from; i < count; i++)
     {
       JsonObject *event = json_array_get_object_element (events, i);
+      if (ferry_global.json)
+        {
+          g_autofree char *line = ferry_json_object_to_string (event, FALSE);
+          g_print ("%s\n", line);
+          continue;
+        }
       gint64 time_us = ferry_json_object_int (event, "time_us");
       g_autoptr (GDateTime) time = g_date_time_new_from_unix_local (time_us / G_USEC_PER_SEC);
       g_autofree char *seconds = time ? g_date_time_format (time, "%H:%M:%S") : g_strdup ("?");
-      g_autofree char *stamp = g_strdup_printf ("%s.%03d", seconds, (int) (time_us % G_USEC_PER_SEC / 1000));
-      g_print ("  %s %-7s %s\n", stamp, ferry_json_object_string (event, "level"),
-               ferry_json_object_string (event, "message"));
+      g_print ("  %s.%03d %-7s %s\n", seconds, (int) (time_us % G_USEC_PER_SEC / 1000),
+               ferry_json_object_string (event, "level"), ferry_json_object_string (event, "message"));
     }
+  return MAX (count, from);
+}
+
+/* Agent request for the job's latest state: at once, or (following)
+ * held until it has more than `seen` events or ends, at most 10 s. */
+static JsonObject *
+get_job (FerryClient *client, const char *escaped, gboolean completed, gint64 seen, GError **error)
+{
+  g_autofree char *path = NULL;
+  if (completed)
+    path = g_strdup_printf ("/v1/vms/%s/job?completed=1", escaped);
+  else if (seen >= 0)
+    path = g_strdup_printf ("/v1/vms/%s/job?wait_ms=10000&events_after=%" G_GINT64_FORMAT, escaped, seen);
+  else
+    path = g_strdup_printf ("/v1/vms/%s/job", escaped);
+  return ferry_client_call (client, "GET", path, NULL, error);
+}
+
+/* ferry job events NAME [--completed] [--follow]: the event log; with
+ * --follow each new event as it is recorded, until the job ends (exit
+ * status 0 only when it completed). */
+static int
+job_events_command (FerryClient *client, const char *escaped, gboolean completed, gboolean follow)
+{
+  g_autoptr (GError) error = NULL;
+  g_autoptr (JsonObject) job = get_job (client, escaped, completed, -1, &error);
+  if (job == NULL)
+    return ferry_cli_fail (error);
+  gint64 job_id = ferry_json_object_int (job, "id");
+  guint seen = print_events_from (job, 0);
+  if (!follow)
+    return 0;
+  while (json_object_get_boolean_member_with_default (job, "active", FALSE))
+    {
+      g_clear_pointer (&job, json_object_unref);
+      job = get_job (client, escaped, FALSE, seen, &error);
+      if (job == NULL)
+        return ferry_cli_fail (error);
+      if (ferry_json_object_int (job, "id") != job_id)
+        {
+          g_printerr ("ferry job events: job %" G_GINT64_FORMAT " is gone; a newer one started\n", job_id);
+          return 1;
+        }
+      seen = print_events_from (job, seen);
+    }
+  return g_strcmp0 (ferry_json_object_string (job, "state"), "completed") == 0 ? 0 : 1;
 }
 
 int
@@ -190,24 +247,36 @@ ferry_cmd_job (int argc, char **argv)
 {
   gboolean completed = FALSE;
   gboolean events = FALSE;
+  gboolean follow = FALSE;
   GOptionEntry entries[] = {
-    { "completed", 0, 0, G_OPTION_ARG_NONE, &completed, "info: the last job that ended", NULL },
+    { "completed", 0, 0, G_OPTION_ARG_NONE, &completed, "info, events: the last job that ended", NULL },
     { "events", 0, 0, G_OPTION_ARG_NONE, &events, "info: also print the job's event log", NULL },
+    { "follow", 'f', 0, G_OPTION_ARG_NONE, &follow,
+      "events: print new events as they come until the job ends (exit status 0 if it completed)", NULL },
     { NULL }
   };
   g_autoptr (GError) error = NULL;
 
-  if (!ferry_cli_parse ("info | abort NAME", "Migration jobs.", entries, &argc, &argv))
+  if (!ferry_cli_parse ("info | events | abort NAME", "Migration jobs.", entries, &argc, &argv))
     return 2;
-  if (argc != 3 || (!g_str_equal (argv[1], "info") && !g_str_equal (argv[1], "abort")))
+  if (argc != 3 || (!g_str_equal (argv[1], "info") && !g_str_equal (argv[1], "events")
+                    && !g_str_equal (argv[1], "abort")))
     {
-      g_printerr ("ferry job: usage: job info NAME [--completed] | job abort NAME\n");
+      g_printerr ("ferry job: usage: job info NAME [--completed] [--events] | job events NAME [--completed] "
+                  "[--follow] | job abort NAME\n");
+      return 2;
+    }
+  if (follow && (!g_str_equal (argv[1], "events") || completed))
+    {
+      g_printerr ("ferry job: --follow: only with 'job events', and not with --completed (that job has ended)\n");
       return 2;
     }
   g_autoptr (FerryClient) client = ferry_cli_client ();
   if (client == NULL)
     return 1;
   g_autofree char *escaped = ferry_client_escape (argv[2]);
+  if (g_str_equal (argv[1], "events"))
+    return job_events_command (client, escaped, completed, follow);
   if (g_str_equal (argv[1], "abort"))
     {
       g_autofree char *path = g_strdup_printf ("/v1/vms/%s/job/abort", escaped);
@@ -221,8 +290,7 @@ ferry_cmd_job (int argc, char **argv)
         g_print ("abort requested; the VM stays on the source\n");
       return 0;
     }
-  g_autofree char *path = g_strdup_printf ("/v1/vms/%s/job%s", escaped, completed ? "?completed=1" : "");
-  g_autoptr (JsonObject) reply = ferry_client_call (client, "GET", path, NULL, &error);
+  g_autoptr (JsonObject) reply = get_job (client, escaped, completed, -1, &error);
   if (reply == NULL)
     return ferry_cli_fail (error);
   if (ferry_global.json)
@@ -232,6 +300,9 @@ ferry_cmd_job (int argc, char **argv)
     }
   ferry_print_job (reply);
   if (events)
-    print_events (reply);
+    {
+      g_print ("\nEvents:\n");
+      print_events_from (reply, 0);
+    }
   return 0;
 }

@@ -193,8 +193,14 @@ def test():
     log("a request waiting for a job's end is answered when the job ends")
     status, reply, _ = finish_get(start_get(a, "/v1/vms/vm1/job?wait_ms=soon", cluster.client_tls))
     assert status == 400 and "wait_ms" in reply["error"]["message"], (status, reply)
+    status, reply, _ = finish_get(start_get(a, "/v1/vms/vm1/job?wait_ms=100&events_after=-1", cluster.client_tls))
+    assert status == 400 and "events_after" in reply["error"]["message"], (status, reply)
     a.cli("migrate", "vm1", b.url, "--live", "--bandwidth", "1", "--detach")
     wait_until("the migration to run", lambda: job(a, "vm1").get("active"), timeout=60)
+    # Events the client has not seen are answered at once, however long it would wait.
+    status, info, seconds = finish_get(start_get(a, "/v1/vms/vm1/job?wait_ms=10000&events_after=0",
+                                                 cluster.client_tls))
+    assert status == 200 and info["active"] and len(info["events"]) > 0 and seconds < 5, (seconds, info)
     waiting = start_get(a, "/v1/vms/vm1/job?wait_ms=10000", cluster.client_tls)
     # The request is held while the job runs (no answer within a second) ...
     try:

@@ -6,6 +6,7 @@ the timeouts work, bad combinations are refused with a reason, and
 link."""
 
 import os
+import subprocess
 import threading
 
 from ferrytest import (Cluster, ensure_guest, guest_spec, job, log, main,
@@ -116,6 +117,9 @@ def test():
 
     log("live controls: set-speed, set-max-downtime, postcopy on demand")
     a.cli("migrate", "vm1", b.url, "--live", "--postcopy", "--bandwidth", "8", "--detach")
+    # Someone follows the job's event log while it runs.
+    follower = subprocess.Popen(a.cli_argv("job", "events", "vm1", "--follow"), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
     wait_until("the migration to stream",
                lambda: job(a, "vm1")["state"] == "performing"
                and job(a, "vm1").get("stats", {}).get("ram", {}).get("transferred", 0) > 0, timeout=60)
@@ -128,6 +132,20 @@ def test():
     info = wait_job_done(a, "vm1", timeout=180)
     assert info["state"] == "completed", info
     assert any("postcopy" in e["message"] for e in info["events"]), info["events"]
+    # The follower printed every event once, in order, and ended with the
+    # job, its exit status saying it completed.
+    try:
+        followed, follow_errors = follower.communicate(timeout=60)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0, (follower.returncode, follow_errors)
+    followed_messages = [line.split(None, 2)[2] for line in followed.splitlines()]
+    assert followed_messages == [e["message"] for e in info["events"]], (followed, info["events"])
+    log(f"  job events --follow printed {len(followed_messages)} events, the last: {followed_messages[-1]}")
+    logged = a.cli("job", "events", "vm1", "--completed").stdout
+    assert "switching to post-copy" in logged and "confirming → completed" in logged, logged
+    refused = a.cli("job", "events", "vm1", "--completed", "--follow", check=False)
+    assert refused.returncode == 2 and "--follow" in refused.stderr, refused.stderr
     tick, _ = wait_for_ticks(b, "vm1", beyond=tick, boot_id=boot_id)
 
     log("completion timeout with action abort: the source keeps running")
