@@ -244,6 +244,11 @@ typedef struct {
    * (MIGRATION_PASS, its dirty-sync count): 1 = set-up's sync is done,
    * 2 = the first pass is done; 0 = none. Set by the planner only. */
   gint64 postcopy_at_pass;
+  /* Strategy auto's pre-copy: QEMU's downtime limit to start with, below
+   * max_downtime_ms when the plan says a pass or two more buys a shorter
+   * stop; raised toward max_downtime_ms when passes shrink slowly.
+   * 0 = max_downtime_ms. Set by the planner only. */
+  gint64 downtime_start_ms;
   gint64 completion_timeout_per_gib_s;
   gint64 progress_timeout_s;
   FerryTimeoutAction timeout_action;
@@ -334,6 +339,7 @@ struct _FerryJob {
   double eta_s;              /* < 0: unknown */
   gint64 last_pass;          /* dirty-sync-count at the last poll */
   gint64 last_pass_remaining;/* "remaining" when that pass began */
+  gint64 downtime_limit_ms;  /* QEMU's downtime limit now (options.downtime_start_ms, raised) */
   /* Strategy auto cancelled a multifd stream to start again as one
    * stream with post-copy (mig-src.c): why, until QEMU's stream ended. */
   char *restart_reason;

@@ -55,6 +55,8 @@ update_stats (FerryJob *job, JsonObject *snapshot)
       json_object_set_member (snapshot, name, json_node_copy (value));
   json_object_set_int_member (snapshot, "bandwidth-limit-mib", job->options.bandwidth_mib);
   json_object_set_int_member (snapshot, "downtime-limit-ms", job->options.max_downtime_ms);
+  if (job->downtime_limit_ms > 0)
+    json_object_set_int_member (snapshot, "ferry-downtime-limit-now-ms", job->downtime_limit_ms);
   ferry_job_set_stats (job, snapshot);
 
   /* Progress of the copy: the share of memory sent against what is left,
@@ -579,6 +581,34 @@ restart_stream_ended (FerryJob *job)
 
 /* ---- watchdogs -------------------------------------------------------------- */
 
+static void set_qemu_parameter (FerryJob *job, FerryVm *vm, const char *name, gint64 value);
+
+/* A pre-copy that started below the allowed downtime (strategy auto's
+ * plan, options.downtime_start_ms) and whose pass shrank what is left by
+ * less than half: QEMU's limit doubles, or goes to the maximum at once
+ * when the pass shrank it by less than a tenth (the stall that would
+ * otherwise switch to post-copy or start again; that escalation waits for
+ * the next pass). TRUE when raised. */
+static gboolean
+raise_downtime_limit (FerryJob *job, gint64 pass, gint64 remaining)
+{
+  if (pass < 2 || job->last_pass_remaining <= 0 || job->downtime_limit_ms <= 0
+      || job->downtime_limit_ms >= job->options.max_downtime_ms || remaining <= job->last_pass_remaining / 2)
+    return FALSE;
+  FerryVm *vm = ferry_job_vm (job);
+  if (vm == NULL || vm->qmp == NULL)
+    return FALSE;
+  gboolean stalled = remaining > job->last_pass_remaining * 9 / 10;
+  gint64 raised = stalled ? job->options.max_downtime_ms : MIN (job->downtime_limit_ms * 2, job->options.max_downtime_ms);
+  ferry_job_event (job, "info", "pass %" G_GINT64_FORMAT " left %" G_GINT64_FORMAT " MiB, the previous %" G_GINT64_FORMAT
+                   " MiB: downtime limit raised from %" G_GINT64_FORMAT " to %" G_GINT64_FORMAT " ms (%" G_GINT64_FORMAT
+                   " allowed)", pass, remaining / 1048576, job->last_pass_remaining / 1048576, job->downtime_limit_ms,
+                   raised, job->options.max_downtime_ms);
+  job->downtime_limit_ms = raised;
+  set_qemu_parameter (job, vm, "downtime-limit", raised);
+  return TRUE;
+}
+
 /* KubeVirt's two limits: the whole migration may take completion timeout
  * per GiB of guest RAM, and "remaining" must shrink at least once every
  * progress timeout. On expiry: abort (the source keeps running) or
@@ -604,6 +634,12 @@ check_watchdogs (FerryJob *job, JsonObject *stats)
   mig_src_postcopy_at_pass (job, pass);
   if (job->postcopy_requested)
     return;
+  if (pass > job->last_pass && raise_downtime_limit (job, pass, remaining))
+    {
+      job->last_pass = pass;
+      job->last_pass_remaining = remaining;
+      return;
+    }
   if (pass > job->last_pass)
     {
       gboolean stalled = job->options.strategy == FERRY_STRATEGY_AUTO && pass >= 3
@@ -1013,9 +1049,13 @@ on_migrate_started (GObject *source, GAsyncResult *result, gpointer user_data)
       mig_src_rollback (job, reason);
       return;
     }
+  g_autofree char *allowed = job->downtime_limit_ms < job->options.max_downtime_ms
+                               ? g_strdup_printf (" to start, %" G_GINT64_FORMAT " ms allowed",
+                                                  job->options.max_downtime_ms)
+                               : g_strdup ("");
   ferry_job_event (job, "info", "migration started to %s (TLS %s, bandwidth %s, downtime limit %"
-                   G_GINT64_FORMAT " ms)", job->incoming_uri, job->options.tls ? "on" : "off",
-                   job->options.bandwidth_mib ? "limited" : "unlimited", job->options.max_downtime_ms);
+                   G_GINT64_FORMAT " ms%s)", job->incoming_uri, job->options.tls ? "on" : "off",
+                   job->options.bandwidth_mib ? "limited" : "unlimited", job->downtime_limit_ms, allowed);
   if (job->abort_requested)
     {
       mig_src_rollback (job, "aborted by the user");
@@ -1104,9 +1144,14 @@ mig_src_perform (FerryJob *job)
     .auto_converge = job->options.auto_converge,
     .postcopy = job->options.postcopy,
   };
+  /* Strategy auto may start below the allowed downtime (its plan says
+   * what that buys) and raise it as the passes go (check_watchdogs). */
+  job->downtime_limit_ms = job->options.downtime_start_ms > 0
+                             ? MIN (job->options.downtime_start_ms, job->options.max_downtime_ms)
+                             : job->options.max_downtime_ms;
   FerryQmpParameters parameters = {
     .max_bandwidth_bytes = bandwidth,
-    .downtime_ms = job->options.max_downtime_ms,
+    .downtime_ms = job->downtime_limit_ms,
     .tls_creds = job->options.tls ? QEMU_TLS_CREDS_ID : NULL,
     .tls_hostname = job->options.tls ? job->tls_hostname : NULL,
     .multifd_channels = capabilities.multifd ? job->options.parallel_connections : 0,
@@ -1508,11 +1553,21 @@ mig_src_set_parameter (FerryVm *vm, const char *name, gint64 value, GError **err
   FerryJob *job = running_outgoing_job (vm, error);
   if (job == NULL)
     return FALSE;
+  /* The user's downtime is the new allowed maximum, and QEMU's limit now. */
   if (g_str_equal (name, "downtime-limit"))
-    job->options.max_downtime_ms = value;
+    job->options.max_downtime_ms = job->downtime_limit_ms = value;
   else if (g_str_equal (name, "max-bandwidth"))
     job->options.bandwidth_mib = value / (1024 * 1024);
   ferry_job_event (job, "info", "%s set to %" G_GINT64_FORMAT " while migrating", name, value);
+  set_qemu_parameter (job, vm, name, value);
+  return TRUE;
+}
+
+/* migrate-set-parameters NAME=VALUE, and QEMU's parameters read back into
+ * the stats (ferry-qemu-parameters) for the job log and the tests. */
+static void
+set_qemu_parameter (FerryJob *job, FerryVm *vm, const char *name, gint64 value)
+{
   g_autoptr (JsonObject) arguments = ferry_qmp_args_migrate_parameter (name, value);
   if (g_str_equal (name, "max-bandwidth"))
     json_object_set_int_member (arguments, "max-postcopy-bandwidth", value);
@@ -1521,7 +1576,6 @@ mig_src_set_parameter (FerryVm *vm, const char *name, gint64 value, GError **err
   /* Read back what QEMU now uses, for the job log and the tests. */
   ferry_qmp_execute_async (vm->qmp, "query-migrate-parameters", NULL, NULL, on_parameters_read,
                            ferry_job_ref_new (job));
-  return TRUE;
 }
 
 gboolean

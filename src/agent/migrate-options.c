@@ -65,6 +65,7 @@ ferry_migrate_options_postcopy (FerryMigrateOptions *options, gint64 switch_at_p
    * before the pass it was meant to wait for. */
   options->postcopy_after_s = 0;
   options->postcopy_at_pass = switch_at_pass;
+  options->downtime_start_ms = 0;
 }
 
 static gboolean
@@ -295,6 +296,7 @@ ferry_migrate_options_to_json (const FerryMigrateOptions *options)
   json_object_set_boolean_member (json, "postcopy", options->postcopy);
   json_object_set_int_member (json, "postcopy_after_s", options->postcopy_after_s);
   json_object_set_int_member (json, "postcopy_at_pass", options->postcopy_at_pass);
+  json_object_set_int_member (json, "downtime_start_ms", options->downtime_start_ms);
   json_object_set_int_member (json, "completion_timeout_per_gib_s", options->completion_timeout_per_gib_s);
   json_object_set_int_member (json, "progress_timeout_s", options->progress_timeout_s);
   json_object_set_string_member (json, "timeout_action",
@@ -347,6 +349,7 @@ ferry_migrate_options_from_stored (const char *options_json, FerryMigrateOptions
   options->postcopy = json_object_get_boolean_member_with_default (saved, "postcopy", FALSE);
   options->postcopy_after_s = json_object_get_int_member_with_default (saved, "postcopy_after_s", 0);
   options->postcopy_at_pass = json_object_get_int_member_with_default (saved, "postcopy_at_pass", 0);
+  options->downtime_start_ms = json_object_get_int_member_with_default (saved, "downtime_start_ms", 0);
   options->completion_timeout_per_gib_s =
     json_object_get_int_member_with_default (saved, "completion_timeout_per_gib_s", 150);
   options->progress_timeout_s = json_object_get_int_member_with_default (saved, "progress_timeout_s", 150);

@@ -457,6 +457,9 @@ ferry_plan_revise (JsonObject *plan, gint64 setup_ms)
     inputs.link_bytes_per_s *= counted_compress_ratio (json_object_get_double_member_with_default (measured,
                                                                                                 "compress_ratio", 1.0));
   gint64 switch_at_pass = options ? ferry_json_object_int (options, "postcopy_at_pass") : 0;
+  gint64 downtime_start_ms = options ? ferry_json_object_int (options, "downtime_start_ms") : 0;
+  if (downtime_start_ms > 0)
+    inputs.downtime_limit_ms = downtime_start_ms;
   FerryPrediction revised;
   if (switch_at_pass > 0)
     ferry_predict_postcopy (&inputs, switch_at_pass, &revised);
@@ -467,6 +470,35 @@ ferry_plan_revise (JsonObject *plan, gint64 setup_ms)
   json_object_set_int_member (json, "setup_ms", setup_ms);
   json_object_set_object_member (json, "prediction", prediction_json (&revised));
   return json;
+}
+
+#define DOWNTIME_START_MIN_MS 20
+#define DOWNTIME_START_MAX_EXTRA_SHARE 0.1
+#define DOWNTIME_START_MAX_EXTRA_S 0.2
+
+gint64
+ferry_choose_downtime_start (const FerryPlanInputs *inputs, const FerryPrediction *at_max,
+                             FerryPrediction *prediction)
+{
+  *prediction = *at_max;
+  if (!at_max->converges)
+    return inputs->downtime_limit_ms;
+  for (gint64 divisor = 8; divisor >= 2; divisor /= 2)
+    {
+      FerryPlanInputs lower = *inputs;
+      lower.downtime_limit_ms = inputs->downtime_limit_ms / divisor;
+      if (lower.downtime_limit_ms < DOWNTIME_START_MIN_MS)
+        continue;
+      FerryPrediction at_lower;
+      ferry_predict_precopy (&lower, &at_lower);
+      if (at_lower.converges
+          && at_lower.total_s <= at_max->total_s * (1 + DOWNTIME_START_MAX_EXTRA_SHARE) + DOWNTIME_START_MAX_EXTRA_S)
+        {
+          *prediction = at_lower;
+          return lower.downtime_limit_ms;
+        }
+    }
+  return inputs->downtime_limit_ms;
 }
 
 /* Adds a clause to the plan's reason. */
@@ -553,6 +585,8 @@ choose (PlanData *data, FerryVm *vm)
       FerryStreamChoice stream;
       g_autofree char *stream_reason = ferry_choose_stream (&inputs, &precopy, limit_s, &stream);
       g_autofree char *reserve = NULL;
+      /* What the stream carries: compressed, more over the same link. */
+      FerryPlanInputs carried = inputs;
       if (stream.channels > 0)
         {
           options->parallel_connections = stream.channels;
@@ -560,10 +594,8 @@ choose (PlanData *data, FerryVm *vm)
           /* Multifd rules out post-copy: a guest that speeds up is
            * throttled instead, and a timeout aborts (the guest stays). */
           options->auto_converge = TRUE;
-          FerryPlanInputs carried = inputs;
           carried.link_bytes_per_s *= stream.compress_ratio;
           ferry_predict_precopy (&carried, &chosen);
-          chosen.bytes = (gint64) (chosen.bytes / stream.compress_ratio);
           reserve = g_strdup ("");
         }
       else
@@ -576,8 +608,23 @@ choose (PlanData *data, FerryVm *vm)
           reserve = g_strdup_printf ("post-copy after %" G_GINT64_FORMAT " s if it does not; ",
                                      options->postcopy_after_s);
         }
-      reason = g_strdup_printf ("pre-copy converges in %" G_GINT64_FORMAT " passes (%.1f s, %.0f ms downtime); %s%s",
-                                chosen.passes, chosen.total_s, chosen.downtime_ms, reserve, stream_reason);
+      FerryPrediction at_max = chosen;
+      gint64 start_ms = ferry_choose_downtime_start (&carried, &at_max, &chosen);
+      chosen.bytes = (gint64) (chosen.bytes / stream.compress_ratio);
+      g_autofree char *downtime_clause = NULL;
+      if (start_ms < options->max_downtime_ms)
+        {
+          options->downtime_start_ms = start_ms;
+          downtime_clause = g_strdup_printf ("; QEMU's downtime limit starts at %" G_GINT64_FORMAT " ms, raised "
+                                             "toward the allowed %" G_GINT64_FORMAT " should a pass shrink what is "
+                                             "left by less than half: %" G_GINT64_FORMAT " passes for a %.0f ms stop "
+                                             "rather than %" G_GINT64_FORMAT " for %.0f", start_ms,
+                                             options->max_downtime_ms, chosen.passes, chosen.downtime_ms,
+                                             at_max.passes, at_max.downtime_ms);
+        }
+      reason = g_strdup_printf ("pre-copy converges in %" G_GINT64_FORMAT " passes (%.1f s, %.0f ms downtime); %s%s%s",
+                                chosen.passes, chosen.total_s, chosen.downtime_ms, reserve, stream_reason,
+                                downtime_clause ? downtime_clause : "");
     }
   else
     {

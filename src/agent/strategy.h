@@ -130,6 +130,19 @@ typedef struct {
 char *ferry_choose_stream (const FerryPlanInputs *inputs, const FerryPrediction *precopy, double limit_s,
                            FerryStreamChoice *choice);
 
+/* QEMU's downtime limit for a pre-copy to start with (OpenStack Nova's
+ * downtime steps, chosen by the model): the lowest of an eighth, a
+ * quarter and half of the allowed maximum (inputs->downtime_limit_ms),
+ * not under 20 ms, whose prediction still converges and takes at most a
+ * tenth (and 0.2 s) longer than at the maximum: QEMU then stops the guest
+ * once what is left fits in that shorter time, a pass or two later. The
+ * maximum when none does (a guest that dirties near the link's rate).
+ * mig-src.c raises it toward the maximum when a pass shrinks what is left
+ * by less than half. Pure (unit-tested); returns the start limit in ms and
+ * the prediction at it in *prediction. */
+gint64 ferry_choose_downtime_start (const FerryPlanInputs *inputs, const FerryPrediction *at_max,
+                                    FerryPrediction *prediction);
+
 /* The plan again once QEMU has said how long its set-up took. That sync
  * covered every page of RAM, so it gives the cost per page this guest
  * pays now, which the plan could only guess from the dirty rate (under

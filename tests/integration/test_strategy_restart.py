@@ -99,6 +99,13 @@ def test():
     # a first pass still pays before the switch.
     assert restart["switch_at_pass"] == 2, restart
     assert any(m.startswith("cancelling the multifd stream") for m in messages), messages
+    # The plan started QEMU below the allowed 300 ms downtime (the quiet
+    # guest's pre-copy converged in few passes at any limit); the first
+    # stalled pass raised it to 300 before the next one started over.
+    assert 0 < plan["options"]["downtime_start_ms"] < 300, plan["options"]
+    raised = [i for i, m in enumerate(messages) if "downtime limit raised" in m and m.endswith("to 300 ms (300 allowed)")]
+    cancelled = next(i for i, m in enumerate(messages) if m.startswith("cancelling the multifd stream"))
+    assert raised and raised[0] < cancelled, messages
     assert any("performing → preparing" in m for m in messages), messages
     # QEMU got multifd first, then one stream with post-copy.
     capabilities = [m for m in messages if m.startswith("QEMU capabilities on:")]

@@ -150,6 +150,53 @@ test_lower_downtime_limit_costs_passes (void)
   g_assert_cmpfloat (b.downtime_ms, <, a.downtime_ms);
 }
 
+/* Strategy auto starts QEMU below the allowed downtime when a pass or two
+ * more buy a shorter stop, never below 20 ms, never for a guest that
+ * would not converge, never at more than a tenth (and 0.2 s) more time. */
+static void
+test_downtime_start (void)
+{
+  /* bench/live's dirty50 over 1 Gbit/s: an eighth of 300 ms. */
+  FerryPlanInputs moderate = inputs (362, 50, 108);
+  FerryPrediction at_max, at_start;
+  ferry_predict_precopy (&moderate, &at_max);
+  gint64 start = ferry_choose_downtime_start (&moderate, &at_max, &at_start);
+  g_assert_cmpint (start, ==, 37);
+  g_assert_true (at_start.converges);
+  g_assert_cmpint (at_start.passes, >, at_max.passes);
+  g_assert_cmpfloat (at_start.downtime_ms, <, at_max.downtime_ms / 4);
+  g_assert_cmpfloat (at_start.total_s, <=, at_max.total_s * 1.1 + 0.2);
+  FerryPlanInputs check = moderate;
+  check.downtime_limit_ms = start;
+  FerryPrediction again;
+  ferry_predict_precopy (&check, &again);
+  g_assert_cmpfloat_with_epsilon (again.total_s, at_start.total_s, 1e-9);
+
+  /* An idle guest: the same passes at any limit. */
+  FerryPlanInputs idle = inputs (126, 0, 335);
+  ferry_predict_precopy (&idle, &at_max);
+  g_assert_cmpint (ferry_choose_downtime_start (&idle, &at_max, &at_start), ==, 37);
+  g_assert_cmpint (at_start.passes, ==, at_max.passes);
+
+  /* Not under 20 ms: of 100 ms allowed, a quarter. */
+  idle.downtime_limit_ms = 100;
+  ferry_predict_precopy (&idle, &at_max);
+  g_assert_cmpint (ferry_choose_downtime_start (&idle, &at_max, &at_start), ==, 25);
+
+  /* A guest dirtying at 70 % of the link: an eighth would cost too many
+   * passes (0.7 s more than at 300 ms), a quarter does not. */
+  FerryPlanInputs busy = inputs (100, 70, 100);
+  ferry_predict_precopy (&busy, &at_max);
+  g_assert_cmpint (ferry_choose_downtime_start (&busy, &at_max, &at_start), ==, 75);
+  g_assert_cmpfloat (at_start.total_s, <=, at_max.total_s * 1.1 + 0.2);
+  g_assert_cmpfloat (at_start.total_s, >, at_max.total_s);
+
+  /* A guest pre-copy cannot move keeps the maximum. */
+  FerryPlanInputs fast = inputs (300, 150, 100);
+  ferry_predict_precopy (&fast, &at_max);
+  g_assert_cmpint (ferry_choose_downtime_start (&fast, &at_max, &at_start), ==, 300);
+}
+
 static void
 test_postcopy_bounded_by_one_pass_and_the_rest (void)
 {
@@ -557,6 +604,7 @@ main (int argc, char **argv)
                    test_working_set_rewritten_keeps_precopy_from_converging);
   g_test_add_func ("/plan/dirtier-faster-than-link-never-converges", test_dirtier_faster_than_link_never_converges);
   g_test_add_func ("/plan/lower-downtime-limit-costs-passes", test_lower_downtime_limit_costs_passes);
+  g_test_add_func ("/plan/downtime-start", test_downtime_start);
   g_test_add_func ("/plan/postcopy-bounded", test_postcopy_bounded_by_one_pass_and_the_rest);
   g_test_add_func ("/plan/postcopy-after-setup", test_postcopy_after_setup_sends_everything_once);
   g_test_add_func ("/plan/postcopy-switch-point", test_postcopy_switch_point);
