@@ -1270,6 +1270,10 @@ mig_src_on_qmp_event (FerryJob *job, const char *name, JsonObject *data)
       if (synced != NULL)
         synced->last_dirty_sync_us = g_get_monotonic_time ();
       mig_src_postcopy_at_pass (job, ferry_json_object_int (data, "pass"));
+      /* What is left as the pass begins, not up to a poll later: the
+       * watchdogs compare passes by it (check_watchdogs). */
+      if (job->state == FERRY_JOB_PERFORMING && !job->postcopy_requested)
+        query_progress (job);
       return;
     }
   if (!g_str_equal (name, "MIGRATION")
