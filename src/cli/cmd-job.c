@@ -148,6 +148,15 @@ ferry_print_job (JsonObject *job)
       g_print ("%-20s %" G_GINT64_FORMAT "\n", "Iteration:", ferry_json_object_int (ram, "dirty-sync-count"));
       g_print ("%-20s %" G_GINT64_FORMAT "\n", "Page size:", ferry_json_object_int (ram, "page-size"));
     }
+  /* The downtime limit QEMU works to, when strategy auto started it below
+   * the allowed one (and where it got raised to). */
+  gint64 limit_now = stats ? ferry_json_object_int (stats, "ferry-downtime-limit-now-ms") : 0;
+  gint64 limit_allowed = stats ? ferry_json_object_int (stats, "downtime-limit-ms") : 0;
+  if (limit_now > 0 && limit_now < limit_allowed)
+    g_print ("%-20s %" G_GINT64_FORMAT " ms (%" G_GINT64_FORMAT " allowed)\n", "Downtime limit:", limit_now,
+             limit_allowed);
+  else if (limit_allowed > 0)
+    g_print ("%-20s %" G_GINT64_FORMAT " ms\n", "Downtime limit:", limit_allowed);
   if (stats != NULL && json_object_has_member (stats, "expected-downtime"))
     g_print ("%-20s %" G_GINT64_FORMAT " ms\n", "Expected downtime:",
              ferry_json_object_int (stats, "expected-downtime"));

@@ -3,20 +3,24 @@
 running (tick counter continues, same boot id) and B is clean afterwards."""
 
 import os
+import re
 
 from ferrytest import (Cluster, assert_clean, ensure_guest, guest_spec, job, log, main,
                        wait_for_console, wait_for_ticks)
 
 
-def assert_downtime_limits(stats, allowed_ms):
+def assert_downtime_limits(host, stats, allowed_ms):
     """QEMU's downtime limit is the one ferry set: the plan's start or a
-    raise of it, never over what the user allowed."""
+    raise of it, never over what the user allowed; job info says so."""
     start = stats["ferry-plan"]["options"]["downtime_start_ms"] or allowed_ms
     now = stats["ferry-downtime-limit-now-ms"]
     log(f"downtime limit: allowed {allowed_ms} ms, started at {start}, QEMU ended with {now}")
     assert stats["downtime-limit-ms"] == allowed_ms, stats
     assert stats["ferry-qemu-parameters"]["downtime-limit"] == now, stats["ferry-qemu-parameters"]
     assert start <= now <= allowed_ms, (start, now)
+    human = host.cli("job", "info", "vm1", "--completed").stdout
+    expected = f"{now} ms ({allowed_ms} allowed)" if now < allowed_ms else f"{allowed_ms} ms"
+    assert re.search(r"Downtime limit: +" + re.escape(expected) + "\n", human), human
 
 
 def test():
@@ -43,7 +47,7 @@ def test():
     # Defaults: no 128 MiB/s cap, 300 ms downtime allowed; strategy auto's
     # plan may start QEMU lower (and raise it): QEMU has what ferry says.
     assert stats["ferry-qemu-parameters"]["max-bandwidth"] >= 2**40, stats["ferry-qemu-parameters"]
-    assert_downtime_limits(stats, 300)
+    assert_downtime_limits(a, stats, 300)
     assert stats["ferry-guest-downtime-ms"] >= stats["downtime"], stats
     assert stats["downtime"] >= 0 and stats["total-time"] > 0
     # The guest continues on B where it stopped on A: same boot, higher ticks.
@@ -58,7 +62,7 @@ def test():
     stats = job(b, "vm1", completed=True)["stats"]
     parameters = stats["ferry-qemu-parameters"]
     assert parameters["max-bandwidth"] == 300 * 1024 * 1024, parameters
-    assert_downtime_limits(stats, 500)
+    assert_downtime_limits(b, stats, 500)
     assert parameters["tls-creds"] and parameters["tls-hostname"] == "hosta", parameters
     assert a.vms()["vm1"]["state"] == "running"
     back, _ = wait_for_ticks(a, "vm1", beyond=on_b, boot_id=boot_id)
