@@ -565,6 +565,7 @@ def markdown(report):
     lines += ["", "## Targets", "", "| target | met | numbers |", "|---|---|---|"]
     for t in report["targets"]:
         lines.append(f"| {t['target']} | {'yes' if t['met'] else '**no**'} | {t['detail']} |")
+    repeat = report.get("config", {}).get("repeat", 1) or 1
     lines += ["", "## Notes", ""]
     lines += report["notes"]
     lines += [
@@ -573,11 +574,12 @@ def markdown(report):
         "",
         "```",
         "ninja -C build                 # if the binaries are missing",
-        "sudo python3 bench/live/run.py # needs root (network namespaces, tc)",
+        "sudo python3 bench/live/run.py" + (f" --repeat {repeat}" if repeat > 1 else "")
+        + " # needs root (network namespaces, tc)",
         "```",
         "",
         f"It takes about {minutes(report['duration_s'])} on this machine "
-        "(two of the runs may sit at the 120 s cap) and rewrites `bench/results/live.json` "
+        f"({2 * repeat} of the runs may sit at the 120 s cap) and rewrites `bench/results/live.json` "
         "and `bench/results/live.md`. `--scenarios`, `--links` and `--out-dir` run a subset "
         "elsewhere; `--from-json FILE` recomputes checks and notes of an earlier run without migrating; "
         "see `bench/live/README.md` for the method.",
@@ -593,6 +595,19 @@ def span(values, pattern="{:.0f}"):
     low, high = min(values), max(values)
     return pattern.format(low) if pattern.format(low) == pattern.format(high) \
         else pattern.format(low) + "–" + pattern.format(high)
+
+
+def runs_per_cell(runs):
+    """How many runs of each tool each cell has, said for the caveats."""
+    counts = {}
+    for r in runs:
+        key = (r["tool"], r["scenario"], r["link"])
+        counts[key] = counts.get(key, 0) + 1
+    most = max(counts.values(), default=0)
+    if most <= 1:
+        return "One run per cell, no error bars."
+    return (f"{most} runs of each tool per cell, interleaved (--repeat {most}), each a row of the table: "
+            "their spread is the error bar.")
 
 
 def notes(runs):
@@ -807,7 +822,7 @@ def notes(runs):
         f"(load average before the runs: {span([r['load_avg_before'] for r in runs], '{:.1f}')}) disturbs the "
         "numbers, and so does the hypervisor under this machine (CPU time stolen during the runs: "
         f"{span([r.get('cpu_steal_pct', 0) for r in runs], '{:.1f}')} %; QEMU's set-up time, pure CPU under "
-        "TCG, follows it). One run per cell, no error bars.",
+        "TCG, follows it). " + runs_per_cell(runs),
         "- The defaults' cap is ferry's completion timeout (120 s per GiB, counted from the start of the "
         "stream); the job time shown for those runs also holds ferry's measuring, the destination's "
         "set-up and the abort. Their stream rate is low because every pass ends in a slow bitmap sync.",
