@@ -518,13 +518,16 @@ hold_until_job_ends (FerryAgent *agent, SoupServerMessage *msg, const char *vm_n
       reply_error_literal (msg, FERRY_ERROR_INVALID_ARGUMENT, "events_after: must be an integer, 0 or more");
       return TRUE;
     }
-  FerryVm *vm = g_hash_table_lookup (agent->vms, vm_name);
-  if (wait_ms == 0 || vm == NULL || vm->job == NULL)
+  /* The VM's latest job, if it still runs (a destination's cold copy
+   * runs before its VM is defined). */
+  g_autoptr (FerryStoreJob) latest = wait_ms > 0 ? ferry_store_job_latest_for_vm (agent->store, vm_name, NULL)
+                                                 : NULL;
+  if (latest == NULL || g_hash_table_lookup (agent->jobs, &latest->id) == NULL)
     return FALSE;
   if (events_after >= 0)
     {
       /* Events the client has not seen yet are its answer now. */
-      g_autoptr (GPtrArray) events = ferry_store_job_events (agent->store, vm->job->id, NULL);
+      g_autoptr (GPtrArray) events = ferry_store_job_events (agent->store, latest->id, NULL);
       if (events == NULL || events->len > (guint) events_after)
         return FALSE;
     }

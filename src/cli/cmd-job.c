@@ -221,6 +221,8 @@ get_job (FerryClient *client, const char *escaped, gboolean completed, gint64 se
   return ferry_client_call (client, "GET", path, NULL, error);
 }
 
+#define FOLLOW_MIN_ASK_MS 300
+
 /* ferry job events NAME [--completed] [--follow]: the event log; with
  * --follow each new event as it is recorded, until the job ends (exit
  * status 0 only when it completed). */
@@ -237,6 +239,8 @@ job_events_command (FerryClient *client, const char *escaped, gboolean completed
     return 0;
   while (json_object_get_boolean_member_with_default (job, "active", FALSE))
     {
+      gint64 asked_us = g_get_monotonic_time ();
+      guint seen_before = seen;
       g_clear_pointer (&job, json_object_unref);
       job = get_job (client, escaped, FALSE, seen, &error);
       if (job == NULL)
@@ -247,6 +251,11 @@ job_events_command (FerryClient *client, const char *escaped, gboolean completed
           return 1;
         }
       seen = print_events_from (job, seen);
+      /* An agent that answered at once with nothing new (one that does
+       * not hold the request) is not asked again sooner than 300 ms. */
+      gint64 waited_ms = (g_get_monotonic_time () - asked_us) / 1000;
+      if (seen == seen_before && waited_ms < FOLLOW_MIN_ASK_MS)
+        g_usleep ((FOLLOW_MIN_ASK_MS - waited_ms) * 1000);
     }
   return g_strcmp0 (ferry_json_object_string (job, "state"), "completed") == 0 ? 0 : 1;
 }

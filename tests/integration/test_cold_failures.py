@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import tempfile
 
+from test_bad_input import finish_get, start_get
 from ferrytest import (Cluster, ensure_guest, guest_spec, job, log, main, run, wait_for_ticks,
                        wait_until)
 
@@ -129,6 +130,16 @@ def run_test(kernel, initrd, mounts):
                    "--storage-map", "default=small", "--bandwidth", "20", "--detach")
     wait_until("the copy to start", lambda: copy_progress(a, "vm1").get("bytes_read", 0) > 20 * MiB,
                timeout=120)
+    # The destination's copy job runs before its VM is defined there: a
+    # request following its events (job events --follow) is still held
+    # until a new event comes, not answered at once over and over.
+    seen = len(b.cli("job", "info", "vm1", "--events", json_output=True)["events"])
+    status, held, seconds = finish_get(start_get(b, f"/v1/vms/vm1/job?wait_ms=3000&events_after={seen}",
+                                                 cluster.client_tls))
+    log(f"a request following the destination's events came back after {seconds:.2f} s "
+        f"with {len(held.get('events', [])) - seen} new")
+    assert status == 200 and held["active"], held
+    assert seconds > 1 or len(held["events"]) > seen, (seconds, len(held["events"]), seen)
     filler = os.path.join(small, ".filler")
     subprocess.run(["fallocate", "-l", f"{400 * MiB}", filler], capture_output=True)
     if not os.path.exists(filler) or os.path.getsize(filler) == 0:
