@@ -584,13 +584,13 @@ restart_stream_ended (FerryJob *job)
 static void set_qemu_parameter (FerryJob *job, FerryVm *vm, const char *name, gint64 value);
 
 /* A pre-copy that started below the allowed downtime (strategy auto's
- * plan, options.downtime_start_ms) and whose pass shrank what is left by
- * less than half: QEMU's limit doubles, or goes to the maximum at once
- * when the pass shrank it by less than a tenth (the stall that would
+ * plan, options.downtime_start_ms) and whose new pass began with more
+ * than half of what the one before did: QEMU's limit doubles, or goes to
+ * the maximum at once when the pass stalled (the stall that would
  * otherwise switch to post-copy or start again; that escalation waits for
  * the next pass). TRUE when raised. */
 static gboolean
-raise_downtime_limit (FerryJob *job, gint64 pass, gint64 remaining)
+raise_downtime_limit (FerryJob *job, gint64 pass, gint64 remaining, gboolean stalled)
 {
   if (pass < 2 || job->last_pass_remaining <= 0 || job->downtime_limit_ms <= 0
       || job->downtime_limit_ms >= job->options.max_downtime_ms || remaining <= job->last_pass_remaining / 2)
@@ -598,7 +598,6 @@ raise_downtime_limit (FerryJob *job, gint64 pass, gint64 remaining)
   FerryVm *vm = ferry_job_vm (job);
   if (vm == NULL || vm->qmp == NULL)
     return FALSE;
-  gboolean stalled = remaining > job->last_pass_remaining * 9 / 10;
   gint64 raised = stalled ? job->options.max_downtime_ms : MIN (job->downtime_limit_ms * 2, job->options.max_downtime_ms);
   ferry_job_event (job, "info", "pass %" G_GINT64_FORMAT " left %" G_GINT64_FORMAT " MiB, the previous %" G_GINT64_FORMAT
                    " MiB: downtime limit raised from %" G_GINT64_FORMAT " to %" G_GINT64_FORMAT " ms (%" G_GINT64_FORMAT
@@ -634,17 +633,14 @@ check_watchdogs (FerryJob *job, JsonObject *stats)
   mig_src_postcopy_at_pass (job, pass);
   if (job->postcopy_requested)
     return;
-  if (pass > job->last_pass && raise_downtime_limit (job, pass, remaining))
-    {
-      job->last_pass = pass;
-      job->last_pass_remaining = remaining;
-      return;
-    }
   if (pass > job->last_pass)
     {
-      gboolean stalled = job->options.strategy == FERRY_STRATEGY_AUTO && pass >= 3
-                         && job->last_pass_remaining > 0 && remaining > job->last_pass_remaining * 9 / 10;
-      if (stalled && (job->options.postcopy || restartable_as_one_stream (job)))
+      gboolean stalled = job->last_pass_remaining > 0 && remaining > job->last_pass_remaining * 9 / 10;
+      /* Below the allowed downtime a raise comes first; the next stall
+       * escalates. */
+      gboolean raised = raise_downtime_limit (job, pass, remaining, stalled);
+      if (!raised && stalled && job->options.strategy == FERRY_STRATEGY_AUTO && pass >= 3
+          && (job->options.postcopy || restartable_as_one_stream (job)))
         {
           g_autofree char *why = g_strdup_printf ("pass %" G_GINT64_FORMAT " left %" G_GINT64_FORMAT
                                                   " MiB, the previous %" G_GINT64_FORMAT
@@ -662,6 +658,8 @@ check_watchdogs (FerryJob *job, JsonObject *stats)
         }
       job->last_pass = pass;
       job->last_pass_remaining = remaining;
+      if (raised)
+        return;
     }
   gint64 completion_limit_ms = MAX (1000, job->options.completion_timeout_per_gib_s * 1000
                                           * total / (1024 * 1024 * 1024));

@@ -77,7 +77,8 @@ ferry_predict_precopy (const FerryPlanInputs *inputs, FerryPrediction *predictio
   double link = MAX (inputs->link_bytes_per_s, 1.0);
   double limit_s = inputs->downtime_limit_ms / 1000.0;
   double to_send = (double) MAX (inputs->resident_bytes, 0);
-  /* Set-up syncs every page, and every page goes in the first pass. The
+  /* Set-up syncs what QEMU's bitmap holds dirty (setup_dirty_bytes), and
+   * every touched page goes in the first pass. The
    * guest dirties during the passes only: under TCG with the padding it
    * stands still through every sync (QEMU's trace: no page written during
    * an 11.4 s set-up sync nor the passes' syncs, 13 000 pages a second
@@ -646,7 +647,7 @@ choose (PlanData *data, FerryVm *vm)
                        chosen.downtime_ms / 1000.0, data->options.max_downtime_ms, inputs.sync_s_per_page * 1e6);
     }
 
-  /* Set-up's sync (every page of RAM) holds the guest still that long
+  /* Set-up's sync (of setup_dirty_bytes) holds the guest still that long
    * (see report_setup_stall in mig-src.c). Nothing worth saying under
    * KVM. */
   double setup_dirty = setup_dirty_bytes (&inputs);

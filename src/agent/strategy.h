@@ -31,8 +31,8 @@ typedef struct {
   /* QEMU's dirty-bitmap sync, seconds per dirty page: 0 but for TCG with
    * QEMU's lost-dirty-page workaround, whose sync is slow (see
    * ferry_tcg_sync_s_per_page). Each sync runs at a pass's end, the first
-   * (every page of RAM is dirty then) before the first pass, the last
-   * while the guest is stopped. */
+   * before the first pass (see since_last_sync_s for what it finds), the
+   * last while the guest is stopped. */
   double sync_s_per_page;
   /* Seconds since this QEMU's last dirty-bitmap sync (a migration that did
    * not complete); 0 = none since QEMU started, and set-up's sync then
@@ -144,7 +144,9 @@ gint64 ferry_choose_downtime_start (const FerryPlanInputs *inputs, const FerryPr
                                     FerryPrediction *prediction);
 
 /* The plan again once QEMU has said how long its set-up took. That sync
- * covered every page of RAM, so it gives the cost per page this guest
+ * covered the pages the plan counted dirty for it (all of RAM on a QEMU
+ * that never synced, else what the guest dirtied since), so it gives the
+ * cost per page this guest
  * pays now, which the plan could only guess from the dirty rate (under
  * TCG the same guest paid 36 µs a page in one run and 72-81 in the next).
  * Returns {"sync_us_per_page", "prediction"} for the plan's own strategy

@@ -22,6 +22,10 @@ gboolean ferry_cli_parse (const char *usage, const char *summary, GOptionEntry *
 FerryClient *ferry_cli_client (void);
 int ferry_cli_fail (const GError *error);
 void ferry_cli_print_json (JsonObject *object);
+/* After a request the agent may hold (wait_ms): one answered in under half
+ * of interval_ms came from an agent that does not hold it, and is not
+ * asked again sooner than interval_ms after asked_us. */
+void ferry_cli_pace (gint64 asked_us, gint64 interval_ms);
 
 int ferry_cmd_pki (int argc, char **argv);
 int ferry_cmd_vm (int argc, char **argv);

@@ -174,19 +174,13 @@ ferry_print_job (JsonObject *job)
     g_print ("%-20s %s\n", "Error:", ferry_json_object_string (job, "error"));
 }
 
-static JsonArray *
-job_events (JsonObject *job)
-{
-  JsonNode *node = json_object_get_member (job, "events");
-  return node && JSON_NODE_HOLDS_ARRAY (node) ? json_node_get_array (node) : NULL;
-}
-
 /* Prints the job's events from index `from` on, one a line (as JSON
  * lines with --json); returns how many it has. */
 static guint
 print_events_from (JsonObject *job, guint from)
 {
-  JsonArray *events = job_events (job);
+  JsonNode *node = json_object_get_member (job, "events");
+  JsonArray *events = node && JSON_NODE_HOLDS_ARRAY (node) ? json_node_get_array (node) : NULL;
   guint count = events ? json_array_get_length (events) : 0;
   for (guint i = from; i < count; i++)
     {
@@ -251,11 +245,9 @@ job_events_command (FerryClient *client, const char *escaped, gboolean completed
           return 1;
         }
       seen = print_events_from (job, seen);
-      /* An agent that answered at once with nothing new (one that does
-       * not hold the request) is not asked again sooner than 300 ms. */
-      gint64 waited_ms = (g_get_monotonic_time () - asked_us) / 1000;
-      if (seen == seen_before && waited_ms < FOLLOW_MIN_ASK_MS)
-        g_usleep ((FOLLOW_MIN_ASK_MS - waited_ms) * 1000);
+      /* New events are printed and asked after at once. */
+      if (seen == seen_before)
+        ferry_cli_pace (asked_us, FOLLOW_MIN_ASK_MS);
     }
   return g_strcmp0 (ferry_json_object_string (job, "state"), "completed") == 0 ? 0 : 1;
 }

@@ -202,11 +202,7 @@ wait_for_job (FerryClient *client, const char *escaped, gint64 job_id, gboolean 
         draw_progress (job, fraction);
       if (!json_object_get_boolean_member_with_default (job, "active", FALSE))
         break;
-      /* An agent that answered at once (one without wait_ms) is not
-       * asked again sooner than POLL_MS. */
-      gint64 waited_ms = (g_get_monotonic_time () - asked_us) / 1000;
-      if (waited_ms < POLL_MS / 2)
-        g_usleep ((POLL_MS - waited_ms) * 1000);
+      ferry_cli_pace (asked_us, POLL_MS);
     }
   if (tty)
     fprintf (stderr, "\n");

@@ -74,6 +74,14 @@ ferry_cli_print_json (JsonObject *object)
   g_print ("%s\n", text);
 }
 
+void
+ferry_cli_pace (gint64 asked_us, gint64 interval_ms)
+{
+  gint64 waited_ms = (g_get_monotonic_time () - asked_us) / 1000;
+  if (waited_ms < interval_ms / 2)
+    g_usleep ((interval_ms - waited_ms) * 1000);
+}
+
 static void
 usage (void)
 {
