@@ -23,6 +23,11 @@ from ferrytest import (Cluster, ensure_guest, guest_spec, job, log, main,
 RAMP_AFTER_S = 9
 BANDWIDTH_MIB = 16
 DIRTY_MIB = 64
+# Room below the allowed downtime for the plan to start QEMU lower: it
+# does so only when what a quiet second of the guest dirties fits in half
+# the allowed stop or less, and page sampling measures that second
+# anywhere from 30 to over 150 ms of this link.
+MAX_DOWNTIME_MS = 1000
 
 
 def test():
@@ -40,7 +45,7 @@ def test():
     log(f"strategy auto under a {BANDWIDTH_MIB} MiB/s limit; the guest speeds up {RAMP_AFTER_S} s in")
     outcome = {}
     cli = threading.Thread(target=lambda: outcome.update(result=a.cli_on_terminal(
-        "migrate", "vm1", b.url, "--live", "--bandwidth", str(BANDWIDTH_MIB),
+        "migrate", "vm1", b.url, "--live", "--bandwidth", str(BANDWIDTH_MIB), "--max-downtime", str(MAX_DOWNTIME_MS),
         "--completion-timeout-per-gib", "600")))
     cli.start()
     progress = []  # (restarted yet, percent, eta_s) from job info, while it runs
@@ -99,11 +104,12 @@ def test():
     # a first pass still pays before the switch.
     assert restart["switch_at_pass"] == 2, restart
     assert any(m.startswith("cancelling the multifd stream") for m in messages), messages
-    # The plan started QEMU below the allowed 300 ms downtime (the quiet
-    # guest's pre-copy converged in few passes at any limit); the first
-    # stalled pass raised it to 300 before the next one started over.
-    assert 0 < plan["options"]["downtime_start_ms"] < 300, plan["options"]
-    raised = [i for i, m in enumerate(messages) if "downtime limit raised" in m and m.endswith("to 300 ms (300 allowed)")]
+    # The plan started QEMU below the allowed downtime (the quiet guest's
+    # pre-copy converged in few passes at any limit); the first stalled
+    # pass raised it to the allowed one before the next one started over.
+    assert 0 < plan["options"]["downtime_start_ms"] < MAX_DOWNTIME_MS, (plan["options"], plan["measured"])
+    raised = [i for i, m in enumerate(messages) if "downtime limit raised" in m
+              and m.endswith(f"to {MAX_DOWNTIME_MS} ms ({MAX_DOWNTIME_MS} allowed)")]
     cancelled = next(i for i, m in enumerate(messages) if m.startswith("cancelling the multifd stream"))
     assert raised and raised[0] < cancelled, messages
     assert any("performing → preparing" in m for m in messages), messages
