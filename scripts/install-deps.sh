@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
   gcc make pkg-config meson ninja-build python3
   libglib2.0-dev glib-networking libjson-glib-dev libsoup-3.0-dev libsqlite3-dev
-  libgnutls28-dev libyaml-dev libnbd-dev libnbd-bin libxxhash-dev
+  libgnutls28-dev libyaml-dev libnbd-dev libnbd-bin libxxhash-dev libzstd-dev
   qemu-system-x86 qemu-utils
   busybox-static cpio e2fsprogs
   iproute2 tcpdump

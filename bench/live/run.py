@@ -33,6 +33,8 @@ from ferrytest import (FERRY, FERRYD, Cluster, StealMeter, _cleanup_all, ensure_
                        job, last_tick, log, wait_for_console, wait_for_ticks, wait_until)
 
 MIB = 1024 * 1024
+# ferry's link probe (strategy.c PROBE_BYTES), sent by every ferry-auto run.
+PROBE_BYTES = 32 * MIB
 GUEST_MEMORY_MIB = 1024
 DOWNTIME_LIMIT_MS = 300
 CAP_S = 120
@@ -198,6 +200,17 @@ class TickStallMeter:
         return round(max(0.0, self.longest_s - 1.0), 1)
 
 
+def cpu_bound_compression(record):
+    """Did the plan count on the cores' compression speed rather than on
+    the link times the ratio (strategy.c ferry_compressed_speedup)?"""
+    measured = (record.get("estimate") or {}).get("measured", {})
+    speed = measured.get("compress_mib_s") or 0
+    channels = record.get("multifd_channels") or 1
+    link = measured.get("link_mib_s") or 0
+    cores = min(max(measured.get("free_cores") or 1, 1), channels)
+    return speed > 0 and speed * cores < link * min(max(measured.get("compress_ratio") or 1, 1), 3)
+
+
 def number(value):
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
@@ -235,6 +248,7 @@ def run_migration(cluster, tool, source, destination, vm, scenario, link, tick, 
     argv = source.prefix() + [FERRY, "-c", source.url, "--tls-dir", cluster.client_tls] + args
     started = time.monotonic()
     stall = TickStallMeter(cluster, vm)
+    tx_before = source.tx_bytes() if source.veth else None
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # Poll the job meanwhile: the last snapshot with RAM counters is what an
     # aborted migration had sent (QEMU drops them once cancelled).
@@ -304,6 +318,16 @@ def run_migration(cluster, tool, source, destination, vm, scenario, link, tick, 
         if (stats.get("ferry-qemu-capabilities") or {}).get("multifd") else None
     record["multifd_compression"] = (stats.get("ferry-qemu-parameters") or {}).get("multifd-compression") \
         if record["multifd_channels"] else None
+    # QEMU 7.2 counts multifd pages before compression, in multifd-bytes
+    # too: what crossed is read off the source's veth (its counters take in
+    # ferry's 32 MiB link probe, TLS and TCP; left out is the probe).
+    if tx_before is not None:
+        on_wire = source.tx_bytes() - tx_before - (PROBE_BYTES if plan.get("measured") else 0)
+        record["wire_mib"] = round(on_wire / MIB, 1)
+        record["compress_ratio_wire"] = round(ram["transferred"] / on_wire, 2) \
+            if record["multifd_compression"] not in (None, "none") and ram.get("transferred") and on_wire > 0 else None
+    record["compress_ratio_sampled"] = number(measured.get("compress_ratio"))
+    record["compress_mib_s_sampled"] = number(measured.get("compress_mib_s"))
     record["plan_reason"] = plan.get("reason")
     record["plan_predicted_total_s"] = number(plan.get("prediction", {}).get("total_s"))
     revised = stats.get("ferry-revised") or (last_ram_stats or {}).get("ferry-revised") or {}
@@ -777,6 +801,18 @@ def notes(runs):
             f"{span([r['stream_mib_s'] for r in precopy if r['link'] == '1gbit'])} MiB/s (until 2026-11-22 "
             f"the probe timed its own TLS handshake and the making of its random body and read 48–97 MiB/s "
             f"unshaped). The ≤ 1.5 × check divides by the probe's rate.")
+    compressed = [r for r in ferry if r.get("compress_ratio_wire")]
+    if compressed:
+        out.append(
+            "- **Compression.** Where ferry chose zstd, its sample of the guest's pages (libzstd at multifd's "
+            "level, the plan's `compress_ratio`, counted at most 3:1) against what crossed the source's veth "
+            "(QEMU's pages sent over the veth's bytes less ferry's probe, TLS and TCP included): "
+            + ", ".join(f"{r['scenario']}/{r['link']} sampled {r['compress_ratio_sampled']:.2f}:1 at "
+                        f"{r['compress_mib_s_sampled']:.0f} MiB/s a core, on the wire {r['compress_ratio_wire']:.2f}:1"
+                        for r in compressed)
+            + ". The plan counts on the link's rate times the ratio, or on the cores' speed where that is "
+              "less (" + (", ".join(f"{r['scenario']}/{r['link']}" for r in compressed if cpu_bound_compression(r))
+                          or "none of these runs: the link was the slower") + ").")
     pred = [r for r in ferry if r.get("prediction_error") is not None]
     if pred:
         over = [r for r in pred if r["prediction_error"] > TARGET_PREDICTION_ERROR]

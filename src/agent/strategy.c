@@ -7,7 +7,9 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+#include <zstd.h>
 
 #include "jsonutil.h"
 
@@ -224,10 +226,12 @@ ferry_choose_postcopy_switch_after_stall (gint64 resident_bytes, gint64 stalled_
 #define MULTIFD_MAX_DIRTY_SHARE 0.5
 #define MULTIFD_MAX_LIMIT_SHARE 0.25
 #define MULTIFD_MAX_CHANNELS 4
-/* Compression pays once zlib's fastest level saves a tenth of the bytes
- * (bench/live, dirty50 over 1 Gbit/s: the sample said 1.21:1, and two
- * channels took 8.9 s without zstd, 7.7 s with it). */
+/* Compression pays once it saves a tenth of the bytes (bench/live,
+ * dirty50 over 1 Gbit/s: a zlib sample said 1.21:1, and two channels
+ * took 8.9 s without zstd, 7.7 s with it) and the cores compress fast
+ * enough for the stream to carry a tenth more. */
 #define COMPRESS_MIN_RATIO 1.1
+#define COMPRESS_MIN_SPEEDUP 1.1
 /* The prediction never counts on more than this (a sample can flatter). */
 #define COMPRESS_MAX_COUNTED_RATIO 3.0
 
@@ -238,11 +242,21 @@ counted_compress_ratio (double sampled)
   return CLAMP (sampled, 1.0, COMPRESS_MAX_COUNTED_RATIO);
 }
 
+double
+ferry_compressed_speedup (const FerryPlanInputs *inputs, gint64 channels)
+{
+  double link = MAX (inputs->link_bytes_per_s, 1.0);
+  double carried = link * counted_compress_ratio (inputs->compress_ratio);
+  if (inputs->compress_bytes_per_s > 0)
+    carried = MIN (carried, inputs->compress_bytes_per_s * CLAMP (inputs->free_cores, 1.0, (double) MAX (channels, 1)));
+  return carried / link;
+}
+
 char *
 ferry_choose_stream (const FerryPlanInputs *inputs, const FerryPrediction *precopy, double limit_s,
                      FerryStreamChoice *choice)
 {
-  *choice = (FerryStreamChoice) { .channels = 0, .compress = FALSE, .compress_ratio = 1.0 };
+  *choice = (FerryStreamChoice) { .channels = 0, .compress = FALSE, .compress_ratio = 1.0, .speedup = 1.0 };
   if (inputs->cpus < 2)
     return g_strdup ("one stream: multifd needs two CPUs or more");
   if (!precopy->converges || precopy->total_s > limit_s * MULTIFD_MAX_LIMIT_SHARE
@@ -261,12 +275,22 @@ ferry_choose_stream (const FerryPlanInputs *inputs, const FerryPrediction *preco
   else if (inputs->compress_ratio < COMPRESS_MIN_RATIO)
     compression = g_strdup_printf ("without compression (the guest's memory compresses only %.2f:1)",
                                    inputs->compress_ratio);
+  else if (ferry_compressed_speedup (inputs, choice->channels) < COMPRESS_MIN_SPEEDUP)
+    compression = g_strdup_printf ("without compression (zstd compresses the guest's memory at %.0f MiB/s a "
+                                   "core: %.1f idle cores would not keep up with the %.0f MiB/s link)",
+                                   inputs->compress_bytes_per_s / 1048576.0, inputs->free_cores,
+                                   inputs->link_bytes_per_s / 1048576.0);
   else
     {
       choice->compress = TRUE;
       choice->compress_ratio = counted_compress_ratio (inputs->compress_ratio);
-      compression = g_strdup_printf ("with zstd (the guest's memory compresses %.1f:1 and %.1f cores are idle)",
-                                     inputs->compress_ratio, inputs->free_cores);
+      choice->speedup = ferry_compressed_speedup (inputs, choice->channels);
+      g_autofree char *speed = inputs->compress_bytes_per_s > 0
+                                 ? g_strdup_printf (" at %.0f MiB/s a core", inputs->compress_bytes_per_s / 1048576.0)
+                                 : g_strdup ("");
+      compression = g_strdup_printf ("with zstd (the guest's memory compresses %.1f:1%s and %.1f cores are idle: "
+                                     "the stream carries %.1f times the link's rate of memory)",
+                                     inputs->compress_ratio, speed, inputs->free_cores, choice->speedup);
     }
   return g_strdup_printf ("%" G_GINT64_FORMAT " multifd channels %s; auto-converge in reserve, and should a "
                           "pass not shrink what is left, the stream starts again as one stream with post-copy",
@@ -321,17 +345,38 @@ find_guest_ram (FerryVm *vm, gint64 ram_bytes, GuestRamMapping *found)
 #define SAMPLE_RUNS 64
 #define SAMPLE_RUN_PAGES 4
 
-/* How well the guest's non-zero pages compress: raw / compressed at
- * zlib's fastest level (a stand-in for multifd's zstd), read through
- * /proc/PID/mem. Zero pages are left out: QEMU sends those as a flag.
- * 1 when nothing could be read. About 1 MiB read and compressed. */
+/* QEMU's default multifd-zstd-level, which ferry leaves alone. */
+#define MULTIFD_ZSTD_LEVEL 1
+/* Compressions of the sample timed; the fastest counts (the first warms
+ * the caches, and the host may preempt any). */
+#define SAMPLE_TIMINGS 3
+
+typedef struct {
+  double ratio;          /* raw / compressed; 1 = unknown */
+  double bytes_per_s;    /* raw bytes one core compresses a second; 0 = unknown */
+} CompressionSample;
+
 static double
-sample_compress_ratio (FerryVm *vm, const GuestRamMapping *ram)
+thread_cpu_s (void)
 {
+  struct timespec now;
+  clock_gettime (CLOCK_THREAD_CPUTIME_ID, &now);
+  return now.tv_sec + now.tv_nsec / 1e9;
+}
+
+/* How well, and how fast, zstd at multifd's level compresses the guest's
+ * non-zero pages, read through /proc/PID/mem as one stream (a channel's
+ * zstd context runs on across its pages). Zero pages are left out: QEMU
+ * sends those as a flag. About 1 MiB read, compressed three times: a few
+ * milliseconds of this thread's CPU time, which is what is timed. */
+static CompressionSample
+sample_compression (FerryVm *vm, const GuestRamMapping *ram)
+{
+  CompressionSample unknown = { .ratio = 1.0, .bytes_per_s = 0 };
   g_autofree char *path = g_strdup_printf ("/proc/%d/mem", vm->pid);
   int fd = open (path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
-    return 1.0;
+    return unknown;
   g_autoptr (GByteArray) sample = g_byte_array_new ();
   guint8 page[4096];
   static const guint8 zero_page[4096];
@@ -345,15 +390,29 @@ sample_compress_ratio (FerryVm *vm, const GuestRamMapping *ram)
       }
   close (fd);
   if (sample->len == 0)
-    return 1.0;
-  g_autoptr (GZlibCompressor) zlib = g_zlib_compressor_new (G_ZLIB_COMPRESSOR_FORMAT_RAW, 1);
-  g_autoptr (GOutputStream) memory = g_memory_output_stream_new_resizable ();
-  g_autoptr (GOutputStream) compressed = g_converter_output_stream_new (memory, G_CONVERTER (zlib));
-  if (!g_output_stream_write_all (compressed, sample->data, sample->len, NULL, NULL, NULL)
-      || !g_output_stream_close (compressed, NULL, NULL))
-    return 1.0;
-  gsize out = g_memory_output_stream_get_data_size (G_MEMORY_OUTPUT_STREAM (memory));
-  return out > 0 ? (double) sample->len / out : 1.0;
+    return unknown;
+  ZSTD_CCtx *context = ZSTD_createCCtx ();
+  if (context == NULL)
+    return unknown;
+  gsize capacity = ZSTD_compressBound (sample->len);
+  g_autofree guint8 *compressed = g_malloc (capacity);
+  size_t out = 0;
+  double fastest_s = INFINITY;
+  for (guint timing = 0; timing < SAMPLE_TIMINGS; timing++)
+    {
+      double started = thread_cpu_s ();
+      out = ZSTD_compressCCtx (context, compressed, capacity, sample->data, sample->len, MULTIFD_ZSTD_LEVEL);
+      fastest_s = MIN (fastest_s, thread_cpu_s () - started);
+      if (ZSTD_isError (out) || out == 0)
+        break;
+    }
+  ZSTD_freeCCtx (context);
+  if (ZSTD_isError (out) || out == 0)
+    return unknown;
+  return (CompressionSample) {
+    .ratio = (double) sample->len / out,
+    .bytes_per_s = fastest_s > 0 ? sample->len / fastest_s : 0,
+  };
 }
 
 /* CPU time of the whole host so far, from /proc/stat's first line:
@@ -455,8 +514,14 @@ ferry_plan_revise (JsonObject *plan, gint64 setup_ms)
   /* The plan's compression carries more over the same link (never
    * chosen under a bandwidth limit, which QEMU counts before it). */
   if (options && g_strcmp0 (ferry_json_object_string (options, "compress"), "zstd") == 0)
-    inputs.link_bytes_per_s *= counted_compress_ratio (json_object_get_double_member_with_default (measured,
-                                                                                                "compress_ratio", 1.0));
+    {
+      inputs.compress_ratio = json_object_get_double_member_with_default (measured, "compress_ratio", 1.0);
+      inputs.compress_bytes_per_s = json_object_get_double_member_with_default (measured, "compress_mib_s", 0)
+                                    * 1048576.0;
+      inputs.free_cores = json_object_get_double_member_with_default (measured, "free_cores", 1.0);
+      inputs.link_bytes_per_s *= ferry_compressed_speedup (&inputs, ferry_json_object_int (options,
+                                                                                        "parallel_connections"));
+    }
   gint64 switch_at_pass = options ? ferry_json_object_int (options, "postcopy_at_pass") : 0;
   gint64 downtime_start_ms = options ? ferry_json_object_int (options, "downtime_start_ms") : 0;
   if (downtime_start_ms > 0)
@@ -538,7 +603,9 @@ choose (PlanData *data, FerryVm *vm)
   if (find_guest_ram (vm, inputs.ram_bytes, &guest_ram))
     {
       inputs.resident_bytes = guest_ram.resident;
-      inputs.compress_ratio = sample_compress_ratio (vm, &guest_ram);
+      CompressionSample compression = sample_compression (vm, &guest_ram);
+      inputs.compress_ratio = compression.ratio;
+      inputs.compress_bytes_per_s = compression.bytes_per_s;
     }
   if (data->options.bandwidth_mib > 0 && data->options.bandwidth_mib * 1048576.0 <= inputs.link_bytes_per_s)
     {
@@ -595,7 +662,7 @@ choose (PlanData *data, FerryVm *vm)
           /* Multifd rules out post-copy: a guest that speeds up is
            * throttled instead, and a timeout aborts (the guest stays). */
           options->auto_converge = TRUE;
-          carried.link_bytes_per_s *= stream.compress_ratio;
+          carried.link_bytes_per_s *= stream.speedup;
           ferry_predict_precopy (&carried, &chosen);
           reserve = g_strdup ("");
         }
@@ -670,6 +737,7 @@ choose (PlanData *data, FerryVm *vm)
   json_object_set_int_member (measured, "cpus", inputs.cpus);
   json_object_set_double_member (measured, "free_cores", inputs.free_cores);
   json_object_set_double_member (measured, "compress_ratio", inputs.compress_ratio);
+  json_object_set_double_member (measured, "compress_mib_s", inputs.compress_bytes_per_s / 1048576.0);
   json_object_set_object_member (plan, "measured", measured);
   json_object_set_object_member (plan, "precopy", prediction_json (&precopy));
   json_object_set_string_member (plan, "strategy", strategy);

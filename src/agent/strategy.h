@@ -40,11 +40,14 @@ typedef struct {
   double since_last_sync_s;
   /* For the stream's carriage (ferry_choose_stream): the source host's
    * CPUs, how many of them sat idle while the dirty rate was measured,
-   * and how well the guest's non-zero pages compress (raw / compressed,
-   * a sample at zlib's fastest level; 1 = not at all or unknown). */
+   * how well the guest's non-zero pages compress (raw / compressed, a
+   * sample through zstd at multifd's level; 1 = not at all or unknown)
+   * and how many raw bytes a second one core compresses them at (0 =
+   * unknown: taken to keep up with any link). */
   guint cpus;
   double free_cores;
   double compress_ratio;
+  double compress_bytes_per_s;
   /* link_bytes_per_s is the user's bandwidth limit, not the link: QEMU
    * 7.2 counts that limit in bytes before multifd compression, so
    * compressing would not make the stream any faster. */
@@ -117,16 +120,28 @@ typedef struct {
   gint64 channels;           /* 0 = one stream, else multifd channels (2..4) */
   gboolean compress;         /* zstd on the channels */
   double compress_ratio;     /* what the prediction counts on; 1 = none */
+  /* The raw bytes the stream carries a second over the link's rate: the
+   * ratio, or less where the cores compress slower than the link would
+   * carry; 1 = none. */
+  double speedup;
 } FerryStreamChoice;
+
+/* ferry_choose_stream's speedup for `channels` compressing channels:
+ * QEMU compresses a channel's pages on that channel's thread, so the
+ * channels compress at most compress_bytes_per_s on each idle core
+ * they find. Pure. */
+double ferry_compressed_speedup (const FerryPlanInputs *inputs, gint64 channels);
 
 /* For a plan whose pre-copy converges well within the completion limit
  * (limit_s). Multifd (two channels, more with more idle cores) when the
  * host has two CPUs or more and pre-copy has room to spare: QEMU does not
  * run multifd with post-copy, so the way out of a guest that speeds up
  * is auto-converge instead. Compression when a core is idle and the
- * guest's memory compresses (ratio 1.1 or better): fewer bytes to
- * encrypt and carry; not under a bandwidth limit (bandwidth_capped). Pure (unit-tested); sets *choice and returns the
- * reason clause. */
+ * guest's memory compresses (ratio 1.1 or better) fast enough to carry a
+ * tenth more than the link does uncompressed (on a link faster than the
+ * cores compress, zstd would slow the stream down): fewer bytes to
+ * encrypt and carry; not under a bandwidth limit (bandwidth_capped).
+ * Pure (unit-tested); sets *choice and returns the reason clause. */
 char *ferry_choose_stream (const FerryPlanInputs *inputs, const FerryPrediction *precopy, double limit_s,
                            FerryStreamChoice *choice);
 

@@ -157,9 +157,14 @@ migrate_estimate (FerryClient *client, const char *name, JsonObject *body)
            ram, resident, member_double (measured, "dirty_mib_s"), member_double (measured, "dirty_1s_mib_s"),
            member_double (measured, "link_mib_s"));
   if (json_object_has_member (measured, "cpus"))
-    g_print ("            %.1f of %" G_GINT64_FORMAT " cores idle, the guest's memory compresses %.1f:1\n",
-             member_double (measured, "free_cores"), ferry_json_object_int (measured, "cpus"),
-             member_double (measured, "compress_ratio"));
+    {
+      g_print ("            %.1f of %" G_GINT64_FORMAT " cores idle, the guest's memory compresses %.1f:1",
+               member_double (measured, "free_cores"), ferry_json_object_int (measured, "cpus"),
+               member_double (measured, "compress_ratio"));
+      if (member_double (measured, "compress_mib_s") > 0)
+        g_print (" at %.0f MiB/s a core", member_double (measured, "compress_mib_s"));
+      g_print ("\n");
+    }
   if (json_object_get_boolean_member_with_default (precopy, "converges", FALSE))
     g_print ("Pre-copy:   converges in %" G_GINT64_FORMAT " passes, %.1f s, downtime %.0f ms\n",
              ferry_json_object_int (precopy, "passes"), member_double (precopy, "total_s"),

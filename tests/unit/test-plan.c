@@ -393,6 +393,10 @@ assert_stream (const FerryPlanInputs *in, const FerryPrediction *precopy, double
   g_assert_cmpint (choice.channels, ==, channels);
   g_assert_cmpint (choice.compress, ==, compress);
   g_assert_cmpfloat (choice.compress_ratio, ==, counted_ratio);
+  /* Without a measured compression speed the cores keep up: the stream
+   * carries the ratio more. */
+  if (in->compress_bytes_per_s == 0)
+    g_assert_cmpfloat (choice.speedup, ==, counted_ratio);
   if (strstr (reason, fragment) == NULL)
     g_error ("'%s' should mention '%s'", reason, fragment);
 }
@@ -418,6 +422,28 @@ test_stream_choice (void)
   big.free_cores = 30;
   big.compress_ratio = 8;
   assert_stream (&big, &precopy, 150, 4, TRUE, 3.0, "4 multifd channels with zstd");
+
+  /* The cores compress 300 MiB/s each: on 1.9 idle cores the stream
+   * carries 570 MiB/s of memory over the 400 MiB/s link, not 2.6 times
+   * its rate, and the prediction counts on that. */
+  FerryPlanInputs cpu_bound = idle;
+  cpu_bound.compress_bytes_per_s = 300 * 1048576.0;
+  FerryStreamChoice choice;
+  g_autofree char *cpu_bound_reason = ferry_choose_stream (&cpu_bound, &precopy, 150, &choice);
+  g_assert_true (choice.compress);
+  g_assert_cmpfloat (choice.compress_ratio, ==, 2.6);
+  g_assert_cmpfloat_with_epsilon (choice.speedup, 570.0 / 400, 1e-9);
+  g_assert_nonnull (strstr (cpu_bound_reason, "2.6:1 at 300 MiB/s a core and 1.9 cores are idle: the stream carries 1.4 times"));
+
+  /* A link faster than the cores compress (10 GbE against 300 MiB/s a
+   * core): zstd would slow the stream down. */
+  FerryPlanInputs fast_link = cpu_bound;
+  fast_link.link_bytes_per_s = 1200 * 1048576.0;
+  FerryPrediction fast_precopy;
+  ferry_predict_precopy (&fast_link, &fast_precopy);
+  assert_stream (&fast_link, &fast_precopy, 150, 2, FALSE, 1.0, "1.9 idle cores would not keep up with the "
+                                                                 "1200 MiB/s link");
+  g_assert_cmpfloat (ferry_compressed_speedup (&fast_link, 2), <, 0.5);
 
   /* Random data: channels without compression, and the reason says why. */
   FerryPlanInputs random_data = idle;
