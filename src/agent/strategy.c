@@ -22,22 +22,25 @@
 /* From QEMU's pass event to its switch, asked for by ferry: 58 ms in
  * bench/live's trace. */
 #define SWITCH_REQUEST_S 0.06
-/* Fitted on bench/live's set-up times (QEMU's setup-time for a 1 GiB
- * guest): 0.3-0.44 s idle, 4.2-4.5 s at 50-64 MiB/s, 10.6-13.6 s at
- * 109-133 MiB/s, all taken for 262144 pages. The last were ferry's runs
- * after the defaults' cancelled one on the same QEMU, about 64 000 pages
- * dirty (QEMU's trace, 2026-11-24), so per page nearer 180 µs that day;
- * on 2026-11-24 the same guest paid 42-52 µs a page at its maximum and
- * 10 at 50 MiB/s. The level moves that much between days on this
- * machine, with nothing ferry can see beforehand; the revision after
- * set-up (ferry_plan_revise) measures it. */
-#define TCG_SYNC_S_PER_PAGE_AT_REST 1e-6
-#define TCG_SYNC_S_PER_PAGE_PER_DIRTY_MIB_S 0.27e-6
+/* Fitted on the set-up times of bench/live's eight runs from 2026-11-23
+ * 14:56 to 2026-11-24 06:57 (ferry's plan revised after set-up, 1 GiB
+ * guest, pages set-up's sync found dirty): 0.3-0.6 µs a page at rest,
+ * 9.3-12.5 at 44-56 MiB/s (every run of the eight), 36-47 at 120-132
+ * (a few near 27); a straight line through rest and the maximum would
+ * say 17 at 50 MiB/s. Runs before 2026-11-23 paid more (set-up 4.2-4.5 s
+ * at 50-64 MiB/s, 16 µs a page; about 180 µs a page at the maximum after
+ * a cancelled migration): the level moves between days on this machine
+ * with nothing ferry can see beforehand; the revision after set-up
+ * (ferry_plan_revise) measures it. */
+#define TCG_SYNC_S_PER_PAGE_AT_REST 0.45e-6
+#define TCG_SYNC_S_PER_PAGE_DIRTY_SCALE 0.0223e-6
+#define TCG_SYNC_DIRTY_EXPONENT 1.55
 
 double
 ferry_tcg_sync_s_per_page (double dirty_bytes_per_s)
 {
-  return TCG_SYNC_S_PER_PAGE_AT_REST + TCG_SYNC_S_PER_PAGE_PER_DIRTY_MIB_S * (dirty_bytes_per_s / 1048576.0);
+  return TCG_SYNC_S_PER_PAGE_AT_REST
+         + TCG_SYNC_S_PER_PAGE_DIRTY_SCALE * pow (MAX (dirty_bytes_per_s, 0.0) / 1048576.0, TCG_SYNC_DIRTY_EXPONENT);
 }
 
 static double

@@ -68,9 +68,10 @@ typedef struct {
  * 7.2's lost-dirty-page bug: the padding sends every sync down QEMU's
  * page-at-a-time path, which scans the vCPU's TLB for each dirty page,
  * and a guest that works over more memory has a larger TLB. Fitted to
- * set-up times measured here (bench/live): about 0.5 s for a 1 GiB guest
- * at rest, 3 s dirtying 50 MiB/s, 4–14 s at 120 MiB/s; without the
- * padding set-up took 3–17 ms. */
+ * set-up times measured here (bench/live, a 1 GiB guest): about 0.1 s
+ * of sync at rest, 2.6 s dirtying 50 MiB/s, 10.5 s at 125 MiB/s, rising
+ * faster than the rate (0.45 + 0.0223 × MiB/s^1.55 µs a page); without
+ * the padding set-up took 3–17 ms. */
 double ferry_tcg_sync_s_per_page (double dirty_bytes_per_s);
 
 /* What the guest dirties in `seconds`, from the two measurements: at an
