@@ -35,6 +35,8 @@ from ferrytest import (FERRY, FERRYD, Cluster, StealMeter, _cleanup_all, ensure_
 MIB = 1024 * 1024
 # ferry's link probe (strategy.c PROBE_BYTES), sent by every ferry-auto run.
 PROBE_BYTES = 32 * MIB
+# The fixed part of QEMU's set-up in ferry's model (strategy.c SETUP_S).
+MODEL_SETUP_S = 0.1
 GUEST_MEMORY_MIB = 1024
 DOWNTIME_LIMIT_MS = 300
 CAP_S = 120
@@ -691,9 +693,9 @@ def notes(runs):
             f"page (with the padding switched off by a local patch, set-up took 3–17 ms and one guest of "
             f"four came back broken). Per page of the guest's RAM that is "
             f"{span([r['setup_ms'] * 1000 / (GUEST_MEMORY_MIB * 256) for r in busy if r['setup_ms']], '{:.0f}')} µs "
-            f"in these runs; ferry's model counts 1 µs plus 0.27 µs per MiB/s of dirty rate (fitted on "
-            f"earlier runs: 17-27 µs at 50 MiB/s, 45-62 µs at the maximum) for each page the sync finds "
-            f"dirty. That is every page of RAM on a QEMU that never ran a migration (the guest arrived by "
+            f"in these runs; ferry's model counts 0.45 µs plus 0.0223 µs × (MiB/s of dirty rate)^1.55 "
+            f"(fitted on the runs of 2026-11-23 and 24: 9.3-12.5 µs at 50 MiB/s, 36-47 at the maximum; "
+            f"runs before paid more, 16 µs at 50 MiB/s) for each page the sync finds dirty. That is every page of RAM on a QEMU that never ran a migration (the guest arrived by "
             f"one: the bitmap starts all dirty), but only what the guest dirtied since on one whose "
             f"migration was cancelled, as the defaults' dirtymax runs are before ferry's start from the "
             f"same QEMU (QEMU trace, 2026-11-24: 63 828 pages, 3.1 s, against 262 144 pages, 11 s); "
@@ -828,10 +830,34 @@ def notes(runs):
                         if any(r["switched_to_postcopy"] and r["strategy"] != "post-copy" for r in over) else "")
                      + ".")
         if under:
-            text += (" Too short for " + ", ".join(f"{r['scenario']}/{r['link']} ({r['prediction_error']:+.0%})"
-                                                   for r in under)
-                     + ": QEMU's set-up (and, where it was slow, switchover) took longer than the model's "
-                       "sync cost gives (a fit to a noisy effect, above).")
+            # Which part ran long: set-up against the model's (its fixed
+            # part plus the predicted sync), or the stream after it.
+            def setup_ran_long(r):
+                predicted_setup_s = MODEL_SETUP_S + (r["estimate"].get("setup_stall_s") or 0)
+                return (r["setup_ms"] or 0) / 1000 > 1.25 * predicted_setup_s
+
+            def memory_rate(r):
+                moving_s = ((r["qemu_total_ms"] or 0) - (r["setup_ms"] or 0) - (r["downtime_ms"] or 0)) / 1000
+                return (r["bytes"] or 0) / MIB / moving_s if moving_s > 0 else None
+
+            slow_setup = [r for r in under if setup_ran_long(r)]
+            slow_stream = [r for r in under if not setup_ran_long(r)]
+            if slow_setup:
+                text += (" Too short for " + ", ".join(f"{r['scenario']}/{r['link']} ({r['prediction_error']:+.0%})"
+                                                       for r in slow_setup)
+                         + ": QEMU's set-up took longer than the model's sync cost gives (a fit to a noisy "
+                           "effect, above).")
+            if slow_stream:
+                text += (" Too short for " + ", ".join(
+                    f"{r['scenario']}/{r['link']} ({r['prediction_error']:+.0%}; set-up "
+                    f"{(r['setup_ms'] or 0) / 1000:.2f} s, then {fmt(memory_rate(r), '{:.0f}')} MiB/s of memory "
+                    f"where the plan counted on {r['link_mib_s']:.0f} MiB/s"
+                    + (f" × {min(max(r['estimate']['measured'].get('compress_ratio', 1), 1), 3):.1f} compressed"
+                       if r.get("multifd_compression") == "zstd" else "") + ")"
+                    for r in slow_stream)
+                         + ": set-up took what the model said; the stream after it did not reach the probe's "
+                           "rate (on the unshaped veth, CPU-bound: both QEMUs, TLS and zstd share two cores, "
+                           "which the probe, one TLS stream of ferryd's, does not show).")
         text += (" The measurements are also noisy: the run's own plan, measured seconds after the estimate, "
                  "predicted " + ", ".join(f"{r['scenario']}/{r['link']} {fmt(r['plan_predicted_total_s'], '{:.1f}')} s "
                                           f"(estimate {r['predicted_total_s']:.1f} s)" for r in pred) + ".")
