@@ -112,6 +112,15 @@ rollback_finish_when_done (FerryJob *job)
 {
   if (!job->rollback_guest_settled || job->rollback_waits_for_storage)
     return;
+  /* A monitor that closes fails its pending commands before it reports
+   * QEMU's exit: a rollback step that failed that way must not end the
+   * job, or the exit would find no job, and a guest that ran only here
+   * would stay off (QEMU 7.2 died of a corrupted heap during a storage
+   * rollback in CI). The exit follows at once (mig_src_on_qmp_event): it
+   * fails the job and boots the guest again. */
+  FerryVm *vm = ferry_job_vm (job);
+  if (vm != NULL && vm->qmp != NULL && ferry_qmp_is_closed (vm->qmp))
+    return;
   FerryJobState terminal = job->abort_requested ? FERRY_JOB_CANCELLED : FERRY_JOB_FAILED;
   ferry_job_finish (job, terminal, job->error);
 }
@@ -1242,7 +1251,15 @@ mig_src_on_qmp_event (FerryJob *job, const char *name, JsonObject *data)
           FerryVm *vm = g_hash_table_lookup (job->agent->vms, job->vm_name);
           g_autofree char *reason = ferry_vm_exit_reason (vm, "source QEMU exited during the migration");
           gboolean restart = guest_only_here (job, vm);
-          ferry_job_transition (job, FERRY_JOB_CANCELLING, reason);
+          if (job->state != FERRY_JOB_CANCELLING)
+            ferry_job_transition (job, FERRY_JOB_CANCELLING, reason);
+          else
+            {
+              /* It died during the rollback: that, not what started the
+               * rollback, is why the job fails. */
+              g_free (job->error);
+              job->error = g_strdup (reason);
+            }
           release_destination (job);
           if (restart)
             ferry_job_event (job, "warning", "%s", RESTARTING_GUEST);

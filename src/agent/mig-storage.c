@@ -18,6 +18,8 @@
  */
 #include "agent.h"
 
+#include <glib/gstdio.h>
+#include <signal.h>
 #include <stdio.h>
 
 #include "jsonutil.h"
@@ -294,6 +296,20 @@ on_teardown_nodes_checked (GObject *source, GAsyncResult *result, gpointer user_
  * went, where the removals' errors were not looked at: hence the check
  * (on_teardown_nodes_checked) before the destination is told. QEMU runs a
  * monitor's commands in order, so the node query sees the removals done. */
+/* Test hook: with FERRY_FAULT_KILL_QEMU_AT_TEARDOWN naming a file that
+ * exists, the file goes and the guest's QEMU is killed as the node check
+ * is sent, so that QEMU dies with a rollback command pending, as it did
+ * of a corrupted heap in CI (test_live_storage). */
+static void
+fault_kill_qemu_at_teardown (FerryVm *vm)
+{
+  const char *flag = g_getenv ("FERRY_FAULT_KILL_QEMU_AT_TEARDOWN");
+  if (flag == NULL || vm->pid <= 0 || g_unlink (flag) != 0)
+    return;
+  g_warning ("vm %s: test hook: killing QEMU (pid %d) during the storage rollback", vm->name, vm->pid);
+  kill (vm->pid, SIGKILL);
+}
+
 static gboolean
 on_teardown_removal_due (gpointer user_data)
 {
@@ -318,6 +334,7 @@ on_teardown_removal_due (gpointer user_data)
   json_object_set_boolean_member (flat, "flat", TRUE);
   ferry_qmp_execute_async (vm->qmp, "query-named-block-nodes", flat, NULL, on_teardown_nodes_checked,
                            ferry_job_ref_new (job));
+  fault_kill_qemu_at_teardown (vm);
   return G_SOURCE_REMOVE;
 }
 

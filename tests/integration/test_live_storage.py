@@ -11,6 +11,9 @@ hosta is on hostb's disk, and the root volume's data is there. An abort
 while the disks are still mirroring leaves the guest running on hosta and
 hostb without volumes, and so does hostb's agent killed while the disks
 mirror (once it is back); a storage map to a pool hostb lacks is refused.
+Should hosta's QEMU die while an abort tears the mirrors down (QEMU 7.2 did,
+of a corrupted heap, in CI), the job fails and the guest boots again on
+hosta from its disks.
 
 A third volume is overwritten by the guest at about 6 MiB/s throughout.
 Going there, the link is fast enough for a background mirror; coming back
@@ -23,8 +26,9 @@ every durable record."""
 import json
 import os
 import re
+import tempfile
 
-from ferrytest import (BUILD, Cluster, assert_clean, ensure_guest, guest_spec, job, log, main, run,
+from ferrytest import (BUILD, Cluster, assert_clean, ensure_guest, guest_spec, job, last_tick, log, main, run,
                        wait_for_console, wait_for_ticks, wait_job_done, wait_job_stat, wait_until)
 
 MiB = 1024 * 1024
@@ -39,7 +43,18 @@ def durable_seq(console_text):
 
 def test():
     kernel, initrd = ensure_guest()
-    cluster = Cluster(need_netns=True)
+    # hosta's agent kills its QEMU during a storage rollback once this
+    # file exists (and removes it): the test hook of mig-storage.c.
+    kill_flag = os.path.join(tempfile.gettempdir(), f"ferry-fault-kill-{os.getpid()}")
+    try:
+        run_steps(kernel, initrd, kill_flag)
+    finally:
+        if os.path.exists(kill_flag):
+            os.unlink(kill_flag)
+
+
+def run_steps(kernel, initrd, kill_flag):
+    cluster = Cluster(need_netns=True, agent_env={"hosta": {"FERRY_FAULT_KILL_QEMU_AT_TEARDOWN": kill_flag}})
     a, b = cluster.a, cluster.b
     a_default = os.path.join(a.state_dir, "pools", "default")
     b_default = os.path.join(b.state_dir, "pools", "default")
@@ -158,6 +173,32 @@ def test():
     log(f"hosta's log disk: {report}")
     assert report["gaps"] == 0 and report["last_seq"] >= last_durable, report
     assert "vm2" not in b.vms(), "--undefine-source should have removed hostb's definition"
+
+    log("hosta's QEMU dies while an abort tears the mirrors down: the job fails, the guest boots again on hosta")
+    for volume in os.listdir(b_default):
+        b.cli("volume", "delete", "default", volume)
+    open(kill_flag, "w").close()
+    a.cli("migrate", "vm2", b.url, "--live", "--copy-storage", "--bandwidth", "2", "--detach")
+    wait_job_stat(a, "vm2", "ferry-mirror")
+    a.cli("job", "abort", "vm2")
+    info = wait_job_done(a, "vm2", timeout=120)
+    assert not os.path.exists(kill_flag), "the test hook did not kill QEMU"
+    events = [e["message"] for e in info["events"]]
+    log(f"job ended {info['state']}: {info.get('error')}")
+    # QEMU died with the rollback's node check pending: the job must not
+    # end as a clean cancel, or nothing would start the guest again.
+    assert info["state"] == "failed", (info["state"], events)
+    assert "source QEMU exited" in (info.get("error") or ""), info.get("error")
+    assert any("source QEMU exited" in m for m in events), events
+    assert any("starting it again here" in m for m in events), events
+
+    def booted_again():
+        number, seen = last_tick(a.console("vm2"))
+        return (number, seen) if seen not in (None, boot) and number >= 1 else None
+    wait_until("vm2 to boot again on hosta", booted_again, timeout=180)
+    assert a.vms()["vm2"]["state"] == "running", a.vms()
+    wait_until("hostb to forget vm2", lambda: "vm2" not in b.vms(), timeout=60)
+    wait_until("hostb's volumes to go", lambda: os.listdir(b_default) == [], timeout=60)
     a.cli("vm", "destroy", "vm2")
 
 
