@@ -36,6 +36,19 @@ escape_commas (const char *value)
   return g_string_free (g_steal_pointer (&out), FALSE);
 }
 
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+GStrv
+ferry_qemu_environ (const char *const *agent_environ)
+{
+  const char *path = g_environ_getenv ((char **) agent_environ, "PATH");
+  g_autoptr (GStrvBuilder) builder = g_strv_builder_new ();
+  g_autofree char *path_entry = g_strconcat ("PATH=", path != NULL && *path != '\0' ? path : DEFAULT_PATH, NULL);
+  g_strv_builder_add (builder, path_entry);
+  g_strv_builder_add (builder, "LC_ALL=C");
+  return g_strv_builder_end (builder);
+}
+
 GStrv
 ferry_qemu_argv_build (const FerryVmSpec *spec, const FerryQemuLaunch *launch)
 {

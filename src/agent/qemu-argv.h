@@ -35,6 +35,13 @@ typedef struct {
  * the caller resolves volume disks first (ferry_disk_resolve_path). */
 GStrv ferry_qemu_argv_build (const FerryVmSpec *spec, const FerryQemuLaunch *launch);
 
+/* The environment QEMU runs with, as libvirt gives it: the agent's PATH
+ * (or the system's) and the C locale, nothing else the agent inherited.
+ * A hypervisor process must not pick up the agent's LD_PRELOAD, its
+ * sanitizer or malloc debugging settings (MALLOC_PERTURB_, which meson
+ * sets for tests), its proxies or its locale. */
+GStrv ferry_qemu_environ (const char *const *agent_environ);
+
 /* Resolves a machine alias ("q35", "pc") to the versioned machine type the
  * binary maps it to ("pc-q35-7.2"), so both ends of a migration use the
  * same one. Runs `qemu -machine help` once per binary and caches. */

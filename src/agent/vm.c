@@ -620,11 +620,13 @@ ferry_vm_start_async (FerryVm *vm, const FerryVmStartOptions *options, GCancella
   g_autofree char *command_line = g_strjoinv (" ", argv);
   g_debug ("vm %s: %s", vm->name, command_line);
 
-  g_autoptr (GSubprocess) process = g_subprocess_newv ((const char *const *) argv,
-                                                       G_SUBPROCESS_FLAGS_STDIN_INHERIT
-                                                       | G_SUBPROCESS_FLAGS_STDERR_PIPE
-                                                       | G_SUBPROCESS_FLAGS_STDOUT_SILENCE,
-                                                       &error);
+  g_autoptr (GSubprocessLauncher) launcher = g_subprocess_launcher_new (G_SUBPROCESS_FLAGS_STDIN_INHERIT
+                                                                        | G_SUBPROCESS_FLAGS_STDERR_PIPE
+                                                                        | G_SUBPROCESS_FLAGS_STDOUT_SILENCE);
+  g_auto (GStrv) agent_environ = g_get_environ ();
+  g_auto (GStrv) qemu_environ = ferry_qemu_environ ((const char *const *) agent_environ);
+  g_subprocess_launcher_set_environ (launcher, qemu_environ);
+  g_autoptr (GSubprocess) process = g_subprocess_launcher_spawnv (launcher, (const char *const *) argv, &error);
   if (process == NULL)
     {
       g_task_return_error (task, error);

@@ -49,6 +49,12 @@ def test():
     assert stats["ferry-qemu-parameters"]["max-bandwidth"] >= 2**40, stats["ferry-qemu-parameters"]
     assert_downtime_limits(a, stats, 300)
     assert stats["ferry-guest-downtime-ms"] >= stats["downtime"], stats
+    # The destination's QEMU runs with PATH and the C locale only, not
+    # with what its agent inherited (meson's MALLOC_PERTURB_, for one).
+    for pid in b.qemu_pids():
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            names = sorted(entry.split(b"=", 1)[0].decode() for entry in handle.read().split(b"\0") if entry)
+        assert names == ["LC_ALL", "PATH"], names
     assert stats["downtime"] >= 0 and stats["total-time"] > 0
     # The guest continues on B where it stopped on A: same boot, higher ticks.
     on_b, _ = wait_for_ticks(b, "vm1", beyond=before, boot_id=boot_id)

@@ -129,10 +129,31 @@ test_resolve_machine_alias (void)
   g_assert_nonnull (strstr (error->message, "nonsense"));
 }
 
+/* QEMU gets the agent's PATH and the C locale, and nothing else: not
+ * the malloc debugging meson sets for tests, not a preload. */
+static void
+test_clean_environment (void)
+{
+  const char *agent[] = { "PATH=/opt/qemu/bin:/usr/bin", "MALLOC_PERTURB_=29", "LD_PRELOAD=/tmp/evil.so",
+                          "LANG=de_DE.UTF-8", "ASAN_OPTIONS=detect_leaks=0", NULL };
+  g_auto (GStrv) env = ferry_qemu_environ (agent);
+  g_assert_cmpuint (g_strv_length (env), ==, 2);
+  g_assert_cmpstr (g_environ_getenv (env, "PATH"), ==, "/opt/qemu/bin:/usr/bin");
+  g_assert_cmpstr (g_environ_getenv (env, "LC_ALL"), ==, "C");
+  g_assert_null (g_environ_getenv (env, "MALLOC_PERTURB_"));
+  g_assert_null (g_environ_getenv (env, "LD_PRELOAD"));
+
+  /* No PATH in the agent's environment: the system's. */
+  const char *bare[] = { "HOME=/root", NULL };
+  g_auto (GStrv) fallback = ferry_qemu_environ (bare);
+  g_assert_true (g_str_has_suffix (g_environ_getenv (fallback, "PATH"), "/usr/bin:/sbin:/bin"));
+}
+
 int
 main (int argc, char **argv)
 {
   g_test_init (&argc, &argv, NULL);
+  g_test_add_func ("/qemu-argv/clean-environment", test_clean_environment);
   g_test_add_func ("/qemu-argv/basic-machine", test_basic_machine);
   g_test_add_func ("/qemu-argv/incoming-is-paused-and-deferred", test_incoming_is_paused_and_deferred);
   g_test_add_func ("/qemu-argv/commas-in-paths-are-escaped", test_commas_in_paths_are_escaped);
