@@ -288,14 +288,6 @@ on_teardown_nodes_checked (GObject *source, GAsyncResult *result, gpointer user_
   teardown_done (job);
 }
 
-/* The ended mirrors' jobs and NBD client nodes go REMOVAL_DELAY_S after
- * the last one ended, as the reaper's do: QEMU 7.2 died of a corrupted
- * heap when they went the moment a write-blocking mirror was
- * force-cancelled (CI, and a completion timeout's rollback here). With
- * the delay alone it died once more in CI, 180 ms after the destination
- * went, where the removals' errors were not looked at: hence the check
- * (on_teardown_nodes_checked) before the destination is told. QEMU runs a
- * monitor's commands in order, so the node query sees the removals done. */
 /* Test hook: with FERRY_FAULT_KILL_QEMU_AT_TEARDOWN naming a file that
  * exists, the file goes and the guest's QEMU is killed as the node check
  * is sent, so that QEMU dies with a rollback command pending, as it did
@@ -310,6 +302,14 @@ fault_kill_qemu_at_teardown (FerryVm *vm)
   kill (vm->pid, SIGKILL);
 }
 
+/* The ended mirrors' jobs and NBD client nodes go REMOVAL_DELAY_S after
+ * the last one ended, as the reaper's do: QEMU 7.2 died of a corrupted
+ * heap when they went the moment a write-blocking mirror was
+ * force-cancelled (CI, and a completion timeout's rollback here). With
+ * the delay alone it died once more in CI, 180 ms after the destination
+ * went, where the removals' errors were not looked at: hence the check
+ * (on_teardown_nodes_checked) before the destination is told. QEMU runs a
+ * monitor's commands in order, so the node query sees the removals done. */
 static gboolean
 on_teardown_removal_due (gpointer user_data)
 {
