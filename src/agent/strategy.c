@@ -270,6 +270,7 @@ ferry_choose_stream (const FerryPlanInputs *inputs, const FerryPrediction *preco
    * stream encrypted on a core of its own. */
   choice->channels = CLAMP ((gint64) floor (inputs->free_cores), 2, MIN (MULTIFD_MAX_CHANNELS, (gint64) inputs->cpus));
   g_autofree char *compression = NULL;
+  double speedup = ferry_compressed_speedup (inputs, choice->channels);
   if (inputs->bandwidth_capped)
     compression = g_strdup ("without compression (QEMU applies the bandwidth limit to the bytes before "
                             "compression)");
@@ -278,7 +279,7 @@ ferry_choose_stream (const FerryPlanInputs *inputs, const FerryPrediction *preco
   else if (inputs->compress_ratio < COMPRESS_MIN_RATIO)
     compression = g_strdup_printf ("without compression (the guest's memory compresses only %.2f:1)",
                                    inputs->compress_ratio);
-  else if (ferry_compressed_speedup (inputs, choice->channels) < COMPRESS_MIN_SPEEDUP)
+  else if (speedup < COMPRESS_MIN_SPEEDUP)
     compression = g_strdup_printf ("without compression (zstd compresses the guest's memory at %.0f MiB/s a "
                                    "core: %.1f idle cores would not keep up with the %.0f MiB/s link)",
                                    inputs->compress_bytes_per_s / 1048576.0, inputs->free_cores,
@@ -287,7 +288,7 @@ ferry_choose_stream (const FerryPlanInputs *inputs, const FerryPrediction *preco
     {
       choice->compress = TRUE;
       choice->compress_ratio = counted_compress_ratio (inputs->compress_ratio);
-      choice->speedup = ferry_compressed_speedup (inputs, choice->channels);
+      choice->speedup = speedup;
       g_autofree char *speed = inputs->compress_bytes_per_s > 0
                                  ? g_strdup_printf (" at %.0f MiB/s a core", inputs->compress_bytes_per_s / 1048576.0)
                                  : g_strdup ("");
